@@ -1,0 +1,1 @@
+"""An async ACME (RFC 8555) client on httpx and cryptography."""
