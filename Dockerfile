@@ -1,0 +1,52 @@
+# cert-sidecar container image.
+#
+#   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim
+#   docker build --build-arg BASE_IMAGE=<slim python image> .  # any Debian-like Python >= 3.11
+#
+# When the build context has a wheels/ folder (pip wheel -w wheels .), the image installs from
+# it only (no index): for builds where PyPI is not reachable from inside containers. The wheels
+# must match the base image's Python version.
+ARG BASE_IMAGE=python:3.12-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+COPY . /src
+# pip and setuptools are only needed to install; removing them keeps the runtime image smaller.
+RUN python3 -m venv /opt/cert-sidecar \
+    && if ls /src/wheels/*.whl >/dev/null 2>&1; then \
+        /opt/cert-sidecar/bin/pip install --no-index --find-links /src/wheels cert-sidecar; \
+    else \
+        /opt/cert-sidecar/bin/pip install /src; \
+    fi \
+    && /opt/cert-sidecar/bin/python -m pip uninstall -y pip setuptools
+
+FROM ${BASE_IMAGE}
+# The runtime user. Its primary group is HAProxy's (gid 99 in the upstream haproxy image), so the
+# PEM files it writes (0640) are readable by HAProxy and HAProxy's admin socket (660) is usable.
+ARG UID=10001
+ARG HAPROXY_GID=99
+# The mount points belong to the runtime user: an empty named volume mounted over one of them
+# by this image takes this ownership, so the non-root process can write there. The setgid bit
+# on the certs directory keeps new files in HAProxy's group.
+RUN (getent group "${HAPROXY_GID}" >/dev/null || groupadd --system --gid "${HAPROXY_GID}" haproxy) \
+    && useradd --no-log-init --uid "${UID}" --gid "${HAPROXY_GID}" --no-create-home \
+        --home-dir /var/lib/cert-sidecar --shell /usr/sbin/nologin cert-sidecar \
+    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2750 /etc/haproxy/certs \
+    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 0750 /var/lib/cert-sidecar \
+    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2770 /var/run/haproxy \
+    && install -d -m 0755 /root_ca
+COPY --from=build /opt/cert-sidecar /opt/cert-sidecar
+ENV PATH=/opt/cert-sidecar/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER ${UID}:${HAPROXY_GID}
+WORKDIR /var/lib/cert-sidecar
+# http-01 responder (:80) and tls-alpn-01 responder (:443) when enabled; health on 127.0.0.1:9102.
+EXPOSE 80
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["cert-sidecar", "healthcheck"]
+ENTRYPOINT ["cert-sidecar"]
+CMD ["run"]

@@ -1,0 +1,301 @@
+"""The http-01 responder (RFC 8555 §8.3): a deliberately tiny HTTP/1.1 server.
+
+RFC 8555 §8.3: the CA sends "an HTTP GET request to the URL
+``http://{domain}/.well-known/acme-challenge/{token}``" and expects "the key authorization"
+as the body of a 2xx response. Nothing else is needed, so this is not a web server: it reads one
+request head (size- and time-limited), answers it and closes the connection. Only tokens the
+responder currently holds are answered; every other request is refused, so the port leaks
+nothing and serves nothing an attacker could use.
+
+The parsing and the choice of the response are pure functions (`parse_request_head`,
+`choose_response`); `Http01Responder` only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+from ca_client.challenges import _listen
+from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
+from ca_client.models import Identifier
+
+logger = logging.getLogger(__name__)
+
+CHALLENGE_PATH_PREFIX = "/.well-known/acme-challenge/"
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    505: "HTTP Version Not Supported",
+}
+
+# RFC 9110 §5.6.2: token = 1*tchar.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
+_MAX_HEADER_LINES = 100
+
+
+class HttpRequestError(Exception):
+    """A request this server will not answer normally; ``status`` is the response to send."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    path: str  # the path of the request target, without query
+    version: tuple[int, int]
+    headers: tuple[tuple[str, str], ...]  # names lower-cased, in order
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    allow: str | None = None
+
+    def render(self, *, include_body: bool = True) -> bytes:
+        """The bytes on the wire. ``Connection: close`` always: one request per connection."""
+        lines = [
+            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Error')}",
+            "Content-Type: text/plain",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+        ]
+        if self.allow is not None:
+            lines.append(f"Allow: {self.allow}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        return head + self.body if include_body else head
+
+
+def parse_request_head(head: bytes) -> HttpRequest:
+    """Parse a request line and header fields ending in CRLF CRLF (RFC 9112 §2-§5), strictly.
+
+    Anything ambiguous is refused with 400 rather than guessed at: obsolete line folding,
+    whitespace before a colon, a missing or repeated Host in HTTP/1.1, bare CR or LF.
+    """
+    if not head.endswith(b"\r\n\r\n"):
+        raise HttpRequestError(400, "request head not terminated by CRLF CRLF")
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
+    text_lines = head[:-4].lstrip(b"\r\n").split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in text_lines):
+        raise HttpRequestError(400, "bare CR or LF in request head")
+    if len(text_lines) - 1 > _MAX_HEADER_LINES:
+        raise HttpRequestError(431, "too many header fields")
+    try:
+        request_line = text_lines[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpRequestError(400, "request line is not ASCII") from None
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise HttpRequestError(400, "request line is not 'method SP target SP version'")
+    method, target, version_text = parts
+    if not _TOKEN.fullmatch(method):
+        raise HttpRequestError(400, "invalid method")
+    version_match = _VERSION.fullmatch(version_text)
+    if version_match is None:
+        raise HttpRequestError(400, "invalid HTTP version")
+    version = (int(version_match[1]), int(version_match[2]))
+    if version[0] != 1:
+        raise HttpRequestError(505, "only HTTP/1.x is served")
+
+    headers: list[tuple[str, str]] = []
+    for raw in text_lines[1:]:
+        if raw[:1] in (b" ", b"\t"):
+            raise HttpRequestError(400, "obsolete line folding")  # RFC 9112 §5.2
+        name_bytes, colon, value_bytes = raw.partition(b":")
+        name = name_bytes.decode("latin-1")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpRequestError(400, "malformed header field")  # RFC 9112 §5.1
+        headers.append((name.lower(), value_bytes.decode("latin-1").strip(" \t")))
+
+    hosts = [value for name, value in headers if name == "host"]
+    if version >= (1, 1) and len(hosts) != 1:
+        raise HttpRequestError(400, "HTTP/1.1 needs exactly one Host header")  # RFC 9112 §3.2
+    return HttpRequest(method, _target_path(target), version, tuple(headers))
+
+
+def _target_path(target: str) -> str:
+    """The path of an origin-form or absolute-form target (RFC 9112 §3.2.1-§3.2.2)."""
+    if target.startswith("/"):
+        return target.partition("?")[0]
+    if target[:7].lower() == "http://":
+        path = urlsplit(target).path
+        return path or "/"
+    raise HttpRequestError(400, "unsupported request target form")
+
+
+def choose_response(request: HttpRequest, tokens: dict[str, str]) -> HttpResponse:
+    """What to answer: the key authorization for a held token, a refusal for everything else."""
+    if not request.path.startswith(CHALLENGE_PATH_PREFIX):
+        return HttpResponse(404, b"not found\n")
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponse(405, b"method not allowed\n", allow="GET, HEAD")
+    token = request.path.removeprefix(CHALLENGE_PATH_PREFIX)
+    key_authorization = tokens.get(token) if is_base64url(token) else None
+    if key_authorization is None:
+        return HttpResponse(404, b"not found\n")
+    # RFC 8555 §8.3: "the body of the response is ... the key authorization" (ASCII).
+    return HttpResponse(200, key_authorization.encode("ascii"))
+
+
+class Http01Responder:
+    """Answers ``GET /.well-known/acme-challenge/<token>`` for the tokens it holds.
+
+    One long-lived responder serves any number of concurrent orders: `present` adds a token,
+    `cleanup` removes it. Use as ``async with Http01Responder(host, port) as responder:``.
+    """
+
+    challenge_type = "http-01"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_request_bytes: int = 8192,
+        read_timeout: float = 10.0,
+        max_connections: int = 512,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._max_request_bytes = max_request_bytes
+        self._read_timeout = read_timeout
+        self._max_connections = max_connections
+        self._tokens: dict[str, str] = {}
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        return format_address(_listen.normalize_host(self.host) or "*", self.port)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on; differs from ``port`` when that was 0."""
+        return _listen.bound_port(self._server)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("http-01 responder already started")
+        self._server = await _listen.start_listener(
+            self.challenge_type,
+            self.host,
+            self.port,
+            self._handle_connection,
+            limit=self._max_request_bytes,
+        )
+        logger.info("http-01 responder listening on %s", self.address)
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Python 3.11's Server.close() leaves accepted connections open: end them here.
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def present(self, identifier: Identifier, token: str, key_authorization: str) -> None:
+        check_key_authorization(token, key_authorization)
+        self._tokens[token] = key_authorization
+        logger.debug("http-01 token %s presented for %s", token, identifier.value)
+
+    async def cleanup(self, identifier: Identifier, token: str, key_authorization: str) -> None:
+        self._tokens.pop(token, None)
+        logger.debug("http-01 token %s removed for %s", token, identifier.value)
+
+    async def _handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= self._max_connections or task is None:
+            writer.close()  # shed load rather than queue: the CA retries a failed fetch
+            return
+        self._connections.add(task)
+        try:
+            response, include_body = await self._read_and_answer(reader)
+            if response is not None:
+                writer.write(response.render(include_body=include_body))
+                async with asyncio.timeout(self._read_timeout):
+                    await writer.drain()
+                if response.status >= 400:
+                    await self._linger(reader, writer)
+        except (OSError, TimeoutError):
+            pass  # the peer went away or stalled; nothing to answer
+        except asyncio.CancelledError:
+            # aclose() cancels open connections. Nobody awaits this task, and asyncio's stream
+            # callback logs an error for a handler task that ends cancelled, so end quietly.
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(self._read_timeout):
+                    await writer.wait_closed()
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then drain what the client still sends, before closing.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the
+        error response before the client reads it (RFC 9112 §9.6 "tear-down"). A refused request
+        may well have unread input: an oversized head, a body.
+        """
+        if writer.can_write_eof():
+            writer.write_eof()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(min(self._read_timeout, 2.0)):
+                discarded = 0
+                while discarded < 1 << 20 and (chunk := await reader.read(65536)):
+                    discarded += len(chunk)
+
+    async def _read_and_answer(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[HttpResponse | None, bool]:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            return HttpResponse(408, b"request timeout\n"), True
+        except asyncio.LimitOverrunError:
+            return HttpResponse(431, b"request head too large\n"), True
+        except asyncio.IncompleteReadError:
+            return None, False  # closed before a whole head arrived
+        try:
+            request = parse_request_head(head)
+        except HttpRequestError as exc:
+            logger.debug("http-01 responder refused a request: %s", exc)
+            return HttpResponse(exc.status, f"{exc}\n".encode("ascii")), True
+        response = choose_response(request, self._tokens)
+        logger.debug(
+            "http-01 responder: %s %s -> %d", request.method, request.path[:200], response.status
+        )
+        return response, request.method != "HEAD"

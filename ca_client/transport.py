@@ -1,0 +1,402 @@
+"""HTTP for ACME: the only module of ``ca_client`` that imports httpx.
+
+:class:`AcmeTransport` owns one ``httpx.AsyncClient`` (one connection pool, shared by every
+concurrent order), the nonce pool, request signing and the retry rules:
+
+* ``badNonce`` (RFC 8555 §6.5): "the client SHOULD retry the request using the new nonce" that
+  came with the error -- done here, so callers never see it unless the CA keeps refusing;
+* 429 and 503 with ``Retry-After`` (§6.6, RFC 9110 §10.2.3): waited out and retried when the
+  wait fits before the request's deadline, else raised as a typed error;
+* connection failures on idempotent requests (GET, HEAD, POST-as-GET): retried twice with a
+  short pause, because a kept-alive connection the CA closed looks exactly like that;
+* every httpx/ssl exception is converted, in :meth:`AcmeTransport._send`, into the error tree
+  of :mod:`ca_client.errors`.
+
+Trust comes only from the ``ssl.SSLContext`` given; ``trust_env=False`` keeps ``HTTPS_PROXY``,
+``SSL_CERT_FILE`` and ``.netrc`` out of it. Verification is never disabled.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import email.utils
+import json
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from ca_client import jws
+from ca_client.errors import (
+    AcmeError,
+    AcmeProblem,
+    ACMETimeout,
+    BadNonce,
+    CAUnreachable,
+    MalformedResponse,
+    NotACME,
+    RateLimited,
+    TLSVerificationFailed,
+    TransportError,
+)
+from ca_client.keys import PrivateKey
+from ca_client.retry import fits_before_deadline, parse_retry_after
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "cert-sidecar-ca_client/0.1"
+JOSE_JSON = "application/jose+json"
+PROBLEM_JSON = "application/problem+json"
+PEM_CHAIN = "application/pem-certificate-chain"
+
+#: badNonce answers tolerated for one request. Pebble refuses 5 % of good nonces on purpose;
+#: ten in a row means something else is wrong.
+MAX_BAD_NONCE_RETRIES = 10
+#: 429/503 answers waited out for one request.
+MAX_BUSY_RETRIES = 5
+#: Connection failures retried for one idempotent request.
+MAX_NETWORK_RETRIES = 2
+#: Wait after a 503 without Retry-After (doubles each time).
+DEFAULT_UNAVAILABLE_DELAY = 1.0
+#: The nonce pool keeps at most this many; older ones would only be refused as stale.
+NONCE_POOL_SIZE = 64
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeResponse:
+    """A finished HTTP answer, detached from httpx."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    links: tuple[tuple[str, str], ...] = ()
+    retry_after: float | None = None
+    _json_cache: list[Any] = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    @property
+    def location(self) -> str | None:
+        value = self.headers.get("location")
+        return urljoin(self.url, value) if value else None
+
+    def links_with_rel(self, rel: str) -> tuple[str, ...]:
+        return tuple(url for link_rel, url in self.links if link_rel == rel)
+
+    def json(self) -> Any:
+        """The decoded JSON body; :class:`MalformedResponse` when it is not JSON."""
+        if not self._json_cache:
+            try:
+                self._json_cache.append(json.loads(self.content))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise MalformedResponse(
+                    f"invalid JSON from the CA ({self.content_type or 'no content type'}, "
+                    f"HTTP {self.status})",
+                    url=self.url,
+                    status=self.status,
+                ) from exc
+        return self._json_cache[0]
+
+    def text(self) -> str:
+        try:
+            return self.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedResponse("body is not UTF-8 text", url=self.url) from exc
+
+
+_LINK = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
+_LINK_REL = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
+
+
+def parse_link_headers(values: list[str], base_url: str) -> tuple[tuple[str, str], ...]:
+    """RFC 8288 ``Link`` values to ``(rel, absolute URL)`` pairs, in order, one per rel.
+
+    RFC 8555 §7.4.2: the CA "MAY provide one or more link relation header fields [RFC8288]
+    with relation "alternate"", so several links with the same rel must all be kept (httpx's
+    ``Response.links`` keeps one per rel).
+    """
+    links: list[tuple[str, str]] = []
+    for value in values:
+        for match in _LINK.finditer(value):
+            target, params = match.group(1).strip(), match.group(2)
+            rel_match = _LINK_REL.search(params)
+            if rel_match is None:
+                continue
+            rels = (rel_match.group(1) or rel_match.group(2) or "").split()
+            for rel in rels:
+                links.append((rel.lower(), urljoin(base_url, target)))
+    return tuple(links)
+
+
+def _has_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class AcmeTransport:
+    """One connection pool to one CA, with nonces, signing and retries.
+
+    ``clock`` is wall-clock time (POSIX seconds) used for deadlines, Retry-After dates and the
+    Date-header skew; ``sleep`` is awaited for every wait. Both are injectable so that tests
+    never wait on real time.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        timeout: float = 30.0,
+        clock: Clock,
+        sleep: Sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+        user_agent: str = USER_AGENT,
+        max_connections: int = 32,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._timeout = timeout
+        self._nonces: collections.deque[str] = collections.deque(maxlen=NONCE_POOL_SIZE)
+        self.new_nonce_url: str | None = None
+        #: server Date minus our clock, seconds, from the latest answer with a Date header
+        self.last_server_date_skew: float | None = None
+        verify: ssl.SSLContext | bool = (
+            ssl_context if ssl_context is not None else ssl.create_default_context()
+        )
+        self._http = httpx.AsyncClient(
+            verify=verify,
+            trust_env=False,
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"User-Agent": user_agent, "Accept-Language": "en"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- the single conversion point ------------------------------------------------------
+
+    async def _send(
+        self, method: str, url: str, *, deadline: float, headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> AcmeResponse:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise ACMETimeout(f"deadline passed before {method} {url}", url=url)
+        timeout = min(self._timeout, remaining)
+        try:
+            response = await self._http.request(
+                method, url, headers=headers, content=content, timeout=timeout
+            )
+        except httpx.ConnectTimeout as exc:
+            raise CAUnreachable(
+                f"timed out connecting to {url}", url=url, connect_failed=True
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise ACMETimeout(f"no answer from the CA within {timeout:.1f}s: {url}",
+                              url=url) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise NotACME(f"not an http(s) URL: {url}", url=url) from exc
+        except httpx.DecodingError as exc:
+            raise MalformedResponse(f"undecodable body from {url}", url=url) from exc
+        except (httpx.HTTPError, OSError) as exc:
+            verify_error = _has_cause(exc, ssl.SSLCertVerificationError)
+            if verify_error is not None:
+                reason = getattr(verify_error, "verify_message", None) or str(verify_error)
+                raise TLSVerificationFailed(
+                    f"the CA's TLS certificate is not trusted ({reason}): {url}", url=url
+                ) from exc
+            if _has_cause(exc, ssl.SSLError) is not None:
+                raise CAUnreachable(f"TLS handshake with the CA failed: {url}", url=url) from exc
+            raise CAUnreachable(
+                f"cannot reach the CA ({type(exc).__name__}: {exc or 'connection failed'}): {url}",
+                url=url,
+                connect_failed=isinstance(exc, httpx.ConnectError),
+            ) from exc
+        return self._record(response)
+
+    def _record(self, response: httpx.Response) -> AcmeResponse:
+        url = str(response.request.url)
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        nonce = response.headers.get("replay-nonce")
+        # RFC 8555 §6.5: "The server MUST include a Replay-Nonce header field in every
+        # successful response to a POST request and SHOULD provide it in error responses".
+        if nonce:
+            self._nonces.append(nonce)
+        now = self._clock()
+        date = response.headers.get("date")
+        if date:
+            try:
+                server_time = email.utils.parsedate_to_datetime(date)
+            except (TypeError, ValueError, IndexError):
+                server_time = None
+            if server_time is not None and server_time.tzinfo is not None:
+                self.last_server_date_skew = server_time.timestamp() - now
+        logger.debug("%s %s -> %s", response.request.method, url, response.status_code)
+        return AcmeResponse(
+            url=url,
+            status=response.status_code,
+            headers=headers,
+            content=response.content,
+            links=parse_link_headers(response.headers.get_list("link"), url),
+            retry_after=parse_retry_after(response.headers.get("retry-after"), now),
+        )
+
+    # --- errors ---------------------------------------------------------------------------
+
+    @staticmethod
+    def error_for(response: AcmeResponse) -> AcmeError:
+        """The exception an error answer stands for (RFC 8555 §6.7)."""
+        body: object = None
+        if response.content_type in (PROBLEM_JSON, "application/json") or (
+            response.content[:1] == b"{"
+        ):
+            try:
+                body = response.json()
+            except MalformedResponse:
+                body = None
+        if isinstance(body, Mapping) and isinstance(body.get("type"), str):
+            return AcmeProblem.from_json(
+                body, status=response.status, url=response.url, retry_after=response.retry_after
+            )
+        summary = f"HTTP {response.status} ({response.content_type or 'no content type'})"
+        if response.status == 429:
+            return RateLimited(
+                "urn:ietf:params:acme:error:rateLimited",
+                summary,
+                status=429,
+                url=response.url,
+                retry_after=response.retry_after,
+            )
+        if response.status >= 500:
+            return CAUnreachable(f"the CA answered {summary}: {response.url}",
+                                 url=response.url, status=response.status)
+        return NotACME(f"not an ACME answer, {summary}: {response.url}",
+                       url=response.url, status=response.status)
+
+    # --- requests with retries ------------------------------------------------------------
+
+    async def _request(
+        self,
+        build: Callable[[], Awaitable[tuple[str, Mapping[str, str], bytes | None]]],
+        url: str,
+        *,
+        deadline: float,
+        idempotent: bool,
+        signed: bool,
+    ) -> AcmeResponse:
+        bad_nonces = busy = network = 0
+        while True:
+            method, headers, content = await build()
+            try:
+                response = await self._send(
+                    method, url, deadline=deadline, headers=headers, content=content
+                )
+            except CAUnreachable as exc:
+                # A request that never left (no connection) is safe to repeat whatever it is;
+                # one that may have reached the CA only when repeating it changes nothing.
+                if (idempotent or exc.connect_failed) and network < MAX_NETWORK_RETRIES:
+                    delay = 0.05 * 2**network
+                    if fits_before_deadline(delay, self._clock(), deadline):
+                        network += 1
+                        logger.info("retrying %s after a connection failure: %s", url, exc)
+                        await self._sleep(delay)
+                        continue
+                raise
+            if response.status < 400:
+                return response
+            error = self.error_for(response)
+            if isinstance(error, BadNonce) and signed and bad_nonces < MAX_BAD_NONCE_RETRIES:
+                bad_nonces += 1
+                logger.debug("badNonce from %s, retrying with a fresh nonce", url)
+                continue
+            if response.status in (429, 503) and busy < MAX_BUSY_RETRIES:
+                delay = response.retry_after
+                if delay is None and response.status == 503:
+                    delay = DEFAULT_UNAVAILABLE_DELAY * 2**busy
+                if delay is not None and fits_before_deadline(delay, self._clock(), deadline):
+                    busy += 1
+                    logger.info("CA answered HTTP %s for %s, retrying in %.2fs",
+                                response.status, url, delay)
+                    await self._sleep(delay)
+                    continue
+            raise error
+
+    async def get(self, url: str, *, deadline: float, accept: str = "application/json"
+                  ) -> AcmeResponse:
+        """A plain GET (the directory, RFC 9773 renewal info)."""
+
+        async def build() -> tuple[str, Mapping[str, str], bytes | None]:
+            return "GET", {"Accept": accept}, None
+
+        return await self._request(build, url, deadline=deadline, idempotent=True, signed=False)
+
+    async def _nonce(self, deadline: float) -> str:
+        """RFC 8555 §7.2: a pooled nonce, or a fresh one from HEAD newNonce."""
+        if self._nonces:
+            return self._nonces.popleft()
+        if self.new_nonce_url is None:
+            raise TransportError("no newNonce URL known (directory not loaded)")
+        url = self.new_nonce_url
+
+        async def build() -> tuple[str, Mapping[str, str], bytes | None]:
+            return "HEAD", {}, None
+
+        response = await self._request(build, url, deadline=deadline, idempotent=True,
+                                       signed=False)
+        nonce = response.headers.get("replay-nonce")
+        if not nonce:
+            raise MalformedResponse("newNonce answered without a Replay-Nonce", url=url)
+        # _record pooled it already; take it back out for this request.
+        with contextlib.suppress(ValueError):
+            self._nonces.remove(nonce)
+        return nonce
+
+    async def post(
+        self,
+        url: str,
+        payload: Mapping[str, Any] | None,
+        key: PrivateKey,
+        *,
+        kid: str | None,
+        deadline: float,
+        accept: str = "application/json",
+    ) -> AcmeResponse:
+        """A signed POST; ``payload=None`` is POST-as-GET (RFC 8555 §6.3).
+
+        Each attempt takes a new nonce and is signed again (a nonce is single-use, §6.5).
+        """
+
+        async def build() -> tuple[str, Mapping[str, str], bytes | None]:
+            nonce = await self._nonce(deadline)
+            body = jws.sign(payload, key, url=url, nonce=nonce, kid=kid)
+            headers = {"Content-Type": JOSE_JSON, "Accept": accept}
+            return "POST", headers, json.dumps(body).encode("ascii")
+
+        return await self._request(
+            build, url, deadline=deadline, idempotent=payload is None, signed=True
+        )
+
+
+__all__ = ["AcmeResponse", "AcmeTransport", "parse_link_headers"]

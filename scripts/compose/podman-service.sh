@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start (or check) `podman system service`, which serves the Docker API that docker-compose
+# 1.29 and the docker CLI talk to; there is no Docker engine on these machines.
+#
+#   scripts/compose/podman-service.sh start   # idempotent; prints the DOCKER_HOST to use
+#   scripts/compose/podman-service.sh stop    # stops the service this script started
+#
+# The service's pid is kept beside its socket so `stop` ends exactly that process.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=scripts/compose/env.sh
+source "$here/env.sh"
+
+socket="${DOCKER_HOST#unix://}"
+pidfile="$PODMAN_SOCKET_DIR/podman-service.pid"
+logfile="$CACHE_DIR/podman-service.log"
+
+api_answers() {
+    # /_ping is the Docker API's liveness endpoint; podman serves it too.
+    curl -fsS --max-time 2 --unix-socket "$socket" http://d/_ping >/dev/null 2>&1
+}
+
+start() {
+    if api_answers; then
+        echo "$DOCKER_HOST"
+        return 0
+    fi
+    mkdir -p "$PODMAN_SOCKET_DIR"
+    rm -f "$socket"
+    # --time=0: never exit for idleness; the test suite may pause between compose commands.
+    setsid podman system service --time=0 "unix://$socket" >>"$logfile" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 100); do
+        if api_answers; then
+            echo "$DOCKER_HOST"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "podman-service: the API did not answer on $socket; see $logfile" >&2
+    tail -20 "$logfile" >&2 || true
+    return 1
+}
+
+stop() {
+    if [[ -s "$pidfile" ]]; then
+        pid="$(cat "$pidfile")"
+        # Only our own service: check the command line before signalling the pid.
+        if grep -q 'system.service' "/proc/$pid/cmdline" 2>/dev/null; then
+            kill "$pid"
+        fi
+        rm -f "$pidfile"
+    fi
+}
+
+case "${1:-start}" in
+    start) start ;;
+    stop) stop ;;
+    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,248 @@
+"""The ``cert-sidecar`` command line: parsing, dispatch, and the one place errors become exits.
+
+Exit codes (CONTRACT.md, "Commands"): 0 success; 1 the CA, HAProxy or the disk failed
+(``OperationError``, ``ca_client.errors.AcmeError``) or an unexpected error; 2 a usage or
+configuration error (argparse, ``ConfigError``), found before any network I/O; 130 interrupted.
+Every failure is one line on stderr; a traceback only with ``--log-level debug``.
+
+Start-up time matters for the one-shot commands, so this module imports only the standard
+library and ``sidecar.config``; the command implementations (httpx, cryptography, structlog)
+are imported when a command runs, and ``check-config`` never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final, NoReturn
+
+from sidecar import __version__
+from sidecar.config import (
+    Settings,
+    add_setting_arguments,
+    check_ca_bundle,
+    check_directories,
+    describe,
+    load_settings,
+)
+from sidecar.domains import validate_certificate_name
+from sidecar.errors import ConfigError, SidecarError, one_line
+
+__all__ = ["PROG", "REVOCATION_REASONS", "build_parser", "main"]
+
+PROG: Final = "cert-sidecar"
+
+# RFC 5280 §5.3.1 CRLReason codes a subscriber may give (RFC 8555 §7.6 passes the code).
+# The CA-only reasons (cACompromise, certificateHold, ...) are left out on purpose.
+REVOCATION_REASONS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "unspecified": 0,
+        "keyCompromise": 1,
+        "affiliationChanged": 3,
+        "superseded": 4,
+        "cessationOfOperation": 5,
+    }
+)
+_REASON_BY_FOLDED: Final = {
+    name.lower().replace("-", "").replace("_", ""): name for name in REVOCATION_REASONS
+}
+
+# command -> (module, function); imported only when that command runs.
+_COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
+    {
+        "run": ("sidecar.service", "cmd_run"),
+        "issue": ("sidecar.issuance", "cmd_issue"),
+        "renew": ("sidecar.issuance", "cmd_renew"),
+        "revoke": ("sidecar.issuance", "cmd_revoke"),
+        "status": ("sidecar.status", "cmd_status"),
+        "healthcheck": ("sidecar.health", "cmd_healthcheck"),
+    }
+)
+# What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
+_NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
+_NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
+_PRIVATE_KEY: Final = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*", re.DOTALL)
+_EXIT_INTERRUPTED: Final = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is two short lines, not the usage of thirty flags."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
+
+
+def _reason(text: str) -> str:
+    folded = text.lower().replace("-", "").replace("_", "")
+    if folded not in _REASON_BY_FOLDED:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one of {', '.join(REVOCATION_REASONS)}"
+        )
+    return _REASON_BY_FOLDED[folded]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Keeps HAProxy serving valid TLS certificates from an ACME CA (step-ca).",
+        epilog="Every setting is also an environment variable and a config-file key; "
+        f"see '{PROG} <command> --help'. Precedence: flag > environment > file > default.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    settings = _Parser(add_help=False)
+    add_setting_arguments(settings)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[settings], help=summary, description=summary
+        )
+        return sub
+
+    command("run", "keep every certificate issued, renewed and loaded into HAProxy until "
+                   "SIGTERM/SIGINT")
+    issue = command("issue", "obtain every certificate that is missing, invalid or due, "
+                             "write and deploy it, then exit")
+    issue.add_argument("--force", action="store_true", help="obtain all of them, due or not")
+    renew = command("renew", "renew the certificates that are due, then exit")
+    renew.add_argument("--force", action="store_true", help="renew all of them, due or not")
+    renew.add_argument(
+        "--dry-run", action="store_true",
+        help="do the whole ACME exchange but write and deploy nothing",
+    )
+    status = command("status", "show each certificate: names, expiry, next renewal, last error")
+    status.add_argument("--json", dest="as_json", action="store_true", help="JSON for machines")
+    revoke = command("revoke", "revoke a certificate at the CA, then replace it (or remove it)")
+    revoke.add_argument("name", metavar="NAME", help="the certificate's name")
+    revoke.add_argument(
+        "--reason", type=_reason, default=None,
+        help="RFC 5280 reason: " + ", ".join(REVOCATION_REASONS),
+    )
+    revoke.add_argument(
+        "--remove", action="store_true",
+        help="delete its files and unload it from HAProxy instead of replacing it",
+    )
+    command("healthcheck", "exit 0 when the running sidecar reports ready (for HEALTHCHECK)")
+    command("check-config", "validate the configuration and print the effective settings")
+    return parser
+
+
+def _command_kwargs(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args.command == "issue":
+        return (), {"force": args.force}
+    if args.command == "renew":
+        return (), {"force": args.force, "dry_run": args.dry_run}
+    if args.command == "revoke":
+        return (args.name,), {"reason": args.reason, "remove": args.remove}
+    if args.command == "status":
+        return (), {"as_json": args.as_json}
+    return (), {}
+
+
+def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[str, Any]) -> int:
+    settings: Settings = load_settings(args, environ)
+    state["settings"] = settings
+    if args.command == "revoke":
+        try:
+            validate_certificate_name(args.name)
+        except ValueError as exc:
+            raise ConfigError("NAME", str(exc)) from None
+    if args.command in _NEEDS_BUNDLE:
+        check_ca_bundle(settings)
+    if args.command in _NEEDS_DIRECTORIES:
+        check_directories(settings)
+    if args.command == "check-config":
+        # Nothing here logs, so structlog is not even imported: check-config stays fast.
+        sys.stdout.write(describe(settings))
+        return 0
+
+    from sidecar.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging(settings.log_format, settings.log_level)
+    module_name, function_name = _COMMANDS[args.command]
+    function = getattr(importlib.import_module(module_name), function_name)
+    positional, keywords = _command_kwargs(args)
+    result = function(settings, *positional, **keywords)
+    import asyncio  # noqa: PLC0415
+
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result)
+
+
+def _debug_requested(
+    args: argparse.Namespace, environ: Mapping[str, str], state: dict[str, Any]
+) -> bool:
+    settings = state.get("settings")
+    if isinstance(settings, Settings):
+        return settings.log_level == "debug"
+    # The settings did not load; honour a debug request as written.
+    level = getattr(args, "log_level", None) or environ.get("CERT_SIDECAR_LOG_LEVEL", "")
+    return str(level).strip().lower() == "debug"
+
+
+def _is_acme_error(exc: BaseException) -> bool:
+    # ca_client.errors is looked up, not imported: if it was never imported, nothing raised
+    # from it, and importing it here would cost start-up time for every command.
+    module = sys.modules.get("ca_client.errors")
+    acme_error = getattr(module, "AcmeError", None)
+    return isinstance(acme_error, type) and isinstance(exc, acme_error)
+
+
+def _say(message: str) -> None:
+    message = _PRIVATE_KEY.sub("[redacted]", message)
+    sys.stderr.write(f"{PROG}: error: {one_line(message)}\n")
+    sys.stderr.flush()
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    """The single mapping of exceptions to one-line messages and exit codes."""
+    if isinstance(exc, KeyboardInterrupt):
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return _EXIT_INTERRUPTED
+    if isinstance(exc, ConfigError):
+        _say(str(exc))
+        return exc.exit_code
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, SidecarError):
+        _say(str(exc) or type(exc).__name__)
+        return exc.exit_code
+    if _is_acme_error(exc):
+        _say(str(exc) or type(exc).__name__)
+        return 1
+    detail = str(exc)
+    _say(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+    return 1
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (2)
+        return _exit_status(exc.code)
+    environ = os.environ
+    state: dict[str, Any] = {}
+    try:
+        return _dispatch(args, environ, state)
+    except SystemExit as exc:
+        return _exit_status(exc.code)
+    except BaseException as exc:
+        return _report(exc, _debug_requested(args, environ, state))

@@ -1,0 +1,50 @@
+"""The sidecar's one error tree, and the exit code each branch maps to.
+
+::
+
+    SidecarError                 base; ``exit_code`` says how ``cli.main`` ends
+     ├── ConfigError             exit 2: usage or configuration, found before any network I/O
+     │                           (``setting`` names the flag/env/TOML key as the user wrote it)
+     └── OperationError          exit 1: the CA, HAProxy, the disk or a hook failed at run time
+
+``ca_client.errors.AcmeError`` stays in its own tree (the library knows nothing of the sidecar);
+``sidecar.cli`` maps it to exit 1 beside ``OperationError``. New subclasses go under one of the
+two branches so that the exit code follows from the branch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "OperationError", "SidecarError", "one_line"]
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace (newlines included) so an error is always a single line."""
+    return " ".join(text.split())
+
+
+class SidecarError(Exception):
+    """Base of every error the sidecar raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SidecarError):
+    """A setting is wrong; ``str()`` is one line: ``<setting>: <message>``.
+
+    ``setting`` is the name in the form the user wrote it (``--pem-mode``,
+    ``CERT_SIDECAR_PEM_MODE``, ``files.pem_mode in /etc/cert-sidecar.toml``) so that the
+    message points at the place to fix. Messages never contain secrets.
+    """
+
+    exit_code = 2
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = one_line(setting)
+        self.message = one_line(message)
+        super().__init__(f"{self.setting}: {self.message}")
+
+
+class OperationError(SidecarError):
+    """Something outside the configuration failed (CA, HAProxy, disk, hook)."""
+
+    exit_code = 1

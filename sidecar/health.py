@@ -1,0 +1,504 @@
+"""``/healthz``, ``/readyz``, ``/metrics`` on ``--health-listen``; ``cert-sidecar healthcheck``.
+
+The server is a deliberately small HTTP/1.1 implementation on asyncio streams (no framework: three
+read-only endpoints do not earn a dependency). It is strict rather than forgiving, because the
+only clients are probes, Prometheus and curl: one request per connection (``Connection: close``),
+GET and HEAD only, no request body, bounded request head, a deadline for reading the request and
+for writing the answer, and a cap on simultaneous connections, so a slow or hostile client cannot
+pin the service's event loop or memory.
+
+``cmd_healthcheck`` runs every few seconds inside the container (Docker/compose ``HEALTHCHECK``):
+it uses asyncio streams and imports nothing heavy (``sidecar.metrics`` is pure and light).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Protocol, TextIO
+
+from sidecar.errors import OperationError, one_line
+from sidecar.metrics import (
+    CONTENT_TYPE as METRICS_CONTENT_TYPE,
+)
+from sidecar.metrics import (
+    CertStatus,
+    Metrics,
+    readiness,
+    render,
+    status_to_json,
+)
+
+__all__ = [
+    "HEALTHCHECK_TIMEOUT",
+    "HealthBindError",
+    "HealthServer",
+    "HealthSnapshot",
+    "HttpRequest",
+    "HttpRequestError",
+    "cmd_healthcheck",
+    "connect_host",
+    "parse_request_head",
+    "readyz_body",
+]
+
+logger = logging.getLogger(__name__)
+
+HEALTHCHECK_TIMEOUT = 3.0
+
+MAX_HEAD_BYTES = 8 * 1024  # request line + headers; probes send a few hundred bytes
+MAX_TARGET_LENGTH = 2048
+MAX_HEADERS = 64
+READ_TIMEOUT = 5.0  # from accepting a connection to having the whole request head
+WRITE_TIMEOUT = 10.0  # a /metrics answer for 1,000 certificates is a few hundred KiB
+MAX_CONNECTIONS = 64  # Prometheus and a probe or two need a handful
+_MAX_PROBE_ANSWER = 4 * 1024 * 1024
+
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+class HealthBindError(OperationError):
+    """The health listener could not be opened (address in use, no such address, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """What the service loop reports at the moment of a request.
+
+    ``alive`` is false when the loop knows it is broken (its scheduler stopped, it is shutting
+    down): ``/healthz`` then answers 503 with ``detail``. ``statuses`` and ``metrics`` feed
+    ``/readyz`` and ``/metrics``.
+    """
+
+    statuses: Sequence[CertStatus]
+    metrics: Metrics
+    alive: bool = True
+    detail: str | None = None
+
+
+# --- pure: request parsing and answers ---------------------------------------------------------
+
+
+class HttpRequestError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    path: str  # without the query string
+    version: tuple[int, int]
+    headers: tuple[tuple[str, str], ...] = field(default=())  # names lower-cased
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(char in _TOKEN_CHARS for char in text)
+
+
+def parse_request_head(head: bytes) -> HttpRequest:
+    """Parse a request line and header fields (RFC 9112 §3, §5), ending with an empty line.
+
+    Only origin-form targets (``/path?query``): a probe never needs the absolute form. A body is
+    refused (RFC 9112 §6.3: its length would come from Content-Length or Transfer-Encoding), so
+    the end of the head is the end of the request and nothing can be smuggled after it.
+    """
+    if not head.endswith(b"\r\n\r\n"):
+        raise HttpRequestError(400, "request head must end with an empty line (CRLF)")
+    try:
+        text = head[:-4].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise HttpRequestError(400, "request head is not ASCII") from exc
+    request_line, *field_lines = text.split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3:
+        raise HttpRequestError(400, "malformed request line")
+    method, target, version_text = parts
+    if not _is_token(method):
+        raise HttpRequestError(400, "malformed method")
+    if (
+        len(version_text) != 8
+        or not version_text.startswith("HTTP/")
+        or version_text[6] != "."
+        or not version_text[5].isdigit()
+        or not version_text[7].isdigit()
+    ):
+        raise HttpRequestError(400, "malformed HTTP version")
+    version = (int(version_text[5]), int(version_text[7]))
+    if version not in ((1, 0), (1, 1)):
+        raise HttpRequestError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    if len(target) > MAX_TARGET_LENGTH:
+        raise HttpRequestError(414, "request target too long")
+    if not target.startswith("/") or any(ord(char) <= 0x20 or char == "\x7f" for char in target):
+        raise HttpRequestError(400, "request target must be an absolute path")
+    if len(field_lines) > MAX_HEADERS:
+        raise HttpRequestError(431, "too many header fields")
+    headers: list[tuple[str, str]] = []
+    for line in field_lines:
+        name, colon, value = line.partition(":")
+        # RFC 9112 §5.1: no whitespace between name and colon; §5.2: obs-fold is rejected.
+        if not colon or not _is_token(name):
+            raise HttpRequestError(400, "malformed header field")
+        value = value.strip(" \t")
+        if any((ord(char) < 0x20 and char != "\t") or char == "\x7f" for char in value):
+            raise HttpRequestError(400, "control character in a header field")
+        headers.append((name.lower(), value))
+    names = [name for name, _ in headers]
+    # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+    # request message that lacks a Host header field and to any request message that contains
+    # more than one Host header field".
+    if names.count("host") > 1 or (version == (1, 1) and "host" not in names):
+        raise HttpRequestError(400, "exactly one Host header is required")
+    if "transfer-encoding" in names:
+        raise HttpRequestError(400, "a request body is not accepted")
+    for name, value in headers:
+        if name == "content-length" and value != "0":
+            raise HttpRequestError(400, "a request body is not accepted")
+    path = target.partition("?")[0]
+    return HttpRequest(method=method, path=path, version=version, headers=tuple(headers))
+
+
+def readyz_body(snapshot: HealthSnapshot, now: datetime) -> tuple[bool, dict[str, Any]]:
+    """Readiness and the ``/readyz`` JSON body: per-certificate state, reasons and CA errors."""
+    ready, reasons = readiness(snapshot.statuses, now)
+    if not snapshot.alive:
+        ready = False
+        reasons = [f"service loop: {snapshot.detail or 'not running'}", *reasons]
+    metrics = snapshot.metrics
+    body: dict[str, Any] = {
+        "ready": ready,
+        "reasons": reasons,
+        "ca": {
+            "reachable": metrics.ca_reachable,
+            "error": metrics.ca_error,
+            "clock_skew_seconds": metrics.clock_skew,
+        },
+        "certificates": [status_to_json(status, now) for status in snapshot.statuses],
+    }
+    return ready, body
+
+
+def _response(
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    head_only: bool = False,
+    extra_headers: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in extra_headers),
+    ]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    return head if head_only else head + body
+
+
+def _text(status: int, text: str, *, head_only: bool = False, **kwargs: Any) -> bytes:
+    return _response(
+        status, (text + "\n").encode(), "text/plain; charset=utf-8", head_only=head_only, **kwargs
+    )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    """``::`` for both address families: asyncio sets IPV6_V6ONLY on every IPv6 socket it opens,
+    but a user who writes ``[::]:9102`` expects IPv4 probes to reach it too."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bare_host(host: str) -> str:
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class HealthServer:
+    """``GET /healthz``, ``/readyz``, ``/metrics`` on ``host:port`` (port 0: any free port).
+
+    ``snapshot`` is called once per request, in the event loop, and must be cheap; ``clock``
+    gives the time readiness is judged at.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        snapshot: Callable[[], HealthSnapshot],
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._host = _bare_host(host)
+        self._port = port
+        self._snapshot = snapshot
+        self._clock = clock
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs, for logs and for tests that asked for port 0."""
+        if self._server is None:
+            return []
+        return [(sock.getsockname()[0], sock.getsockname()[1]) for sock in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        addresses = self.addresses
+        if not addresses:
+            raise RuntimeError("health server is not listening; call start() first")
+        return addresses[0][1]
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            if self._host == "::":
+                self._server = await asyncio.start_server(
+                    self._on_connection, sock=_dual_stack_socket(self._port), limit=MAX_HEAD_BYTES
+                )
+            else:
+                self._server = await asyncio.start_server(
+                    self._on_connection,
+                    self._host or None,
+                    self._port,
+                    limit=MAX_HEAD_BYTES,
+                    reuse_address=True,
+                )
+        except OSError as exc:
+            address = f"{_url_host(self._host or '*')}:{self._port}"
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise HealthBindError(f"--health-listen {address}: cannot listen: {reason}") from exc
+        logger.info("health_listening", extra={"addresses": self.addresses})
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Python 3.11's wait_closed() does not wait for open connections: end them here so that
+        # shutdown is bounded by us, not by a slow client.
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS or task is None:
+            writer.transport.abort()
+            return
+        self._connections.add(task)
+        try:
+            answer = await self._answer(reader)
+            if answer is not None:
+                writer.write(answer)
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass  # the client went away or stalled: nothing to tell it
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            return _text(408, "request timeout")
+        except asyncio.LimitOverrunError:
+            return _text(431, "request head too large")
+        except asyncio.IncompleteReadError as exc:
+            # A connection opened and closed without a request (a TCP probe): answer nothing.
+            return None if not exc.partial.strip() else _text(400, "incomplete request")
+        try:
+            request = parse_request_head(head)
+        except HttpRequestError as exc:
+            return _text(exc.status, str(exc))
+        head_only = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, "method not allowed", extra_headers=[("Allow", "GET, HEAD")])
+        if request.path not in ("/healthz", "/readyz", "/metrics"):
+            return _text(404, "not found", head_only=head_only)
+        try:
+            snapshot = self._snapshot()
+            now = self._clock()
+            if request.path == "/healthz":
+                if snapshot.alive:
+                    return _text(200, "ok", head_only=head_only)
+                return _text(503, one_line(snapshot.detail or "not alive"), head_only=head_only)
+            if request.path == "/readyz":
+                ready, body = readyz_body(snapshot, now)
+                data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+                return _response(
+                    200 if ready else 503, data, "application/json", head_only=head_only
+                )
+            data = render(snapshot.statuses, snapshot.metrics, now).encode()
+            return _response(200, data, METRICS_CONTENT_TYPE, head_only=head_only)
+        except Exception:
+            # A bug in building the snapshot must not take the listener down; log it once per
+            # request and answer 500 so that the probe shows something is wrong.
+            logger.exception("health_request_failed", extra={"path": request.path})
+            return _text(500, "internal error", head_only=head_only)
+
+
+# --- cert-sidecar healthcheck ------------------------------------------------------------------
+
+
+class _HasHealthListen(Protocol):
+    @property
+    def health_listen(self) -> tuple[str, int]: ...
+
+
+def connect_host(listen_host: str) -> str:
+    """Where to connect for a server listening on ``listen_host``: the wildcard addresses are not
+    destinations, so use the loopback of the same family."""
+    host = _bare_host(listen_host)
+    if host in ("", "0.0.0.0"):  # noqa: S104 - comparing, not binding
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+async def _probe(host: str, port: int) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = (
+            f"GET /readyz HTTP/1.1\r\nHost: {_url_host(host)}:{port}\r\n"
+            "User-Agent: cert-sidecar-healthcheck\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(request.encode("ascii"))
+        await writer.drain()
+        # The server closes after one answer; /readyz is small, so cap what we accept.
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await reader.read(65536):
+            size += len(chunk)
+            if size > _MAX_PROBE_ANSWER:
+                raise ValueError("answer too large")
+            chunks.append(chunk)
+        response = b"".join(chunks)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    status_line, _, rest = response.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ValueError("not an HTTP answer")
+    _, _, body = rest.partition(b"\r\n\r\n")
+    return int(parts[1]), body
+
+
+def _not_ready_reason(status: int, body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        reasons = [str(reason) for reason in data["reasons"]]
+    except (ValueError, KeyError, TypeError):
+        reasons = []
+    if not reasons:
+        return f"not ready (HTTP {status})"
+    text = "; ".join(reasons)
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return one_line(f"not ready: {text}")
+
+
+async def cmd_healthcheck(
+    settings: _HasHealthListen,
+    *,
+    timeout: float = HEALTHCHECK_TIMEOUT,  # noqa: ASYNC109 - the deadline is this command's contract
+    stderr: TextIO | None = None,
+) -> int:
+    """``cert-sidecar healthcheck``: 0 when the running sidecar's ``/readyz`` answers 200.
+
+    Otherwise 1, with one line on stderr saying why (not reachable, no answer in time, or the
+    readiness reasons from the body).
+    """
+    out = stderr if stderr is not None else sys.stderr
+    listen_host, port = settings.health_listen
+    host = connect_host(listen_host)
+    url = f"http://{_url_host(host)}:{port}/readyz"
+    try:
+        async with asyncio.timeout(timeout):
+            status, body = await _probe(host, port)
+    except TimeoutError:
+        print(f"healthcheck: no answer from {url} within {timeout:g} s", file=out)
+        return 1
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        print(f"healthcheck: cannot reach {url}: {one_line(reason)}", file=out)
+        return 1
+    except ValueError as exc:
+        print(f"healthcheck: bad answer from {url}: {exc}", file=out)
+        return 1
+    if status == 200:
+        return 0
+    print(f"healthcheck: {_not_ready_reason(status, body)}", file=out)
+    return 1

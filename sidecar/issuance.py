@@ -1,0 +1,102 @@
+"""The one-shot commands: `issue`, `renew` and `revoke`.
+
+Each first asks a running `cert-sidecar run` to do the work through the control socket in the
+state directory (it holds the challenge ports and the state), and does it itself only when no
+sidecar is running. Either way it prints one line per certificate and exits 0 only when every
+certificate ended valid.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from sidecar.config import CertificateSpec, Settings
+from sidecar.errors import OperationError
+from sidecar.manager import Manager, Outcome, parse_revocation_reason
+from sidecar.trust import load_ca_bundle
+
+# A renewal pass handed to a running sidecar may include slow orders (a DNS hook waiting for
+# propagation, a CA under load); the sidecar bounds each order itself.
+HANDOFF_TIMEOUT = 900.0
+
+
+def _check_before_network(settings: Settings) -> None:
+    """Everything that is wrong before any network I/O is a configuration error (exit 2)."""
+    load_ca_bundle(settings.ca_bundle)
+    if not settings.certificates:
+        from sidecar.errors import ConfigError
+
+        raise ConfigError(
+            "--domain", "no certificate configured (give --domain or [[certificates]])"
+        )
+
+
+async def _hand_off(settings: Settings, payload: dict[str, Any]) -> int | None:
+    """Let a running sidecar do it; None when there is none."""
+    from sidecar.control import request
+
+    answer = await request(settings.state_dir, payload, timeout=HANDOFF_TIMEOUT)
+    if answer is None:
+        return None
+    for item in answer.get("results") or []:
+        _print(Outcome.from_json(item))
+    if answer.get("error"):
+        print(f"cert-sidecar: error: {answer['error']}", file=sys.stderr)
+    print("(done by the running cert-sidecar)", file=sys.stderr)
+    return int(answer.get("exit_code", 1))
+
+
+def _print(outcome: Outcome) -> None:
+    stream = sys.stdout if outcome.ok else sys.stderr
+    print(outcome.line(), file=stream)
+
+
+def _exit_code(outcomes: list[Outcome]) -> int:
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
+
+
+async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool) -> int:
+    _check_before_network(settings)
+    handed = await _hand_off(settings, {"command": command, "force": force, "dry_run": dry_run})
+    if handed is not None:
+        return handed
+    async with Manager(settings, holder=f"{command} pid {os.getpid()}") as manager:
+        outcomes = await manager.ensure_all(settings.certificates, force=force, dry_run=dry_run)
+    for outcome in outcomes:
+        _print(outcome)
+    return _exit_code(outcomes)
+
+
+async def cmd_issue(settings: Settings, *, force: bool = False) -> int:
+    return await _pass(settings, "issue", force=force, dry_run=False)
+
+
+async def cmd_renew(settings: Settings, *, force: bool = False, dry_run: bool = False) -> int:
+    return await _pass(settings, "renew", force=force, dry_run=dry_run)
+
+
+def find_spec(settings: Settings, name: str) -> CertificateSpec:
+    spec = settings.certificate(name)
+    if spec is None:
+        known = ", ".join(s.name for s in settings.certificates) or "none"
+        raise OperationError(f"no configured certificate named {name!r} (configured: {known})")
+    return spec
+
+
+async def cmd_revoke(
+    settings: Settings, name: str, *, reason: str | None = None, remove: bool = False
+) -> int:
+    reason_code = parse_revocation_reason(reason)
+    load_ca_bundle(settings.ca_bundle)
+    spec = find_spec(settings, name)
+    handed = await _hand_off(
+        settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
+    )
+    if handed is not None:
+        return handed
+    async with Manager(settings, holder=f"revoke pid {os.getpid()}") as manager:
+        outcome = await manager.revoke(spec, reason=reason_code, remove=remove)
+    _print(outcome)
+    return 0 if outcome.ok else 1

@@ -1,0 +1,747 @@
+"""One certificate's life: inspect what is deployed, obtain a new one, store, write, deploy.
+
+The `Manager` is shared by the one-shot commands (`issue`, `renew`, `revoke`) and by `run`:
+the one-shots make one pass and close it; `run` keeps it (and its ACME connection pool and
+challenge responders) open for the life of the process. Every step that changes a certificate
+holds that certificate's lock in the state directory, so two processes never order the same
+certificate at once.
+
+The order of writes is what makes a crash at any moment safe:
+1. the certificate key is saved (0600) before the order, so a retried order reuses it;
+2. the new certificate is checked (`pem.validate_for_deploy`) before anything is replaced;
+3. the state copy is saved (the old one kept as ``previous.pem``), then the combined PEM is
+   replaced atomically in the certs directory, then the metadata records success;
+4. HAProxy is told last; if that fails the file on disk is already right, and the next
+   deploy (or an HAProxy restart) picks it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sidecar import pem, policy, storage
+from sidecar.config import CertificateSpec, Settings
+from sidecar.errors import OperationError, SidecarError, one_line
+from sidecar.logs import get_logger
+
+if TYPE_CHECKING:
+    from ca_client.challenges.base import ChallengeSolver
+    from ca_client.client import AcmeClient
+    from ca_client.keys import PrivateKey
+    from ca_client.models import IssuedCertificate
+    from sidecar.deploy import Deployer, DeployResult
+
+log = get_logger("sidecar.manager")
+
+# RFC 5280 §5.3.1 reason codes, by the names users type (`--reason key-compromise`).
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keycompromise": 1,
+    "cacompromise": 2,
+    "affiliationchanged": 3,
+    "superseded": 4,
+    "cessationofoperation": 5,
+    "certificatehold": 6,
+    "removefromcrl": 8,
+    "privilegewithdrawn": 9,
+    "aacompromise": 10,
+}
+
+# How long one order may take before it is abandoned (step-ca answers in milliseconds; Pebble
+# sleeps up to several seconds per validation; a DNS hook may wait for propagation).
+ORDER_TIMEOUT = 300.0
+# How many orders run at once in one pass: enough to fill the CA's pipeline over one connection
+# pool, few enough not to look like a flood to a CA or to a DNS hook.
+MAX_CONCURRENT_ORDERS = 16
+
+
+def parse_revocation_reason(text: str | None) -> int | None:
+    """``--reason`` as a name (``keyCompromise``, ``key-compromise``) or a number."""
+    if text is None:
+        return None
+    key = text.replace("-", "").replace("_", "").lower()
+    if key in REVOCATION_REASONS:
+        return REVOCATION_REASONS[key]
+    if key.isdigit() and int(key) in REVOCATION_REASONS.values():
+        return int(key)
+    names = ", ".join(sorted(REVOCATION_REASONS))
+    raise OperationError(f"--reason: unknown revocation reason {text!r} (one of: {names})")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CertView:
+    """What is on disk for one configured certificate, and what the policy says about it."""
+
+    spec: CertificateSpec
+    path: Path
+    facts: pem.CertFacts | None
+    unreadable: str | None
+    key_matches: bool
+    meta: storage.CertMeta
+    due: policy.DueReason | None
+    next_renewal: datetime | None
+
+    @property
+    def is_real(self) -> bool:
+        """A parseable, non-placeholder certificate is deployed (possibly expired)."""
+        return self.facts is not None and not self.facts.is_placeholder
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one step for one certificate, as commands print and `run` reports it."""
+
+    name: str
+    action: str  # issued, unchanged, failed, dry-run, revoked, removed, waiting
+    ok: bool
+    serial: str | None = None
+    not_after: datetime | None = None
+    reason: str | None = None
+    error: str | None = None
+    next_retry_at: datetime | None = None
+    deploy: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "ok": self.ok,
+            "serial": self.serial,
+            "not_after": self.not_after.isoformat() if self.not_after else None,
+            "reason": self.reason,
+            "error": self.error,
+            "next_retry_at": self.next_retry_at.isoformat() if self.next_retry_at else None,
+            "deploy": self.deploy,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        def when(key: str) -> datetime | None:
+            value = data.get(key)
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+        return cls(
+            name=str(data.get("name", "?")),
+            action=str(data.get("action", "?")),
+            ok=bool(data.get("ok")),
+            serial=data.get("serial"),
+            not_after=when("not_after"),
+            reason=data.get("reason"),
+            error=data.get("error"),
+            next_retry_at=when("next_retry_at"),
+            deploy=dict(data.get("deploy") or {}),
+        )
+
+    def line(self) -> str:
+        """One human line for the one-shot commands."""
+        until = f", valid until {self.not_after:%Y-%m-%d %H:%M:%S}Z" if self.not_after else ""
+        serial = f" serial {self.serial}" if self.serial else ""
+        if self.action == "failed":
+            retry = (
+                f" (next retry {self.next_retry_at:%Y-%m-%d %H:%M:%S}Z)"
+                if self.next_retry_at
+                else ""
+            )
+            return f"{self.name}: failed: {self.error}{retry}"
+        if self.action == "unchanged":
+            return f"{self.name}: unchanged{serial}{until}"
+        why = f" ({self.reason})" if self.reason else ""
+        warn = f"; warning: {self.error}" if self.error else ""
+        return f"{self.name}: {self.action}{serial}{until}{why}{warn}"
+
+
+def error_text(error: BaseException) -> str:
+    """A one-line description of a failure, never holding key material."""
+    text = one_line(str(error)) or type(error).__name__
+    return text
+
+
+class Manager:
+    """Keeps certificates issued, stored, written and deployed; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        holder: str | None = None,
+        now: Callable[[], datetime] = utc_now,
+        keep_responders: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = storage.StateStore(settings.state_dir)
+        self.holder = holder or f"pid {os.getpid()}"
+        self.now = now
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self._keep_responders = keep_responders
+        self._client: AcmeClient | None = None
+        self._client_lock = asyncio.Lock()
+        self._solvers: dict[str, ChallengeSolver] = {}
+        self._solver_lock = asyncio.Lock()
+        self._deployer: Deployer | None = None
+        self._deployer_built = False
+        self._orders = asyncio.Semaphore(MAX_CONCURRENT_ORDERS)
+        self.last_ca_error: str | None = None
+        self.last_ca_success: datetime | None = None
+        self.clock_skew: float | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Manager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.reset_client()
+        solvers, self._solvers = self._solvers, {}
+        for solver in solvers.values():
+            closer = getattr(solver, "aclose", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception as error:
+                    log.warning("responder_close_failed", error=error_text(error))
+
+    async def reset_client(self) -> None:
+        """Drop the ACME client, so the next order rebuilds trust from the CA bundle."""
+        async with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- paths and inspection -----------------------------------------------------------------
+
+    def pem_path(self, name: str) -> Path:
+        return self.settings.certs_dir / f"{name}.pem"
+
+    def haproxy_path(self, name: str) -> Path:
+        return self.settings.haproxy_certs_dir / f"{name}.pem"
+
+    def inspect(self, spec: CertificateSpec, now: datetime | None = None) -> CertView:
+        """Read the deployed combined PEM and the metadata, and ask the policy about them."""
+        now = now or self.now()
+        path = self.pem_path(spec.name)
+        facts: pem.CertFacts | None = None
+        unreadable: str | None = None
+        matches = True
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError as error:
+            unreadable = f"cannot read {path}: {error.strerror or error}"
+            data = None
+        if data is not None:
+            try:
+                bundle = pem.parse_combined(data)
+            except pem.PemError as error:
+                unreadable = f"{path}: {error}"
+            else:
+                facts = pem.describe_cert(bundle.leaf)
+                matches = pem.key_matches(bundle.leaf, bundle.key)
+        meta = self._load_meta(spec.name)
+        due = policy.due_reason(
+            now,
+            facts,
+            wanted_names=spec.domains,
+            wanted_key_type=str(spec.key_type),
+            renew_at=self.settings.renew_at,
+            unreadable=unreadable is not None,
+            key_matches=matches,
+        )
+        next_renewal: datetime | None = None
+        if facts is not None and not facts.is_placeholder:
+            next_renewal = policy.facts_renewal_time(facts, self.settings.renew_at)
+        if due is not None:
+            next_renewal = now
+        if meta.next_retry_at is not None and meta.failures and due is not None:
+            next_renewal = max(now, meta.next_retry_at)
+        return CertView(spec, path, facts, unreadable, matches, meta, due, next_renewal)
+
+    def _load_meta(self, name: str) -> storage.CertMeta:
+        try:
+            return self.store.load_meta(name) or storage.CertMeta()
+        except storage.MetaError as error:
+            # A corrupt meta.json loses the retry state, not the certificate.
+            log.warning("cert_meta_unreadable", cert=name, error=error_text(error))
+            return storage.CertMeta()
+
+    # -- the ACME side ------------------------------------------------------------------------
+
+    async def client(self) -> AcmeClient:
+        """The ACME client with a registered account, made on first use."""
+        async with self._client_lock:
+            if self._client is None:
+                self._client = await self._open_client()
+            return self._client
+
+    async def _open_client(self) -> AcmeClient:
+        from ca_client.client import AcmeClient, ExternalAccountBinding
+        from ca_client.keys import KeyType, generate_private_key
+        from sidecar.trust import build_ssl_context
+
+        settings = self.settings
+        context = build_ssl_context(settings.ca_bundle, system_trust=settings.system_trust)
+        loaded = self.store.load_account(settings.directory)
+        if loaded is None:
+            account_key = generate_private_key(KeyType.EC_P256)
+            self.store.save_account_key(settings.directory, account_key)
+            account_url = None
+        else:
+            account_key, account_url = loaded
+        client = AcmeClient(settings.directory, account_key, ssl_context=context)
+        try:
+            await client.__aenter__()
+            contact = [f"mailto:{settings.email}"] if settings.email else []
+            eab = None
+            if settings.eab_kid and settings.eab_hmac_key:
+                eab = ExternalAccountBinding(settings.eab_kid, settings.eab_hmac_key)
+            account = await client.ensure_account(contact=contact, eab=eab, account_url=account_url)
+        except BaseException:
+            await client.aclose()
+            raise
+        if account.url != account_url:
+            self.store.save_account_url(settings.directory, account.url, contact)
+            log.info("acme_account_registered", account_url=account.url)
+        return client
+
+    def _remember_account(self, client: AcmeClient) -> None:
+        """The client re-registers by itself when the CA forgot the account (database reset)."""
+        url = client.account_url
+        loaded = self.store.load_account(self.settings.directory)
+        if url and (loaded is None or loaded[1] != url):
+            contact = [f"mailto:{self.settings.email}"] if self.settings.email else []
+            self.store.save_account_url(self.settings.directory, url, contact)
+            log.warning("acme_account_reregistered", account_url=url)
+
+    async def solver(self, challenge: str) -> ChallengeSolver:
+        """The responder for a challenge type, started on first use."""
+        async with self._solver_lock:
+            existing = self._solvers.get(challenge)
+            if existing is not None:
+                return existing
+            solver = await self._start_solver(challenge)
+            self._solvers[challenge] = solver
+            return solver
+
+    async def _start_solver(self, challenge: str) -> ChallengeSolver:
+        settings = self.settings
+        if challenge == "http-01":
+            from ca_client.challenges.http01 import Http01Responder
+
+            http = Http01Responder(*settings.http_listen)
+            await http.start()
+            return http
+        if challenge == "tls-alpn-01":
+            from ca_client.challenges.tlsalpn01 import TlsAlpn01Responder
+
+            alpn = TlsAlpn01Responder(*settings.tls_alpn_listen)
+            await alpn.start()
+            return alpn
+        if challenge == "dns-01":
+            from ca_client.challenges.dns01 import Dns01HookSolver
+
+            if not settings.dns_hook:
+                raise OperationError("--dns-hook: dns-01 needs a hook command")
+            return Dns01HookSolver(settings.dns_hook)
+        raise OperationError(f"--challenge: unknown challenge type {challenge!r}")
+
+    async def start_responders(self) -> None:
+        """Bind the listeners of every configured challenge type now (for `run`)."""
+        for challenge in sorted({spec.challenge for spec in self.settings.certificates}):
+            await self.solver(challenge)
+
+    # -- the HAProxy side ---------------------------------------------------------------------
+
+    def deployer(self) -> Deployer | None:
+        if not self._deployer_built:
+            from sidecar.deploy import deployer_from_settings
+
+            self._deployer = deployer_from_settings(self.settings)
+            self._deployer_built = True
+        return self._deployer
+
+    async def deploy(self, spec: CertificateSpec, data: bytes) -> DeployResult | None:
+        deployer = self.deployer()
+        if deployer is None:
+            return None
+        facts = pem.describe_cert(pem.parse_combined(data).leaf)
+        return await deployer.deploy(
+            spec.name,
+            self.pem_path(spec.name),
+            data,
+            serial_hex=facts.serial_hex,
+            not_after=facts.not_after,
+            names=spec.domains,
+        )
+
+    # -- one step -----------------------------------------------------------------------------
+
+    async def ensure(
+        self,
+        spec: CertificateSpec,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        respect_backoff: bool = False,
+        lock_timeout: float = 60.0,
+    ) -> Outcome:
+        """Issue the certificate if it is missing, invalid or due (or ``force``)."""
+        bound = log.bind(cert=spec.name)
+        try:
+            async with self.store.lock(spec.name, timeout=lock_timeout, holder=self.holder):
+                return await self._ensure_locked(spec, bound, force, dry_run, respect_backoff)
+        except storage.LockTimeout as error:
+            bound.warning("cert_lock_timeout", error=error_text(error))
+            return Outcome(spec.name, "failed", ok=False, error=error_text(error))
+
+    async def _ensure_locked(
+        self,
+        spec: CertificateSpec,
+        bound: Any,
+        force: bool,
+        dry_run: bool,
+        respect_backoff: bool,
+    ) -> Outcome:
+        now = self.now()
+        view = self.inspect(spec, now)
+        reason = view.due or (policy.DueReason.FORCED if force else None)
+        if reason is None:
+            assert view.facts is not None  # a certificate that is not due exists
+            return Outcome(
+                spec.name,
+                "unchanged",
+                ok=True,
+                serial=view.facts.serial_hex,
+                not_after=view.facts.not_after,
+            )
+        meta = view.meta
+        if (
+            respect_backoff
+            and reason is not policy.DueReason.FORCED
+            and meta.next_retry_at is not None
+            and now < meta.next_retry_at
+        ):
+            return Outcome(
+                spec.name,
+                "waiting",
+                ok=view.is_real and view.facts is not None and view.facts.not_after > now,
+                reason=str(reason),
+                error=meta.last_error,
+                next_retry_at=meta.next_retry_at,
+            )
+        bound.info("cert_renewal_started", reason=str(reason), dry_run=dry_run)
+        try:
+            async with self._orders:
+                issued, key = await self._obtain(spec, view)
+            combined = self._combine(issued, key)
+            bundle = pem.validate_for_deploy(combined, spec.domains, self.now())
+        except (SidecarError, pem.PemError, OSError, _acme_errors()) as error:
+            return self._failed(spec, view, reason, error, bound, record=not dry_run)
+        facts = pem.describe_cert(bundle.leaf)
+        if dry_run:
+            bound.info("cert_dry_run_succeeded", serial=facts.serial_hex)
+            return Outcome(
+                spec.name,
+                "dry-run",
+                ok=True,
+                serial=facts.serial_hex,
+                not_after=facts.not_after,
+                reason=str(reason),
+            )
+        try:
+            self._store_and_write(spec, issued, combined)
+        except (SidecarError, OSError) as error:
+            return self._failed(spec, view, reason, error, bound, record=True)
+        issued_at = self.now()
+        meta = meta.with_success(
+            order_url=issued.order_url,
+            issued_at=issued_at,
+            not_before=facts.not_before,
+            not_after=facts.not_after,
+            serial=facts.serial_hex,
+            domains=tuple(spec.domains),
+            key_type=str(spec.key_type),
+            last_attempt_at=issued_at,
+            last_success_at=issued_at,
+        )
+        self._save_meta(spec.name, meta)
+        bound.info(
+            "cert_issued",
+            serial=facts.serial_hex,
+            not_after=facts.not_after.isoformat(),
+            reason=str(reason),
+            order_url=issued.order_url,
+        )
+        deploy_info, deploy_error = await self._deploy_and_record(spec, combined, facts, bound)
+        return Outcome(
+            spec.name,
+            "issued",
+            ok=True,
+            serial=facts.serial_hex,
+            not_after=facts.not_after,
+            reason=str(reason),
+            error=deploy_error,
+            deploy=deploy_info,
+        )
+
+    async def _deploy_and_record(
+        self, spec: CertificateSpec, combined: bytes, facts: pem.CertFacts, bound: Any
+    ) -> tuple[dict[str, Any], str | None]:
+        try:
+            result = await self.deploy(spec, combined)
+        except Exception as error:
+            bound.error("haproxy_update_failed", error=error_text(error))
+            return {"ok": False, "error": error_text(error)}, f"deploy failed: {error_text(error)}"
+        if result is None:
+            return {}, None
+        info = result.to_json()
+        if result.ok:
+            meta = self._load_meta(spec.name)
+            self._save_meta(
+                spec.name,
+                replace(meta, deployed_serial=facts.serial_hex, deployed_at=self.now()),
+            )
+            bound.info("haproxy_updated", serial=facts.serial_hex, **_log_fields(info))
+            return info, None
+        bound.error("haproxy_update_failed", serial=facts.serial_hex, **_log_fields(info))
+        return info, f"deploy failed: {result.summary()}"
+
+    async def _obtain(
+        self, spec: CertificateSpec, view: CertView
+    ) -> tuple[IssuedCertificate, PrivateKey]:
+        from ca_client.keys import generate_private_key, key_type_of
+        from ca_client.models import Identifier
+
+        key = self.store.load_key(spec.name)
+        if key is None or key_type_of(key) != spec.key_type:
+            key = generate_private_key(spec.key_type)
+            # Saved before the order so that a retried or resumed order reuses it.
+            self.store.save_key(spec.name, key)
+        client = await self.client()
+        solver = await self.solver(spec.challenge)
+        identifiers = [Identifier.from_string(name) for name in spec.domains]
+        try:
+            issued = await client.obtain(
+                identifiers,
+                key,
+                solvers={spec.challenge: solver},
+                preferred=(spec.challenge,),
+                timeout=ORDER_TIMEOUT,
+            )
+        except BaseException as error:
+            if isinstance(error, _acme_errors()):
+                self.last_ca_error = error_text(error)
+            raise
+        finally:
+            self._remember_account(client)
+            self.clock_skew = client.last_server_date_skew
+        self.last_ca_error = None
+        self.last_ca_success = self.now()
+        return issued, key
+
+    def _combine(self, issued: IssuedCertificate, key: PrivateKey) -> bytes:
+        from ca_client.keys import private_key_to_pem
+
+        return pem.combined_pem(
+            issued.leaf_pem.encode() if isinstance(issued.leaf_pem, str) else issued.leaf_pem,
+            [c.encode() if isinstance(c, str) else c for c in issued.chain_pems],
+            private_key_to_pem(key),
+        )
+
+    def _store_and_write(
+        self, spec: CertificateSpec, issued: IssuedCertificate, combined: bytes
+    ) -> None:
+        leaf = issued.leaf_pem.encode() if isinstance(issued.leaf_pem, str) else issued.leaf_pem
+        chain = [c.encode() if isinstance(c, str) else c for c in issued.chain_pems]
+        self.store.save_issued(spec.name, leaf, chain)
+        storage.atomic_write(
+            self.pem_path(spec.name),
+            combined,
+            mode=self.settings.pem_mode,
+            group=self.settings.pem_group,
+        )
+
+    def _failed(
+        self,
+        spec: CertificateSpec,
+        view: CertView,
+        reason: policy.DueReason,
+        error: BaseException,
+        bound: Any,
+        *,
+        record: bool,
+    ) -> Outcome:
+        now = self.now()
+        text = error_text(error)
+        problem_type = getattr(error, "type", None)
+        retry_after = getattr(error, "retry_after", None)
+        not_after = view.facts.not_after if view.is_real and view.facts else None
+        delay = policy.next_retry_delay(
+            view.meta.failures + 1,
+            now,
+            not_after,
+            self._rng,
+            permanent=policy.is_permanent_problem(
+                problem_type if isinstance(problem_type, str) else None
+            ),
+            retry_after=timedelta(seconds=retry_after)
+            if isinstance(retry_after, int | float)
+            else None,
+        )
+        next_retry_at = now + delay
+        if record:
+            self._save_meta(
+                spec.name, view.meta.with_failure(text, now=now, next_retry_at=next_retry_at)
+            )
+        bound.error(
+            "cert_renewal_failed",
+            reason=str(reason),
+            error=text,
+            error_type=type(error).__name__,
+            failures=view.meta.failures + 1,
+            next_retry_at=next_retry_at.isoformat(),
+        )
+        return Outcome(
+            spec.name,
+            "failed",
+            ok=False,
+            reason=str(reason),
+            error=text,
+            next_retry_at=next_retry_at if record else None,
+            not_after=not_after,
+        )
+
+    def _save_meta(self, name: str, meta: storage.CertMeta) -> None:
+        try:
+            self.store.save_meta(name, meta)
+        except (SidecarError, OSError) as error:
+            log.error("cert_meta_write_failed", cert=name, error=error_text(error))
+
+    # -- placeholder --------------------------------------------------------------------------
+
+    async def ensure_placeholder(self, spec: CertificateSpec) -> bool:
+        """Write a placeholder where no certificate file exists yet, so HAProxy can start."""
+        path = self.pem_path(spec.name)
+        if path.exists():
+            return False
+        from ca_client.keys import private_key_to_pem
+        from sidecar.placeholder import make_placeholder
+
+        cert_pem, key = make_placeholder(spec.name, spec.domains, now=self.now())
+        key_pem = key if isinstance(key, bytes) else private_key_to_pem(key)
+        data = pem.combined_pem(cert_pem, [], key_pem)
+        storage.atomic_write(path, data, mode=self.settings.pem_mode, group=self.settings.pem_group)
+        log.info("cert_placeholder_written", cert=spec.name, path=str(path))
+        try:
+            await self.deploy(spec, data)
+        except Exception as error:
+            log.warning(
+                "haproxy_placeholder_deploy_failed", cert=spec.name, error=error_text(error)
+            )
+        return True
+
+    # -- revocation ---------------------------------------------------------------------------
+
+    async def revoke(self, spec: CertificateSpec, *, reason: int | None, remove: bool) -> Outcome:
+        """Revoke at the CA, then either replace it (new key) or remove it entirely."""
+        bound = log.bind(cert=spec.name)
+        try:
+            async with self.store.lock(spec.name, timeout=60.0, holder=self.holder):
+                return await self._revoke_locked(spec, reason, remove, bound)
+        except storage.LockTimeout as error:
+            return Outcome(spec.name, "failed", ok=False, error=error_text(error))
+
+    async def _revoke_locked(
+        self, spec: CertificateSpec, reason: int | None, remove: bool, bound: Any
+    ) -> Outcome:
+        view = self.inspect(spec)
+        if not view.is_real or view.facts is None:
+            return Outcome(
+                spec.name,
+                "failed",
+                ok=False,
+                error=f"no issued certificate to revoke at {view.path}",
+            )
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        leaf = pem.parse_combined(view.path.read_bytes()).leaf
+        try:
+            client = await self.client()
+            await client.revoke(leaf.public_bytes(Encoding.DER), reason=reason)
+        except (SidecarError, _acme_errors()) as error:
+            bound.error("cert_revocation_failed", error=error_text(error))
+            return Outcome(spec.name, "failed", ok=False, error=error_text(error))
+        serial = view.facts.serial_hex
+        bound.info("cert_revoked", serial=serial, reason_code=reason)
+        if remove:
+            return await self._remove(spec, serial, bound)
+        # The key may be why it was revoked: never reuse it.
+        self.store.discard_key(spec.name)
+        outcome = await self._ensure_locked(
+            spec, bound, force=True, dry_run=False, respect_backoff=False
+        )
+        action = "revoked and replaced" if outcome.ok else "revoked; replacement failed"
+        return replace(
+            outcome,
+            action=action if outcome.ok else "failed",
+            error=outcome.error if outcome.ok else f"{action}: {outcome.error}",
+        )
+
+    async def _remove(self, spec: CertificateSpec, serial: str, bound: Any) -> Outcome:
+        warning: str | None = None
+        deployer = self.deployer()
+        if deployer is not None:
+            try:
+                await deployer.remove(spec.name)
+            except Exception as error:
+                warning = f"HAProxy unload failed: {error_text(error)}"
+                bound.error("haproxy_remove_failed", error=error_text(error))
+        try:
+            self.pem_path(spec.name).unlink(missing_ok=True)
+        except OSError as error:
+            return Outcome(spec.name, "failed", ok=False, error=f"revoked, but {error_text(error)}")
+        self.store.remove_cert(spec.name)
+        bound.info("cert_removed", serial=serial)
+        return Outcome(spec.name, "removed", ok=True, serial=serial, error=warning)
+
+    # -- one pass over many -------------------------------------------------------------------
+
+    async def ensure_all(
+        self,
+        specs: Sequence[CertificateSpec],
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        due_only: bool = False,
+    ) -> list[Outcome]:
+        """One pass: every certificate at once (bounded by the order semaphore)."""
+        del due_only  # `issue` and `renew` differ only in wording: both skip what is not due.
+        return list(
+            await asyncio.gather(
+                *(self.ensure(spec, force=force, dry_run=dry_run) for spec in specs)
+            )
+        )
+
+
+def _log_fields(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if k in ("mode", "fallback", "verified", "error")}
+
+
+def _acme_errors() -> type[BaseException]:
+    from ca_client.errors import AcmeError
+
+    return AcmeError

@@ -1,0 +1,660 @@
+"""Everything the sidecar keeps on disk: atomic writes, the state directory, per-certificate locks.
+
+Errors::
+
+    StorageError            a file or directory could not be read or written (message names it)
+    ├── StateVersionError   the state directory's schema is unknown (e.g. from a newer release)
+    ├── MetaError           a meta.json that does not parse (load_meta logs it and returns None)
+    └── LockTimeout         another process held the certificate's lock too long (names it)
+
+The state directory (DESIGN.md "State directory layout")::
+
+    <state>/VERSION                           schema version, "1"
+    <state>/account/<sha256(directory)[:16]>/key.pem       0600
+    <state>/account/<sha256(directory)[:16]>/account.json  {"url", "directory", "contact"}
+    <state>/certs/<name>/key.pem              0600, reused across renewals
+    <state>/certs/<name>/cert.pem, chain.pem  leaf, intermediates
+    <state>/certs/<name>/previous.pem         the leaf and chain before the last issuance
+    <state>/certs/<name>/meta.json            CertMeta
+    <state>/locks/<name>.lock                 flock; holds the holder's description
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import structlog
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sidecar.errors import OperationError
+
+__all__ = [
+    "KEY_MODE",
+    "SCHEMA_VERSION",
+    "CertMeta",
+    "LockTimeout",
+    "MetaError",
+    "StateStore",
+    "StateVersionError",
+    "StorageError",
+    "StoredCertificate",
+    "atomic_write",
+    "clean_stale_temp_files",
+]
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION = 1
+KEY_MODE = 0o600
+_CERT_MODE = 0o644  # certificates are public; the state directory itself is 0700
+_DIR_MODE = 0o700
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+# Certificate names become file names (CONTRACT.md "Files"); "." and ".." would escape.
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# Our temporary files: ".<final name>.<16 hex digits>". HAProxy skips dot-files in a crt dir.
+_TEMP_RANDOM_BYTES = 8
+_TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{16}")
+_TEMP_PEM_FILE = re.compile(r"\..+\.pem\..+")
+
+# Lock polling: start short (an uncontended wait is usually a few ms), back off to a fifth of
+# a second so a 60 s wait costs a few hundred wake-ups, not a busy loop.
+_LOCK_FIRST_DELAY = 0.005
+_LOCK_MAX_DELAY = 0.2
+_HOLDER_MAX_CHARS = 200
+
+
+class StorageError(OperationError):
+    """A file or directory the sidecar needs could not be read or written (exit 1)."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StateVersionError(StorageError):
+    """The state directory was written with a schema this release does not know."""
+
+
+class MetaError(StorageError):
+    """A certificate's meta.json is not valid; the message says where."""
+
+
+class LockTimeout(StorageError):
+    """The per-certificate lock stayed held by another process for longer than the timeout."""
+
+    def __init__(self, name: str, holder: str, timeout: float) -> None:
+        super().__init__(
+            f"certificate {name!r} is locked by {holder or 'another process'} "
+            f"(waited {timeout:g} s)"
+        )
+        self.name = name
+        self.holder = holder
+        self.timeout = timeout
+
+
+def _describe_os_error(error: OSError) -> str:
+    return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX: the rename lives in the directory)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        # Some file systems cannot fsync a directory; the rename is still atomic there.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path | str, data: bytes, *, mode: int, group: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never less.
+
+    The temporary ``.<name>.<random>`` is created in the same directory (a rename is only
+    atomic within one file system) with O_EXCL and already restricted to ``mode``, so a private
+    key is never readable by others, not even for an instant; its group is set before any data
+    goes in. Then fsync, rename over the target, fsync the directory. On any failure the
+    temporary is removed and ``StorageError`` names the path.
+    """
+    if mode & ~0o777:
+        raise ValueError(f"mode {mode:#o} has bits beyond rwx")
+    path = Path(path)
+    # NAME_MAX is 255: keep the end of a very long name, where ".pem" is.
+    temp = path.parent / f".{path.name[-200:]}.{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
+    try:
+        # The umask can only remove bits from ``mode``; fchmod then sets exactly ``mode``.
+        fd = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode
+        )
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {_describe_os_error(error)}", path) from None
+    action = "write"
+    try:
+        try:
+            os.fchmod(fd, mode)
+            if group is not None:
+                action = f"set group {group} on"
+                os.fchown(fd, -1, group)
+                action = "write"
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise StorageError(f"cannot {action} {path}: {_describe_os_error(error)}", path) from None
+    except BaseException:
+        # Cancellation or a signal handler's exception: still leave no temporary behind.
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    try:
+        _fsync_directory(path.parent)
+    except OSError as error:
+        raise StorageError(
+            f"wrote {path} but could not sync its directory: {_describe_os_error(error)}", path
+        ) from None
+
+
+def clean_stale_temp_files(directory: Path | str, *, min_age: float = 0.0) -> list[Path]:
+    """Remove leftover ``.<name>.pem.<random>`` files of interrupted writes; return them.
+
+    Called at start, before anything writes. ``min_age`` (seconds) spares temporaries younger
+    than that, for a caller that cannot rule out another writer at the same moment.
+    """
+    return _clean(Path(directory), _TEMP_PEM_FILE, min_age)
+
+
+def _clean(directory: Path, pattern: re.Pattern[str], min_age: float) -> list[Path]:
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    except OSError as error:
+        raise StorageError(
+            f"cannot list {directory}: {_describe_os_error(error)}", directory
+        ) from None
+    now = time.time()
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < min_age:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StorageError(
+                f"cannot remove {entry.path}: {_describe_os_error(error)}", Path(entry.path)
+            ) from None
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("stale_temp_files_removed", directory=str(directory), count=len(removed))
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificate metadata
+
+
+def _to_utc(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"CertMeta.{name} must be timezone-aware")
+    return None if value is None else value.astimezone(UTC)
+
+
+_DATETIME_FIELDS = (
+    "issued_at",
+    "not_before",
+    "not_after",
+    "next_retry_at",
+    "last_attempt_at",
+    "last_success_at",
+    "deployed_at",
+)
+_OPTIONAL_STR_FIELDS = ("order_url", "serial", "key_type", "last_error", "deployed_serial")
+
+
+@dataclass(frozen=True, slots=True)
+class CertMeta:
+    """What the sidecar remembers about one certificate between runs (``meta.json``).
+
+    The retry state (``failures``, ``next_retry_at``) is here so that a restarted, perhaps
+    crash-looping, container waits as long as the previous run decided. Datetimes are UTC.
+    ``serial`` and ``deployed_serial`` are upper-case hex (``pem.CertFacts.serial_hex``).
+    """
+
+    order_url: str | None = None
+    issued_at: datetime | None = None
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    serial: str | None = None
+    domains: tuple[str, ...] = ()
+    key_type: str | None = None
+    last_error: str | None = None
+    failures: int = 0
+    next_retry_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    deployed_serial: str | None = None
+    deployed_at: datetime | None = None
+    # Written so that a later release can tell what it reads; not otherwise used.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _DATETIME_FIELDS:
+            object.__setattr__(self, name, _to_utc(getattr(self, name), name))
+        object.__setattr__(self, "domains", tuple(self.domains))
+
+    def to_json(self) -> str:
+        document: dict[str, Any] = dict(self.extra)
+        for item in fields(self):
+            if item.name == "extra":
+                continue
+            value = getattr(self, item.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            document[item.name] = value
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CertMeta:
+        """Parse ``meta.json``: missing fields take defaults, unknown ones are kept in ``extra``
+        (and written back), a wrong type or broken JSON raises ``MetaError`` saying where."""
+        try:
+            document = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise MetaError(f"not valid JSON ({error})") from None
+        if not isinstance(document, dict):
+            raise MetaError("not a JSON object")
+        known = {item.name for item in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        for name in known & document.keys():
+            value = document[name]
+            if value is None:
+                continue
+            if name in _DATETIME_FIELDS:
+                values[name] = _parse_datetime(value, name)
+            elif name in _OPTIONAL_STR_FIELDS:
+                if not isinstance(value, str):
+                    raise MetaError(f"{name}: expected a string")
+                values[name] = value
+            elif name == "failures":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise MetaError("failures: expected a non-negative integer")
+                values[name] = value
+            elif name == "domains":
+                if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+                    raise MetaError("domains: expected a list of strings")
+                values[name] = tuple(value)
+        extra = {key: value for key, value in document.items() if key not in known}
+        return cls(**values, extra=extra)
+
+    def with_failure(self, error: str, *, now: datetime, next_retry_at: datetime) -> CertMeta:
+        """One more failure in a row; ``error`` must be a one-line message with no secrets."""
+        return replace(
+            self,
+            last_error=error,
+            failures=self.failures + 1,
+            next_retry_at=next_retry_at,
+            last_attempt_at=now,
+        )
+
+    def with_success(self, **changes: Any) -> CertMeta:
+        """The retry state cleared, plus ``changes`` (e.g. serial, not_after, issued_at)."""
+        return replace(self, last_error=None, failures=0, next_retry_at=None, **changes)
+
+
+def _parse_datetime(value: object, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise MetaError(f"{name}: expected an ISO 8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MetaError(f"{name}: {value!r} is not an ISO 8601 date-time") from None
+    # Written by us always with an offset; a bare one can only be UTC by our own convention.
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# The state directory
+
+
+class StoredCertificate(NamedTuple):
+    leaf_pem: bytes
+    chain_pem: bytes  # the intermediates, concatenated; empty when the CA sent none
+
+
+def _key_to_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def check_cert_name(name: str) -> str:
+    """``name`` if it is a safe file name (CONTRACT.md: ``[A-Za-z0-9._-]+``), else ValueError."""
+    if not _NAME.fullmatch(name) or name in {".", ".."}:
+        raise ValueError(f"invalid certificate name {name!r}")
+    return name
+
+
+class StateStore:
+    """The state directory. Constructing one creates the layout and checks its schema version."""
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.root = Path(state_dir)
+        self._accounts = self.root / "account"
+        self._certs = self.root / "certs"
+        self._locks = self.root / "locks"
+        for directory in (self.root, self._accounts, self._certs, self._locks):
+            self._make_dir(directory)
+        self._check_version()
+        for directory in (self.root, self._accounts, self._certs):
+            self._clean_own_temp_files(directory)
+
+    # -- layout -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _make_dir(directory: Path) -> None:
+        try:
+            directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"cannot create {directory}: {_describe_os_error(error)}", directory
+            ) from None
+
+    def _check_version(self) -> None:
+        version_file = self.root / "VERSION"
+        try:
+            text = version_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            atomic_write(version_file, f"{SCHEMA_VERSION}\n".encode(), mode=0o644)
+            return
+        except (OSError, UnicodeDecodeError) as error:
+            reason = _describe_os_error(error) if isinstance(error, OSError) else "not text"
+            raise StateVersionError(f"cannot read {version_file}: {reason}", version_file) from None
+        if not text.isdigit():
+            raise StateVersionError(
+                f"{version_file} holds {text[:20]!r}, not a schema version", version_file
+            )
+        if int(text) != SCHEMA_VERSION:
+            newer = int(text) > SCHEMA_VERSION
+            raise StateVersionError(
+                f"{self.root} holds state of schema version {int(text)}"
+                + (" (from a newer cert-sidecar)" if newer else "")
+                + f"; this release reads version {SCHEMA_VERSION} only",
+                version_file,
+            )
+
+    def _clean_own_temp_files(self, directory: Path) -> None:
+        targets = [directory]
+        if directory in (self._accounts, self._certs):
+            with contextlib.suppress(OSError):
+                targets = [Path(e.path) for e in os.scandir(directory) if e.is_dir()]
+        for target in targets:
+            _clean(target, _TEMP_FILE, 0.0)
+
+    # -- account ------------------------------------------------------------------------------
+
+    def account_dir(self, directory_url: str) -> Path:
+        """Each ACME directory (CA) gets its own account: keys are not shared between CAs."""
+        digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
+        return self._accounts / digest
+
+    def load_account(self, directory_url: str) -> tuple[PrivateKey, str | None] | None:
+        """The account key and, once registered, its URL; None when no key was saved yet."""
+        directory = self.account_dir(directory_url)
+        key = self._load_key_file(directory / "key.pem")
+        if key is None:
+            return None
+        document = self._load_json(directory / "account.json")
+        url = None
+        if document is not None and document.get("directory") == directory_url:
+            url = document.get("url") if isinstance(document.get("url"), str) else None
+        return key, url
+
+    def save_account_key(self, directory_url: str, key: PrivateKey) -> None:
+        directory = self.account_dir(directory_url)
+        self._make_dir(directory)
+        atomic_write(directory / "key.pem", _key_to_pem(key), mode=KEY_MODE)
+
+    def save_account_url(self, directory_url: str, url: str, contact: Sequence[str] = ()) -> None:
+        directory = self.account_dir(directory_url)
+        self._make_dir(directory)
+        document = {"url": url, "directory": directory_url, "contact": list(contact)}
+        atomic_write(
+            directory / "account.json",
+            (json.dumps(document, indent=2) + "\n").encode(),
+            mode=KEY_MODE,
+        )
+
+    def forget_account_url(self, directory_url: str) -> None:
+        """Drop the stored URL (the CA forgot the account); the key stays for re-registration."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.account_dir(directory_url) / "account.json").unlink()
+
+    # -- certificates -------------------------------------------------------------------------
+
+    def cert_dir(self, name: str) -> Path:
+        return self._certs / check_cert_name(name)
+
+    def stored_names(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self._certs) if e.is_dir())
+        except OSError as error:
+            raise StorageError(
+                f"cannot list {self._certs}: {_describe_os_error(error)}", self._certs
+            ) from None
+
+    def load_key(self, name: str) -> PrivateKey | None:
+        """The certificate's private key, kept across renewals; None when there is none yet."""
+        return self._load_key_file(self.cert_dir(name) / "key.pem")
+
+    def save_key(self, name: str, key: PrivateKey) -> None:
+        """Store (or replace: new key type, revocation) the certificate's key, mode 0600."""
+        directory = self.cert_dir(name)
+        self._make_dir(directory)
+        atomic_write(directory / "key.pem", _key_to_pem(key), mode=KEY_MODE)
+
+    def discard_key(self, name: str) -> None:
+        """Forget the key, so the next issuance generates a new one."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.cert_dir(name) / "key.pem").unlink()
+
+    def save_issued(self, name: str, leaf_pem: bytes, chain_pems: Sequence[bytes]) -> None:
+        """Store a newly issued certificate; the one it replaces becomes ``previous.pem``.
+
+        The chain is written before the leaf, which is the commit point: a crash in between
+        leaves the old leaf with the new chain, which is the same CA's intermediates in practice
+        and is re-checked (pem.validate_for_deploy) before anything is deployed from here.
+        """
+        directory = self.cert_dir(name)
+        self._make_dir(directory)
+        current = self.load_cert(name)
+        new_leaf = leaf_pem.strip() + b"\n"
+        new_chain = b"".join(pem.strip() + b"\n" for pem in chain_pems if pem.strip())
+        if current is not None and current.leaf_pem.strip() != new_leaf.strip():
+            atomic_write(
+                directory / "previous.pem", current.leaf_pem + current.chain_pem, mode=_CERT_MODE
+            )
+        atomic_write(directory / "chain.pem", new_chain, mode=_CERT_MODE)
+        atomic_write(directory / "cert.pem", new_leaf, mode=_CERT_MODE)
+
+    def load_cert(self, name: str) -> StoredCertificate | None:
+        directory = self.cert_dir(name)
+        leaf = self._read(directory / "cert.pem")
+        if leaf is None:
+            return None
+        return StoredCertificate(leaf, self._read(directory / "chain.pem") or b"")
+
+    def load_previous(self, name: str) -> bytes | None:
+        return self._read(self.cert_dir(name) / "previous.pem")
+
+    def load_meta(self, name: str) -> CertMeta | None:
+        """The certificate's metadata; None when missing or corrupt (a corrupt file is logged:
+        losing the retry state is better than a service that will not start)."""
+        path = self.cert_dir(name) / "meta.json"
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            return CertMeta.from_json(data)
+        except MetaError as error:
+            problem = str(error)
+        log.error("cert_meta_corrupt", cert=name, path=str(path), error=problem)
+        return None
+
+    def save_meta(self, name: str, meta: CertMeta) -> None:
+        directory = self.cert_dir(name)
+        self._make_dir(directory)
+        atomic_write(directory / "meta.json", meta.to_json().encode(), mode=KEY_MODE)
+
+    def remove_cert(self, name: str) -> None:
+        """Delete everything stored for the certificate (``revoke --remove``)."""
+        directory = self.cert_dir(name)
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise StorageError(
+                f"cannot remove {directory}: {_describe_os_error(error)}", directory
+            ) from None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"cannot read {path}: {_describe_os_error(error)}", path) from None
+
+    def _load_json(self, path: Path) -> dict[str, Any] | None:
+        data = self._read(path)
+        if data is None:
+            return None
+        with contextlib.suppress(ValueError):
+            document = json.loads(data)
+            if isinstance(document, dict):
+                return document
+        log.error("state_file_corrupt", path=str(path))
+        return None
+
+    def _load_key_file(self, path: Path) -> PrivateKey | None:
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            # Never echo the file's content: it is (a broken) private key.
+            raise StorageError(f"{path} is not a valid unencrypted private key", path) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise StorageError(f"{path} is neither an EC nor an RSA key", path)
+        return key
+
+    # -- locking ------------------------------------------------------------------------------
+
+    def lock_path(self, name: str) -> Path:
+        return self._locks / f"{check_cert_name(name)}.lock"
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self,
+        name: str,
+        *,
+        # A lock wait, not an I/O timeout: on expiry the error names the holder.
+        timeout: float = 60.0,  # noqa: ASYNC109
+        holder: str | None = None,
+    ) -> AsyncIterator[None]:
+        """Hold the certificate's lock, so that no two processes order the same certificate.
+
+        flock(2) on ``locks/<name>.lock``: the kernel drops it when the holder dies, so a
+        SIGKILLed process never leaves a stale lock. Blocking flock would stall the event loop,
+        so non-blocking attempts are repeated with short async sleeps until ``timeout``, then
+        ``LockTimeout`` names the holder, whose description (``holder``, by default the pid)
+        is written into the lock file while it is held.
+        """
+        path = self.lock_path(name)
+        description = f"{holder or f'pid {os.getpid()}'} since {_now_iso()}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, KEY_MODE)
+        except OSError as error:
+            raise StorageError(f"cannot open {path}: {_describe_os_error(error)}", path) from None
+        try:
+            await _acquire(fd, name, timeout)
+            # The file is only rewritten by the holder, so a waiter reads a whole description.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, description.encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # also releases the flock
+
+
+async def _acquire(fd: int, name: str, timeout: float) -> None:  # noqa: ASYNC109
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = _LOCK_FIRST_DELAY
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise LockTimeout(name, _read_holder(fd), timeout) from None
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _LOCK_MAX_DELAY)
+        else:
+            return
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        raw = os.pread(fd, _HOLDER_MAX_CHARS * 4, 0)
+    except OSError:
+        return ""
+    text = raw.decode("utf-8", errors="replace")
+    return " ".join(text.split())[:_HOLDER_MAX_CHARS]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
