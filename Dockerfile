@@ -28,7 +28,8 @@ FROM ${BASE_IMAGE}
 # PEM files it writes (0640) are readable by HAProxy and HAProxy's admin socket (660) is usable.
 ARG UID=10001
 ARG HAPROXY_GID=99
-# The mount points belong to the runtime user: an empty named volume mounted over one of them
+# The mount points belong to the runtime user (not under /run: that is a tmpfs in builds and
+# containers, so nothing created there stays in the image): an empty named volume mounted over one of them
 # by this image takes this ownership, so the non-root process can write there. The setgid bit
 # on the certs directory keeps new files in HAProxy's group.
 RUN (getent group "${HAPROXY_GID}" >/dev/null || groupadd --system --gid "${HAPROXY_GID}" haproxy) \
@@ -36,7 +37,7 @@ RUN (getent group "${HAPROXY_GID}" >/dev/null || groupadd --system --gid "${HAPR
         --home-dir /var/lib/cert-sidecar --shell /usr/sbin/nologin cert-sidecar \
     && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2750 /etc/haproxy/certs \
     && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 0750 /var/lib/cert-sidecar \
-    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2770 /var/run/haproxy \
+    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2770 /var/lib/haproxy-run \
     && install -d -m 0755 /root_ca
 COPY --from=build /opt/cert-sidecar /opt/cert-sidecar
 ENV PATH=/opt/cert-sidecar/bin:$PATH \

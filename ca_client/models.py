@@ -18,7 +18,7 @@ from typing import Any
 from ca_client.errors import AcmeProblem, MalformedResponse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Identifier:
     """An ACME identifier (RFC 8555 §7.1.4): ``dns`` names, and ``ip`` addresses (RFC 8738)."""
 

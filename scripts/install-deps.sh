@@ -6,8 +6,8 @@
 # Must run as root (or with sudo available); CI runs it as root on a fresh machine.
 #
 # Facts: installing golang-go + golang-github-smallstep-certificates-dev (which pulls every Go
-# dependency of step-ca as a -dev package) takes about 50 s; the podman/compose group another
-# ~40 s. lego and certbot are not here on purpose: only bench/ uses them
+# dependency of step-ca as a -dev package) takes about 50 s (the podman group: not measured).
+# lego and certbot are not here on purpose: only bench/ uses them
 # (scripts/install-bench-deps.sh).
 set -euo pipefail
 

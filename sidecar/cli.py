@@ -162,14 +162,14 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
         sys.stdout.write(describe(settings))
         return 0
 
-    from sidecar.logs import configure_logging  # noqa: PLC0415
+    from sidecar.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     module_name, function_name = _COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)
     positional, keywords = _command_kwargs(args)
     result = function(settings, *positional, **keywords)
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)

@@ -256,7 +256,7 @@ class Settings:
 
     def label(self, name: str) -> str:
         """The spelling of setting ``name`` to use in a message."""
-        return self.setting_labels.get(name) or _OPTION_BY_FIELD[name].flag
+        return self.setting_labels.get(name) or f"{_OPTION_BY_FIELD[name].flag} (default)"
 
     def certificate(self, name: str) -> CertificateSpec | None:
         return next((spec for spec in self.certificates if spec.name == name), None)
@@ -583,7 +583,7 @@ def _signal(raw: _Raw) -> signal.Signals | None:
 def _key_type(raw: _Raw) -> KeyType:
     text = _choice(raw, KEY_TYPES)
     # Imported here: ca_client.keys pulls in cryptography, which --help must not pay for.
-    from ca_client.keys import KeyType  # noqa: PLC0415
+    from ca_client.keys import KeyType
 
     return KeyType(text)
 
@@ -794,10 +794,20 @@ def _certificate(
 
 
 def _check_unknown_env(environ: Mapping[str, str]) -> None:
-    # A mistyped variable would otherwise be silently ignored (CERT_SIDECAR_DOMIAN=...).
+    """Refuse a variable that looks like a misspelt setting (CERT_SIDECAR_DOMIANS=...).
+
+    Other unknown CERT_SIDECAR_* variables are left alone: test harnesses and scripts use the
+    prefix for their own settings, and refusing them would break those set-ups.
+    """
+    known = sorted(name.removeprefix(ENV_PREFIX) for name in _KNOWN_ENV)
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in _KNOWN_ENV:
-            raise ConfigError(name, "unknown setting (see cert-sidecar --help)")
+        if not name.startswith(ENV_PREFIX) or name in _KNOWN_ENV:
+            continue
+        import difflib  # only when an unknown variable is present
+
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(name, f"unknown setting; did you mean {ENV_PREFIX}{close[0]}?")
 
 
 def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -939,15 +949,13 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
 
 def _haproxy_sockets(raw: _Raw) -> tuple[tuple[str, ...], tuple[HAProxyAddress, ...]]:
     value = raw.value
-    if isinstance(value, str):
-        value = _split_list(value)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(raw.label, "must be a list of socket addresses")
     texts = tuple(v.strip() for v in value)
     if not texts:
         return (), ()
     # Imported only when sockets are configured: haproxy.py is network code.
-    from sidecar.haproxy import parse_haproxy_address  # noqa: PLC0415
+    from sidecar.haproxy import parse_haproxy_address
 
     addresses = []
     for text in texts:
@@ -987,7 +995,7 @@ def check_ca_bundle(settings: Settings) -> None:
 
     ``run`` does not call this: it waits for the bundle (CONTRACT.md, "Commands").
     """
-    from sidecar.trust import load_ca_bundle  # noqa: PLC0415
+    from sidecar.trust import load_ca_bundle
 
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -96,6 +97,13 @@ class HealthSnapshot:
     metrics: Metrics
     alive: bool = True
     detail: str | None = None
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return one_line(str(exc)) or type(exc).__name__
 
 
 # --- pure: request parsing and answers ---------------------------------------------------------
@@ -282,7 +290,7 @@ class HealthServer:
         self._snapshot = snapshot
         self._clock = clock
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -316,7 +324,7 @@ class HealthServer:
                 )
         except OSError as exc:
             address = f"{_url_host(self._host or '*')}:{self._port}"
-            reason = exc.strerror or str(exc) or type(exc).__name__
+            reason = _os_error_text(exc)
             raise HealthBindError(f"--health-listen {address}: cannot listen: {reason}") from exc
         logger.info("health_listening", extra={"addresses": self.addresses})
 
@@ -326,9 +334,11 @@ class HealthServer:
             return
         server.close()
         # Python 3.11's wait_closed() does not wait for open connections: end them here so that
-        # shutdown is bounded by us, not by a slow client.
-        for task in list(self._connections):
-            task.cancel()
+        # shutdown is bounded by us, not by a slow client. Aborting the transport makes a pending
+        # read fail, so each handler returns normally (a cancelled handler task would be logged
+        # by asyncio as an unhandled error).
+        for writer in list(self._connections.values()):
+            writer.transport.abort()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
@@ -352,7 +362,7 @@ class HealthServer:
         if len(self._connections) >= MAX_CONNECTIONS or task is None:
             writer.transport.abort()
             return
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             answer = await self._answer(reader)
             if answer is not None:
@@ -362,7 +372,7 @@ class HealthServer:
         except (TimeoutError, ConnectionError):
             pass  # the client went away or stalled: nothing to tell it
         finally:
-            self._connections.discard(task)
+            del self._connections[task]
             writer.close()
 
     async def _answer(self, reader: asyncio.StreamReader) -> bytes | None:
@@ -492,7 +502,7 @@ async def cmd_healthcheck(
         print(f"healthcheck: no answer from {url} within {timeout:g} s", file=out)
         return 1
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        reason = _os_error_text(exc)
         print(f"healthcheck: cannot reach {url}: {one_line(reason)}", file=out)
         return 1
     except ValueError as exc:

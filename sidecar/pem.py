@@ -27,11 +27,13 @@ from sidecar.placeholder import is_placeholder
 __all__ = [
     "CertFacts",
     "CombinedPem",
+    "Inspection",
     "PemError",
     "PrivateKey",
     "cert_names",
     "combined_pem",
     "describe_cert",
+    "inspect_combined",
     "key_matches",
     "key_type_name",
     "normalise_names",
@@ -80,20 +82,25 @@ class CertFacts:
     key_type: str | None
 
 
-def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Split ``data`` into (label, whole block) pairs; anything else but whitespace is garbage."""
+def _blocks(data: bytes, *, strict: bool = True) -> list[tuple[bytes, bytes]]:
+    """Split ``data`` into (label, normalised block) pairs.
+
+    ``strict``: text outside the blocks is an error, as in RFC 7468 §3's strict mode, which
+    RFC 8555 §9.1 requires of a certificate chain and which is what the sidecar writes. CA
+    bundles often carry explanatory text (RFC 7468 §5.2 allows it there): not strict.
+    """
     data = data.replace(b"\r\n", b"\n")
     blocks: list[tuple[bytes, bytes]] = []
     position = 0
     for match in _BLOCK.finditer(data):
-        if data[position : match.start()].strip():
+        if strict and data[position : match.start()].strip():
             raise PemError("unexpected text outside the PEM blocks")
         body = b"".join(match.group("body").split())
         if not body:
             raise PemError(f"empty PEM block {match.group('label').decode()}")
         blocks.append((match.group("label"), _wrap(match.group("label"), body)))
         position = match.end()
-    if data[position:].strip():
+    if strict and data[position:].strip():
         raise PemError("unexpected text outside the PEM blocks")
     return blocks
 
@@ -124,8 +131,8 @@ def _load_key(block: bytes) -> PrivateKey:
     return key
 
 
-def _certificate_blocks(data: bytes, what: str) -> list[bytes]:
-    blocks = _blocks(data)
+def _certificate_blocks(data: bytes, what: str, *, strict: bool = True) -> list[bytes]:
+    blocks = _blocks(data, strict=strict)
     for label, _ in blocks:
         if label != _CERT_LABEL:
             raise PemError(f"{what} holds a {label.decode()} block, expected only certificates")
@@ -152,8 +159,9 @@ def combined_pem(leaf_pem: bytes, chain_pems: Sequence[bytes], key_pem: bytes) -
 
 
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
-    """The certificates of a PEM certificate file (a leaf, a chain, a CA bundle), in order."""
-    blocks = _certificate_blocks(data, "the file")
+    """The certificates of a PEM certificate file (a leaf, a chain, a CA bundle), in order;
+    explanatory text between them is allowed, other PEM blocks are not."""
+    blocks = _certificate_blocks(data, "the file", strict=False)
     if not blocks:
         raise PemError("no certificate found")
     return [_load_certificate(block, f"certificate {i + 1}") for i, block in enumerate(blocks)]
@@ -161,6 +169,29 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
 
 def parse_combined(data: bytes) -> CombinedPem:
     """Parse a combined PEM; refuse anything HAProxy would refuse or serve wrongly."""
+    bundle = _parse_combined(data)
+    if not key_matches(bundle.leaf, bundle.key):
+        raise PemError("the private key does not match the certificate")
+    return bundle
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """A deployed combined PEM as the renewal policy sees it (see ``policy.due_reason``)."""
+
+    facts: CertFacts
+    key_matches: bool
+
+
+def inspect_combined(data: bytes) -> Inspection:
+    """Describe a deployed combined PEM; a key that does not match is reported, not raised,
+    so the policy can say "key mismatch" instead of "unreadable". Other faults raise PemError.
+    """
+    bundle = _parse_combined(data)
+    return Inspection(describe_cert(bundle.leaf), key_matches(bundle.leaf, bundle.key))
+
+
+def _parse_combined(data: bytes) -> CombinedPem:
     if not data.strip():
         raise PemError("the file is empty")
     blocks = _blocks(data)
@@ -185,10 +216,7 @@ def parse_combined(data: bytes) -> CombinedPem:
         raise PemError("no private key found")
     if len(keys) > 1:
         raise PemError(f"{len(keys)} private keys found, expected one")
-    leaf = certificates[0]
-    if not key_matches(leaf, keys[0]):
-        raise PemError("the private key does not match the certificate")
-    return CombinedPem(leaf=leaf, chain=certificates[1:], key=keys[0])
+    return CombinedPem(leaf=certificates[0], chain=certificates[1:], key=keys[0])
 
 
 def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sidecar.pem import CertFacts
+from sidecar.pem import CertFacts, PemError, inspect_combined
 
 __all__ = [
     "DEFAULT_RENEW_AT",
@@ -29,6 +29,7 @@ __all__ = [
     "DueReason",
     "check_interval",
     "due_reason",
+    "due_reason_for_pem",
     "facts_renewal_time",
     "is_permanent_problem",
     "jitter_fraction",
@@ -110,10 +111,11 @@ def renewal_time(
 ) -> datetime:
     """When to renew: once ``renew_at`` of the lifetime has passed, minus up to 1/20 of it.
 
-    With a Renewal Information window (RFC 9773 §4.2: "the client SHOULD select a uniform random
-    time within the suggested window") the window wins; the point in it is derived from the seed
-    instead of drawn, for the same reason as the jitter. A window whose end is before its start
-    is malformed and ignored.
+    With a Renewal Information window the window wins: RFC 9773 ("Getting Renewal
+    Information") has the client pick a uniformly random time within the suggested window, and
+    renew at once when that time has passed. The point here is derived from the seed instead of
+    drawn, for the same reason as the jitter. A window that ends before it starts is malformed
+    and ignored.
     """
     fraction = jitter_fraction(jitter_seed)
     if ari_window is not None:
@@ -194,6 +196,42 @@ def due_reason(
     if force:
         return DueReason.FORCED
     return None
+
+
+def due_reason_for_pem(
+    now: datetime,
+    data: bytes | None,
+    *,
+    wanted_names: Iterable[str],
+    wanted_key_type: str | None = None,
+    renew_at: float = DEFAULT_RENEW_AT,
+    ari_window: tuple[datetime, datetime] | None = None,
+    force: bool = False,
+) -> tuple[DueReason | None, CertFacts | None]:
+    """``due_reason`` for the bytes of a deployed combined PEM (None: no file), with its facts
+    (None when missing or unreadable), so that run, status and /metrics judge a file alike."""
+    facts: CertFacts | None = None
+    unreadable = False
+    matches = True
+    if data is not None:
+        try:
+            inspection = inspect_combined(data)
+        except PemError:
+            unreadable = True
+        else:
+            facts, matches = inspection.facts, inspection.key_matches
+    reason = due_reason(
+        now,
+        facts,
+        wanted_names=wanted_names,
+        wanted_key_type=wanted_key_type,
+        renew_at=renew_at,
+        unreadable=unreadable,
+        key_matches=matches,
+        ari_window=ari_window,
+        force=force,
+    )
+    return reason, facts
 
 
 def check_interval(lifetime: timedelta) -> timedelta:

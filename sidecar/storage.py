@@ -57,6 +57,7 @@ __all__ = [
     "StorageError",
     "StoredCertificate",
     "atomic_write",
+    "check_cert_name",
     "clean_stale_temp_files",
 ]
 
@@ -371,19 +372,30 @@ def check_cert_name(name: str) -> str:
     return name
 
 
-class StateStore:
-    """The state directory. Constructing one creates the layout and checks its schema version."""
+# Another process (a running `run` beside a one-shot) may be mid-write in the state directory:
+# a temporary is only stale once it is older than any write could take.
+_STATE_TEMP_MIN_AGE = 60.0
 
-    def __init__(self, state_dir: Path | str) -> None:
+
+class StateStore:
+    """The state directory. Constructing one creates the layout and checks its schema version.
+
+    ``create=False`` is for readers (``status``, ``healthcheck``): nothing is created, written
+    or cleaned, but an existing ``VERSION`` is still checked.
+    """
+
+    def __init__(self, state_dir: Path | str, *, create: bool = True) -> None:
         self.root = Path(state_dir)
         self._accounts = self.root / "account"
         self._certs = self.root / "certs"
         self._locks = self.root / "locks"
-        for directory in (self.root, self._accounts, self._certs, self._locks):
-            self._make_dir(directory)
-        self._check_version()
-        for directory in (self.root, self._accounts, self._certs):
-            self._clean_own_temp_files(directory)
+        if create:
+            for directory in (self.root, self._accounts, self._certs, self._locks):
+                self._make_dir(directory)
+        self._check_version(create)
+        if create:
+            for directory in (self.root, self._accounts, self._certs):
+                self._clean_own_temp_files(directory)
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -396,12 +408,13 @@ class StateStore:
                 f"cannot create {directory}: {_describe_os_error(error)}", directory
             ) from None
 
-    def _check_version(self) -> None:
+    def _check_version(self, create: bool) -> None:
         version_file = self.root / "VERSION"
         try:
             text = version_file.read_text(encoding="ascii").strip()
         except FileNotFoundError:
-            atomic_write(version_file, f"{SCHEMA_VERSION}\n".encode(), mode=0o644)
+            if create:
+                atomic_write(version_file, f"{SCHEMA_VERSION}\n".encode(), mode=0o644)
             return
         except (OSError, UnicodeDecodeError) as error:
             reason = _describe_os_error(error) if isinstance(error, OSError) else "not text"
@@ -425,7 +438,7 @@ class StateStore:
             with contextlib.suppress(OSError):
                 targets = [Path(e.path) for e in os.scandir(directory) if e.is_dir()]
         for target in targets:
-            _clean(target, _TEMP_FILE, 0.0)
+            _clean(target, _TEMP_FILE, _STATE_TEMP_MIN_AGE)
 
     # -- account ------------------------------------------------------------------------------
 
@@ -463,8 +476,7 @@ class StateStore:
 
     def forget_account_url(self, directory_url: str) -> None:
         """Drop the stored URL (the CA forgot the account); the key stays for re-registration."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.account_dir(directory_url) / "account.json").unlink()
+        _unlink(self.account_dir(directory_url) / "account.json")
 
     # -- certificates -------------------------------------------------------------------------
 
@@ -474,6 +486,8 @@ class StateStore:
     def stored_names(self) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(self._certs) if e.is_dir())
+        except FileNotFoundError:
+            return []
         except OSError as error:
             raise StorageError(
                 f"cannot list {self._certs}: {_describe_os_error(error)}", self._certs
@@ -491,8 +505,7 @@ class StateStore:
 
     def discard_key(self, name: str) -> None:
         """Forget the key, so the next issuance generates a new one."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.cert_dir(name) / "key.pem").unlink()
+        _unlink(self.cert_dir(name) / "key.pem")
 
     def save_issued(self, name: str, leaf_pem: bytes, chain_pems: Sequence[bytes]) -> None:
         """Store a newly issued certificate; the one it replaces becomes ``previous.pem``.
@@ -654,6 +667,15 @@ def _read_holder(fd: int) -> str:
         return ""
     text = raw.decode("utf-8", errors="replace")
     return " ".join(text.split())[:_HOLDER_MAX_CHARS]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StorageError(f"cannot remove {path}: {_describe_os_error(error)}", path) from None
 
 
 def _now_iso() -> str:

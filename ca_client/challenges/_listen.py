@@ -9,6 +9,7 @@ socket it creates, and a user who writes ``[::]:80`` expects IPv4 clients to rea
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -44,7 +45,8 @@ async def start_listener(
             handler, bind_host or None, port, limit=limit, reuse_address=True, backlog=_BACKLOG
         )
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+        # asyncio rewraps bind errors with a message repeating the address: keep the errno's.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
         raise ResponderBindError(challenge_type, address, reason) from exc
 
 

@@ -75,7 +75,7 @@ def check_key_authorization(token: str, key_authorization: str) -> None:
     prefix, dot, thumbprint = key_authorization.partition(".")
     if prefix != token or not dot or not is_base64url(thumbprint):
         raise ChallengeSetupError(
-            f"key authorization for token {token!r} is not '<token>.<base64url thumbprint>'"
+            f"key authorization for token {token[:64]!r} is not '<token>.<base64url thumbprint>'"
         )
 
 

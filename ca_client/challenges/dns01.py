@@ -94,7 +94,8 @@ class Dns01HookSolver:
             logger.warning("%s", exc)
 
     async def _run(self, action: str, argv: list[str]) -> None:
-        logger.debug("running dns-01 hook: %s", argv)
+        # Only the hook's name: the rest of a configured command may hold an API credential.
+        logger.debug("running dns-01 hook %s %s %s", self.hook_name, action, argv[-2])
         loop = asyncio.get_running_loop()
         hook = _HookProtocol(loop)
         try:

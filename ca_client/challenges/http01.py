@@ -199,7 +199,10 @@ class Http01Responder:
             self._handle_connection,
             limit=self._max_request_bytes,
         )
-        logger.info("http-01 responder listening on %s", self.address)
+        logger.info(
+            "http-01 responder listening on %s",
+            format_address(_listen.normalize_host(self.host) or "*", self.bound_port),
+        )
 
     async def aclose(self) -> None:
         server, self._server = self._server, None

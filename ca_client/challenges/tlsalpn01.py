@@ -337,7 +337,10 @@ class TlsAlpn01Responder:
         self._server = await _listen.start_listener(
             self.challenge_type, self.host, self.port, self._handle_connection
         )
-        logger.info("tls-alpn-01 responder listening on %s", self.address)
+        logger.info(
+            "tls-alpn-01 responder listening on %s",
+            format_address(_listen.normalize_host(self.host) or "*", self.bound_port),
+        )
 
     async def aclose(self) -> None:
         server, self._server = self._server, None

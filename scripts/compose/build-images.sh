@@ -63,7 +63,10 @@ want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
 rm -f "$wheels"/cert_sidecar-*.whl
 if [[ "$(cat "$deps_stamp" 2>/dev/null)" == "$want" ]]; then
     # Dependencies unchanged: rebuild only the project's own wheel (seconds, no network).
-    "$python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$wheels" "$REPO_ROOT" >>"$log" 2>&1
+    "$python" -m pip wheel --quiet --no-deps -w "$wheels" "$REPO_ROOT" >>"$log" 2>&1 || {
+        tail -30 "$log" >&2
+        exit 1
+    }
 else
     "$python" -m pip wheel --quiet -w "$wheels" "$REPO_ROOT" >>"$log" 2>&1 || {
         tail -30 "$log" >&2

@@ -4,6 +4,7 @@
 #
 #   scripts/compose/podman-service.sh start   # idempotent; prints the DOCKER_HOST to use
 #   scripts/compose/podman-service.sh stop    # stops the service this script started
+#   scripts/compose/podman-service.sh status  # exit 0 when the API answers
 #
 # The service's pid is kept beside its socket so `stop` ends exactly that process.
 set -euo pipefail
@@ -57,5 +58,6 @@ stop() {
 case "${1:-start}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    status) api_answers ;;
+    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

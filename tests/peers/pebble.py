@@ -39,6 +39,7 @@ import trustme
 
 from tests.peers.processes import (
     PeerProcess,
+    PeerStartError,
     free_port,
     free_udp_and_tcp_port,
     http_get,
@@ -286,6 +287,35 @@ def create_pebble(
     strict: bool = False,
 ) -> Pebble:
     """Write the configuration and listener certificate, start challtestsrv then Pebble."""
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        try:
+            return _create_pebble_once(
+                directory / f"try{attempt}",
+                eab=eab,
+                no_sleep=no_sleep,
+                nonce_reject=nonce_reject,
+                chain_length=chain_length,
+                alternate_roots=alternate_roots,
+                strict=strict,
+            )
+        except PeerStartError as exc:
+            # A free port can be taken between our probe and the server's bind: new ports.
+            if "address already in use" not in str(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _create_pebble_once(
+    directory: Path,
+    *,
+    eab: Mapping[str, str] | None,
+    no_sleep: bool,
+    nonce_reject: int | None,
+    chain_length: int | None,
+    alternate_roots: int | None,
+    strict: bool,
+) -> Pebble:
     directory.mkdir(parents=True, exist_ok=True)
     listener_ca = trustme.CA(organization_name="cert-sidecar Pebble listener CA")
     listener_cert = listener_ca.issue_cert("localhost", "127.0.0.1")

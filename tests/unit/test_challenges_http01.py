@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +298,39 @@ async def test_any_ipv6_address_is_dual_stack() -> None:
         for client_host in ("::1", "127.0.0.1"):
             answer = await _exchange(responder.bound_port, request, client_host)
             assert _status_and_body(answer)[0] == 200, client_host
+
+
+PRIVILEGED_BIND = """
+import asyncio, sys
+from ca_client.challenges import Http01Responder, ResponderBindError
+try:
+    asyncio.run(Http01Responder("127.0.0.1", 1).start())
+except ResponderBindError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_bind_without_permission_is_a_bind_error() -> None:
+    # Root may bind anything, so run as nobody: ports below 1024 are then refused (EACCES).
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            PRIVILEGED_BIND,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert result.stdout.strip() == (
+        "ResponderBindError http-01 responder cannot listen on 127.0.0.1:1: Permission denied"
+    ), result.stderr

@@ -309,3 +309,48 @@ async def test_bind_failure_names_the_address() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ResponderBindError, match=rf"tls-alpn-01 .*127\.0\.0\.1:{port}"):
             await TlsAlpn01Responder("127.0.0.1", port).start()
+
+
+def _memory_handshake(server_context: ssl.SSLContext, server_name: str) -> x509.Certificate:
+    """Client and server wired through memory BIOs: the server context's own SNI selection."""
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client = _client_context(["acme-tls/1"]).wrap_bio(
+        client_in, client_out, server_hostname=server_name
+    )
+    server = server_context.wrap_bio(server_in, server_out, server_side=True)
+    done: set[str] = set()
+    for _ in range(20):
+        for label, side in (("client", client), ("server", server)):
+            if label not in done:
+                try:
+                    side.do_handshake()
+                    done.add(label)
+                except ssl.SSLWantReadError:
+                    pass
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+        if done == {"client", "server"}:
+            break
+    assert server.selected_alpn_protocol() == "acme-tls/1"
+    der = client.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+async def test_sni_callback_selects_per_name_and_refuses_names_cleaned_up() -> None:
+    # The ClientHello pre-check normally refuses unknown names first; the SNI callback is what
+    # picks the certificate, and refuses a name cleaned up between the two.
+    responder = TlsAlpn01Responder("127.0.0.1", 0)
+    second = f"second.{THUMBPRINT}"
+    await responder.present(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
+    await responder.present(Identifier.dns("b.example"), "second", second)
+    server_context = responder._context
+    _assert_validation_certificate(
+        _memory_handshake(server_context, "a.example"), x509.DNSName("a.example"), KEY_AUTHORIZATION
+    )
+    _assert_validation_certificate(
+        _memory_handshake(server_context, "b.example"), x509.DNSName("b.example"), second
+    )
+    await responder.cleanup(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
+    with pytest.raises(ssl.SSLError, match=r"(?i)callback failed|unrecognized.name"):
+        _memory_handshake(server_context, "a.example")

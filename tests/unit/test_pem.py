@@ -181,6 +181,11 @@ def test_parse_certificates_reads_a_bundle_and_refuses_keys(bundle, root):
     leaf, chain, key = bundle
     certificates = pem.parse_certificates(leaf + chain[0] + root.cert_pem.bytes())
     assert len(certificates) == 3
+    # CA bundles carry comments (RFC 7468 §5.2 explanatory text): allowed here.
+    commented = b"# Root CA\nSubject: CN=x\n" + root.cert_pem.bytes() + b"trailing note\n"
+    assert len(pem.parse_certificates(commented)) == 1
+    with pytest.raises(pem.PemError, match="no certificate"):
+        pem.parse_certificates(b"just text")
     with pytest.raises(pem.PemError, match="no certificate"):
         pem.parse_certificates(b"\n")
     with pytest.raises(pem.PemError, match="PRIVATE KEY"):
@@ -324,3 +329,14 @@ def test_validate_for_deploy_refuses_a_placeholder_unless_asked():
 
 def test_pem_error_is_a_value_error():
     assert issubclass(pem.PemError, ValueError)
+
+
+def test_inspect_combined_reports_a_key_mismatch_instead_of_raising(bundle):
+    leaf, chain, key = bundle
+    good = pem.inspect_combined(pem.combined_pem(leaf, chain, key))
+    assert good.key_matches and good.facts.names == ("a.example", "b.example", "127.0.0.1")
+    mismatched = pem.inspect_combined(leaf + chain[0] + _other_key_pem())
+    assert not mismatched.key_matches
+    assert mismatched.facts.serial == good.facts.serial
+    with pytest.raises(pem.PemError, match="no private key"):
+        pem.inspect_combined(leaf)

@@ -78,12 +78,13 @@ def jwk_of(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
 def make_ca_cert(
     subject: str,
     key: ec.EllipticCurvePrivateKey,
+    *,
     issuer: str,
     issuer_key: ec.EllipticCurvePrivateKey,
     path_length: int,
     years: int,
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -129,9 +130,17 @@ def ca_init(args: argparse.Namespace) -> int:
 
     root_key = ec.generate_private_key(ec.SECP256R1())
     intermediate_key = ec.generate_private_key(ec.SECP256R1())
-    root = make_ca_cert(f"{args.name} Root CA", root_key, f"{args.name} Root CA", root_key, 1, 10)
+    root_name = f"{args.name} Root CA"
+    root = make_ca_cert(
+        root_name, root_key, issuer=root_name, issuer_key=root_key, path_length=1, years=10
+    )
     intermediate = make_ca_cert(
-        f"{args.name} Intermediate CA", intermediate_key, f"{args.name} Root CA", root_key, 0, 10
+        f"{args.name} Intermediate CA",
+        intermediate_key,
+        issuer=root_name,
+        issuer_key=root_key,
+        path_length=0,
+        years=10,
     )
 
     def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -202,7 +211,7 @@ def ca_health(_args: argparse.Namespace) -> int:
     context.check_hostname = False
     port = defaults["ca-url"].rsplit(":", 1)[-1]
     try:
-        with urllib.request.urlopen(  # noqa: S310 - fixed https URL
+        with urllib.request.urlopen(
             f"https://localhost:{port}/health", context=context, timeout=5
         ) as response:
             status = json.loads(response.read()).get("status", "")

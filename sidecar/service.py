@@ -1,0 +1,492 @@
+"""`cert-sidecar run`: keep every configured certificate issued, renewed and loaded, forever.
+
+Start-up never needs ordering help from compose:
+1. the health endpoints come up first (alive, not ready);
+2. a placeholder is written for every certificate that has no file yet, so HAProxy can start;
+3. the control socket is opened, so one-shot commands hand their work to this process;
+4. the CA bundle is awaited (watched with watchfiles; one log line, not one per second);
+5. each certificate gets a scheduler job (apscheduler 3, asyncio) that checks it, renews it
+   when the policy says so, and schedules its own next run.
+
+The cadence comes from each certificate's lifetime (`policy.check_interval`), so 5-minute and
+24-hour certificates are both watched closely enough; a failure reschedules at the backoff
+time stored in the state directory, so a restart keeps waiting instead of hammering the CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sidecar import metrics, pem, policy
+from sidecar.config import CertificateSpec, Settings
+from sidecar.errors import ConfigError, SidecarError
+from sidecar.logs import get_logger
+from sidecar.manager import Manager, Outcome, error_text, parse_revocation_reason, utc_now
+
+log = get_logger("sidecar.service")
+
+# Shutdown must finish within 5 s (compose's default stop timeout is 10 s).
+STOP_GRACE = 4.0
+# Clock skew beyond this is worth a warning: with 5-minute certificates a minute of skew
+# already makes fresh certificates look not-yet-valid or nearly expired.
+CLOCK_SKEW_WARNING = 5.0
+# How long to wait before retrying when the CA bundle exists but does not parse yet (it may be
+# in the middle of being written by a CA that does not write atomically).
+BUNDLE_RECHECK = 2.0
+
+
+class Service:
+    """The long-running sidecar; `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self.manager = Manager(settings, holder=f"run pid {os.getpid()}")
+        self.metrics = metrics.Metrics()
+        self._stop = asyncio.Event()
+        self._served: dict[str, bool | None] = {}
+        self._deployed: dict[str, str | None] = {}
+        self._scheduler: Any = None
+        self._busy: dict[str, asyncio.Lock] = {}
+        self._bundle_ready = asyncio.Event()
+        self._bundle_seen: bytes | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- entry --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        from sidecar.control import ControlServer, socket_path
+        from sidecar.health import HealthServer
+        from sidecar.storage import clean_stale_temp_files
+
+        health = HealthServer(*self.settings.health_listen, self._snapshot)
+        control = ControlServer(socket_path(self.settings.state_dir), self._handle_control)
+        try:
+            await health.start()
+            log.info(
+                "service_starting",
+                certificates=[spec.name for spec in self.settings.certificates],
+                health=[f"{h}:{p}" for h, p in health.addresses],
+            )
+            clean_stale_temp_files(self.settings.certs_dir)
+            if self.settings.placeholder is not False:
+                for spec in self.settings.certificates:
+                    await self.manager.ensure_placeholder(spec)
+            await control.start()
+            self._spawn(self._watch_bundle())
+            if self.settings.config_file is not None and self._reload_settings is not None:
+                self._spawn(self._watch_config(self.settings.config_file))
+            await self._wait_or_stop(self._bundle_ready.wait())
+            if not self._stop.is_set():
+                await self._start_scheduler()
+                await self._stop.wait()
+        finally:
+            await self._shutdown(health, control)
+        log.info("service_stopped")
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("service_stopping", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    async def _wait_or_stop(self, awaitable: Any) -> None:
+        waiter = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (waiter, stopper):
+                future.cancel()
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("service_task_failed", error=error_text(task.exception()))  # type: ignore[arg-type]
+
+    async def _shutdown(self, health: Any, control: Any) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for task in list(self._tasks):
+            task.cancel()
+        # In-flight orders are abandoned: the lock dies with the process or the cancelled task,
+        # nothing was replaced unless it was complete, and an abandoned ACME order simply
+        # expires at the CA.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await control.aclose()
+                await self.manager.aclose()
+        await health.aclose()
+
+    # -- the CA bundle ------------------------------------------------------------------------
+
+    def _bundle_state(self) -> tuple[bytes | None, str | None]:
+        from sidecar.trust import load_ca_bundle
+
+        try:
+            text = load_ca_bundle(self.settings.ca_bundle)
+        except ConfigError as error:
+            return None, str(error)
+        return text.encode(), None
+
+    async def _watch_bundle(self) -> None:
+        """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
+        import watchfiles
+
+        path = self.settings.ca_bundle
+        announced = False
+        while not self._stop.is_set():
+            data, problem = self._bundle_state()
+            if data is not None and data != self._bundle_seen:
+                first = self._bundle_seen is None
+                self._bundle_seen = data
+                if first:
+                    log.info("ca_bundle_ready", path=str(path))
+                    self._bundle_ready.set()
+                else:
+                    await self._bundle_rotated()
+            elif data is None and not announced:
+                log.warning("ca_bundle_waiting", path=str(path), problem=problem)
+                announced = True
+            watched = _existing_parent(path)
+            try:
+                # The parent is watched rather than the file: the file may not exist yet, and
+                # volume writers often replace it by rename, which a file watch would miss.
+                async for _changes in watchfiles.awatch(
+                    watched,
+                    stop_event=self._stop,
+                    debounce=200,
+                    rust_timeout=int(BUNDLE_RECHECK * 1000) if data is None else 30_000,
+                    yield_on_timeout=True,
+                    recursive=watched != path.parent,
+                ):
+                    break
+            except (OSError, RuntimeError) as error:
+                log.warning("ca_bundle_watch_failed", error=error_text(error))
+                await self._wait_or_stop(asyncio.sleep(BUNDLE_RECHECK))
+
+    async def _bundle_rotated(self) -> None:
+        """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
+        log.info("ca_bundle_changed", path=str(self.settings.ca_bundle))
+        await self.manager.reset_client()
+        roots = _load_roots(self._bundle_seen or b"")
+        for spec in self.settings.certificates:
+            view = self.manager.inspect(spec)
+            if not view.is_real:
+                continue
+            if not _chain_verifies(view.path, roots):
+                log.warning("cert_untrusted_by_new_root", cert=spec.name)
+                self._spawn(self._check(spec.name, force=True))
+
+    # -- configuration reload -----------------------------------------------------------------
+
+    async def _watch_config(self, path: Path) -> None:
+        import watchfiles
+
+        async for _changes in watchfiles.awatch(
+            path.parent, stop_event=self._stop, debounce=300, recursive=False
+        ):
+            if not path.exists():  # noqa: ASYNC240 - one stat of a local file
+                continue
+            assert self._reload_settings is not None
+            try:
+                new = self._reload_settings()
+            except SidecarError as error:
+                log.error("config_reload_failed", error=error_text(error))
+                continue
+            self._apply_settings(new)
+
+    def _apply_settings(self, new: Settings) -> None:
+        old_names = {spec.name for spec in self.settings.certificates}
+        new_names = {spec.name for spec in new.certificates}
+        self.settings = new
+        self.manager.settings = new
+        added = sorted(new_names - old_names)
+        removed = sorted(old_names - new_names)
+        log.info("config_reloaded", added=added, removed=removed)
+        for name in removed:
+            # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
+            with contextlib.suppress(Exception):
+                self._scheduler.remove_job(name)
+        for spec in new.certificates:
+            self._schedule(spec.name, utc_now())
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    async def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.start()
+        now = utc_now()
+        for spec in self.settings.certificates:
+            self._schedule(spec.name, now)
+
+    def _schedule(self, name: str, when: datetime) -> None:
+        if self._scheduler is None or self._stop.is_set():
+            return
+        self._scheduler.add_job(
+            self._check,
+            trigger="date",
+            run_date=when,
+            args=[name],
+            id=name,
+            name=f"check {name}",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    def _spec(self, name: str) -> CertificateSpec | None:
+        return self.settings.certificate(name)
+
+    def _lock_for(self, name: str) -> asyncio.Lock:
+        return self._busy.setdefault(name, asyncio.Lock())
+
+    async def _check(self, name: str, *, force: bool = False) -> Outcome | None:
+        """One scheduled look at a certificate: renew when due, make sure HAProxy has it."""
+        spec = self._spec(name)
+        if spec is None:
+            return None
+        async with self._lock_for(name):
+            outcome = await self._check_locked(spec, force=force, dry_run=False)
+        return outcome
+
+    async def _check_locked(
+        self, spec: CertificateSpec, *, force: bool, dry_run: bool, respect_backoff: bool = True
+    ) -> Outcome:
+        try:
+            outcome = await self.manager.ensure(
+                spec, force=force, dry_run=dry_run, respect_backoff=respect_backoff and not force
+            )
+        except Exception as error:  # a bug must not stop this certificate's schedule
+            log.exception("cert_check_crashed", cert=spec.name)
+            outcome = Outcome(spec.name, "failed", ok=False, error=error_text(error))
+        self._record(outcome)
+        if outcome.action == "unchanged":
+            await self._ensure_served(spec)
+        if not dry_run:
+            self._schedule(spec.name, self._next_check(spec, outcome))
+        return outcome
+
+    def _record(self, outcome: Outcome) -> None:
+        if outcome.action in ("issued", "dry-run"):
+            self.metrics.record_renewal("success")
+            self.metrics.set_ca_reachable(True)
+        elif outcome.action == "failed":
+            self.metrics.record_renewal("failure")
+            if self.manager.last_ca_error:
+                self.metrics.set_ca_reachable(False, self.manager.last_ca_error)
+        if outcome.deploy:
+            mode = str(outcome.deploy.get("mode") or self.settings.reload)
+            self.metrics.record_deploy("success" if outcome.deploy.get("ok") else "failure", mode)
+            self._served[outcome.name] = bool(outcome.deploy.get("ok"))
+            if outcome.deploy.get("ok"):
+                self._deployed[outcome.name] = outcome.serial
+        skew = self.manager.clock_skew
+        if skew is not None:
+            self.metrics.set_clock_skew(skew)
+            if abs(skew) > CLOCK_SKEW_WARNING:
+                log.warning("clock_skew", seconds=round(skew, 1), cert=outcome.name)
+
+    def _next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
+        now = utc_now()
+        view = self.manager.inspect(spec, now)
+        if outcome.action in ("failed", "waiting") and outcome.next_retry_at is not None:
+            when = outcome.next_retry_at
+        elif view.next_renewal is not None:
+            when = view.next_renewal
+        else:
+            when = now + policy.MIN_RETRY_DELAY
+        if view.facts is not None and not view.facts.is_placeholder:
+            lifetime = view.facts.not_after - view.facts.not_before
+            when = min(when, now + policy.check_interval(lifetime))
+        when = max(when, now + timedelta(milliseconds=100))
+        log.info("cert_renewal_scheduled", cert=spec.name, at=when.isoformat())
+        return when
+
+    async def _ensure_served(self, spec: CertificateSpec) -> None:
+        """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
+        deployer = self.manager.deployer()
+        if deployer is None or not self.settings.haproxy_sockets:
+            return
+        path = self.manager.pem_path(spec.name)
+        try:
+            data = path.read_bytes()
+            facts = pem.describe_cert(pem.parse_combined(data).leaf)
+            served = await deployer.deployed_serial(spec.name)
+        except Exception as error:
+            log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
+            self._served[spec.name] = None
+            return
+        self._deployed[spec.name] = served
+        if served == facts.serial_hex:
+            self._served[spec.name] = True
+            return
+        log.warning("haproxy_serves_other", cert=spec.name, served=served, file=facts.serial_hex)
+        try:
+            result = await self.manager.deploy(spec, data)
+        except Exception as error:
+            log.error("haproxy_update_failed", cert=spec.name, error=error_text(error))
+            self._served[spec.name] = False
+            return
+        if result is not None:
+            self.metrics.record_deploy("success" if result.ok else "failure", result.mode)
+            self._served[spec.name] = result.ok
+            if result.ok:
+                self._deployed[spec.name] = facts.serial_hex
+                log.info("haproxy_updated", cert=spec.name, serial=facts.serial_hex)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def statuses(self) -> list[metrics.CertStatus]:
+        now = utc_now()
+        result = []
+        for spec in self.settings.certificates:
+            view = self.manager.inspect(spec, now)
+            result.append(
+                metrics.status_from_facts(
+                    spec.name,
+                    spec.domains,
+                    view.facts,
+                    now,
+                    next_renewal=view.next_renewal,
+                    last_error=view.meta.last_error or view.unreadable,
+                    consecutive_failures=view.meta.failures,
+                    last_success=view.meta.last_success_at,
+                    deployed_serial=self._deployed.get(spec.name)
+                    or (view.facts.serial_hex if view.facts else None),
+                    served_matches=self._served.get(spec.name),
+                )
+            )
+        return result
+
+    def _snapshot(self) -> Any:
+        from sidecar.health import HealthSnapshot
+
+        alive = self._scheduler is None or bool(self._scheduler.running)
+        detail = None if self._bundle_ready.is_set() else "waiting for the CA bundle"
+        return HealthSnapshot(self.statuses(), self.metrics, alive=alive, detail=detail)
+
+    # -- the control socket -------------------------------------------------------------------
+
+    async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        from sidecar.control import make_answer
+
+        command = request.get("command")
+        log.info("control_request", command=command, peer_uid=request.get("peer_uid"))
+        if command in ("issue", "renew"):
+            if not self._bundle_ready.is_set():
+                return make_answer(
+                    False, 1, error="the running sidecar is waiting for the CA bundle"
+                )
+            force = bool(request.get("force"))
+            dry_run = bool(request.get("dry_run"))
+            outcomes = await asyncio.gather(
+                *(self._handoff_one(spec, force, dry_run) for spec in self.settings.certificates)
+            )
+            ok = all(o.ok for o in outcomes)
+            return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
+        if command == "revoke":
+            spec = self._spec(str(request.get("name")))
+            if spec is None:
+                return make_answer(
+                    False, 1, error=f"no configured certificate {request.get('name')!r}"
+                )
+            reason = parse_revocation_reason(request.get("reason"))
+            async with self._lock_for(spec.name):
+                outcome = await self.manager.revoke(
+                    spec, reason=reason, remove=bool(request.get("remove"))
+                )
+                self._record(outcome)
+            if outcome.action != "removed":
+                self._schedule(spec.name, self._next_check(spec, outcome))
+            return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+        if command == "status":
+            statuses = self.statuses()
+            now = utc_now()
+            return make_answer(True, 0, results=[metrics.status_to_json(s, now) for s in statuses])
+        return make_answer(False, 2, error=f"unknown command {command!r}")
+
+    async def _handoff_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
+        async with self._lock_for(spec.name):
+            return await self._check_locked(
+                spec, force=force, dry_run=dry_run, respect_backoff=False
+            )
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest directory that exists, to watch for the bundle's appearance."""
+    for candidate in [path.parent, *path.parent.parents]:
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def _load_roots(data: bytes) -> list[Any]:
+    try:
+        return pem.parse_certificates(data)
+    except pem.PemError:
+        return []
+
+
+def _chain_verifies(path: Path, roots: list[Any]) -> bool:
+    """Whether the deployed chain leads to one of ``roots`` (signature check, top down)."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        bundle = pem.parse_combined(path.read_bytes())
+    except (OSError, pem.PemError):
+        return True  # nothing to judge; the normal check handles unreadable files
+    top = ([bundle.leaf, *bundle.chain])[-1]
+    for root in roots:
+        if top.fingerprint(_sha256()) == root.fingerprint(_sha256()):
+            return True
+        try:
+            top.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+def _sha256() -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()
+
+
+async def cmd_run(
+    settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
+) -> int:
+    if not settings.certificates:
+        raise ConfigError(
+            "--domain", "no certificate configured (give --domain or [[certificates]])"
+        )
+    service = Service(settings, reload_settings=reload_settings)
+    return await service.run()
+
+
+__all__ = ["Service", "cmd_run"]

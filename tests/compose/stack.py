@@ -1,0 +1,173 @@
+"""Drive the compose stack under podman for tests/compose/: docker-compose through
+scripts/compose/stack.sh, container state through podman, TLS checks from the host.
+
+Kept apart from the test module so the checks read as a list of claims about the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO_ROOT / "scripts" / "compose"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """An ephemeral port that is free on 127.0.0.1 now (podman publishes on it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], *, deadline_s: float, interval_s: float = 1.0
+) -> T:
+    """Poll `probe` until it returns something other than None; fail after the deadline.
+
+    The deadline only bounds a hang: no check depends on how fast the machine is.
+    """
+    end = time.monotonic() + deadline_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+        except (OSError, ssl.SSLError, subprocess.SubprocessError, ValueError) as error:
+            last_error, result = error, None
+        if result is not None:
+            return result
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}"
+                                 f" (last error: {last_error!r})")
+        time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What HAProxy's published port presented for one name, verified against the root."""
+
+    name: str
+    certificate: x509.Certificate
+    status_line: str
+    body: str
+
+    @property
+    def serial(self) -> int:
+        return self.certificate.serial_number
+
+
+class ComposeStack:
+    """One compose project of compose.yaml plus the test override, on the local images."""
+
+    def __init__(self, project: str, env: Mapping[str, str], https_port: int) -> None:
+        self.project = project
+        self.https_port = https_port
+        self.env = {**os.environ, **env, "COMPOSE_PROJECT_NAME": project}
+        self.up_started = 0.0  # monotonic time of `up`, set by the fixture
+
+    # -- processes -------------------------------------------------------------------------
+
+    def run(self, *args: str, timeout: float = 300, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(list(args), check=False, env=self.env, cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        return self.run("bash", str(SCRIPTS / "stack.sh"), *args, timeout=timeout, check=check)
+
+    def podman(self, *args: str, timeout: float = 120, check: bool = True
+               ) -> subprocess.CompletedProcess[str]:
+        return self.run("podman", *args, timeout=timeout, check=check)
+
+    @contextmanager
+    def healthcheck_loop(self) -> Iterator[None]:
+        """Run scripts/compose/healthcheck-loop.sh for this project while the block runs."""
+        loop = subprocess.Popen(
+            ["bash", str(SCRIPTS / "healthcheck-loop.sh"), self.project, "2"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        try:
+            yield
+        finally:
+            loop.terminate()
+            try:
+                loop.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                loop.kill()
+                loop.wait()
+
+    # -- containers and volumes ------------------------------------------------------------
+
+    def container(self, service: str) -> str:
+        """The container id of a service (one replica each)."""
+        out = self.compose("ps", "-q", service).stdout.split()
+        assert len(out) == 1, f"expected one container for {service}, got {out}"
+        return out[0]
+
+    def state(self, service: str) -> dict[str, object]:
+        data = json.loads(self.podman("inspect", self.container(service)).stdout)[0]
+        state: dict[str, object] = data["State"]
+        state["RestartCount"] = data.get("RestartCount", 0)
+        return state
+
+    def health(self, service: str) -> str:
+        state = self.state(service)
+        health = state.get("Health") or state.get("Healthcheck") or {}
+        assert isinstance(health, dict)
+        return str(health.get("Status", ""))
+
+    def volume_path(self, volume: str) -> Path:
+        mountpoint = self.podman("volume", "inspect", f"{self.project}_{volume}",
+                                 "--format", "{{.Mountpoint}}").stdout.strip()
+        return Path(mountpoint)
+
+    def root_pem(self) -> bytes:
+        """The CA root as published in the step-root-ca volume: the test's only trust anchor."""
+        return (self.volume_path("step-root-ca") / "root_ca.crt").read_bytes()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={self.project}"
+        found = {}
+        for kind, args in (("containers", ("ps", "-a", "-q")),
+                           ("volumes", ("volume", "ls", "-q")),
+                           ("networks", ("network", "ls", "-q"))):
+            found[kind] = self.podman(*args, "--filter", label).stdout.split()
+        return found
+
+    # -- TLS from the host -----------------------------------------------------------------
+
+    def served(self, name: str, root_pem: bytes) -> Served:
+        """Connect to HAProxy's published port with SNI `name`, trusting only `root_pem`,
+        verify chain and name, and make one HTTP request through the TLS connection."""
+        context = ssl.create_default_context(cadata=root_pem.decode())
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=name) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+        response = b"".join(chunks).decode(errors="replace")
+        head, _, body = response.partition("\r\n\r\n")
+        return Served(name, x509.load_der_x509_certificate(der), head.splitlines()[0], body)

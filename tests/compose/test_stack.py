@@ -1,0 +1,307 @@
+"""The compose stack, for real: compose.yaml under podman + docker-compose 1.29 on local stand-in
+images (issue 4 section 3). The tests run in file order against one stack:
+
+1. infrastructure: step-ca serves ACME with its root in the step-root-ca volume, the
+   certificate names resolve to cert-sidecar on the acme network, HAProxy runs and its runtime
+   socket is usable by cert-sidecar's user;
+2. end to end: every name is served through HAProxy's published port with a certificate that
+   verifies against that root; `renew --force` inside the container changes the served serials
+   without restarts; 60-second certificates renew on their own; restarting cert-sidecar or
+   step-ca loses nothing and re-issues nothing; `down -v` leaves nothing behind.
+
+Needs root, podman, docker-compose, debootstrap (scripts/install-deps.sh) and the step-ca
+binary (scripts/build-step-ca.sh, run on demand). First run about 2 minutes of image builds,
+then cached; the checks take a few minutes because they watch real 60-second certificates.
+Run: .venv/bin/python -m pytest -m compose tests/compose -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.compose.stack import (
+    REPO_ROOT,
+    SCRIPTS,
+    ComposeStack,
+    Served,
+    free_port,
+    wait_for,
+)
+
+pytestmark = pytest.mark.compose
+
+# tests/compose/compose.test.yaml: two certificates, the second with two names.
+CERTIFICATES = {
+    "demo.openchami.cluster": ("demo.openchami.cluster",),
+    "api.openchami.cluster": ("api.openchami.cluster", "auth.openchami.cluster"),
+}
+NAMES = tuple(name for names in CERTIFICATES.values() for name in names)
+LIFETIME = "60s"
+PROJECT = "cert-sidecar-test"
+SIDECAR_IMAGE = os.environ.get("CERT_SIDECAR_TEST_IMAGE", "localhost/cert-sidecar:test")
+
+# Deadlines bound hangs only. Issuance and renewal of a 60-second certificate: renewal is due
+# after 2/3 of its (backdated, 2-minute) validity, so 4 minutes covers any jitter.
+FIRST_CERT_DEADLINE = 240.0
+RENEWAL_DEADLINE = 240.0
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[ComposeStack]:
+    missing = [tool for tool in ("podman", "docker-compose", "debootstrap", "curl")
+               if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"compose test needs {', '.join(missing)} (scripts/install-deps.sh)")
+    if os.geteuid() != 0:
+        pytest.skip("compose test runs podman as root")
+
+    env = {
+        "COMPOSE_FILES": "compose.yaml:tests/compose/compose.test.yaml",
+        "STEP_CA_CERT_LIFETIME": LIFETIME,
+    }
+    https_port = free_port()
+    env["HAPROXY_HTTPS_PORT"] = f"127.0.0.1:{https_port}"
+    env["HAPROXY_HTTP_PORT"] = f"127.0.0.1:{free_port()}"
+    stack = ComposeStack(PROJECT, env, https_port)
+
+    service_was_running = stack.run("bash", str(SCRIPTS / "podman-service.sh"), "status",
+                                    check=False).returncode == 0
+    stack.run("bash", str(SCRIPTS / "build-images.sh"), timeout=1200)
+    # A previous run that died half-way must not leave its volumes to this one.
+    stack.compose("down", "-v", "--remove-orphans", check=False)
+    stack.compose("build", timeout=900)
+    try:
+        with stack.healthcheck_loop():
+            stack.up_started = time.monotonic()
+            stack.compose("up", "-d")
+            yield stack
+    finally:
+        logs = stack.compose("logs", "--no-color", "--tail", "200", check=False)
+        log_file = REPO_ROOT / ".cache" / "compose" / "last-test-stack.log"
+        log_file.write_text(logs.stdout + logs.stderr)
+        print(f"\ncompose logs of the test stack: {log_file}")
+        if any(stack.leftovers().values()):
+            stack.compose("down", "-v", "--remove-orphans", check=False)
+        if not service_was_running:
+            stack.run("bash", str(SCRIPTS / "podman-service.sh"), "stop", check=False)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def served_all(stack: ComposeStack) -> dict[str, Served]:
+    root = stack.root_pem()
+    return {name: stack.served(name, root) for name in NAMES}
+
+
+def serials(stack: ComposeStack) -> dict[str, int]:
+    return {name: served.serial for name, served in served_all(stack).items()}
+
+
+def restart_counts(stack: ComposeStack) -> dict[str, tuple[object, object]]:
+    """(StartedAt, RestartCount) per service: any container restart changes it."""
+    result = {}
+    for service in ("step-ca", "cert-sidecar", "haproxy"):
+        state = stack.state(service)
+        result[service] = (state.get("StartedAt"), state.get("RestartCount"))
+    return result
+
+
+def wait_healthy(stack: ComposeStack, service: str, deadline_s: float = 120.0) -> None:
+    wait_for(f"{service} to be healthy",
+             lambda: True if stack.health(service) == "healthy" else None,
+             deadline_s=deadline_s)
+
+
+def account_files(stack: ComposeStack) -> dict[str, str]:
+    """The ACME account(s) in cert-sidecar's state volume, by relative path."""
+    state = stack.volume_path("state")
+    return {str(path.relative_to(state)): path.read_text()
+            for path in sorted(state.glob("account/**/account.json"))}
+
+
+def finalizations_since(stack: ComposeStack, since: datetime) -> int:
+    """Orders finalized by step-ca since `since` (one per certificate issued), from its log."""
+    logs = stack.podman("logs", "--since", since.isoformat(), stack.container("step-ca"))
+    return sum(1 for line in (logs.stdout + logs.stderr).splitlines()
+               if "/finalize" in line and "status=200" in line)
+
+
+def watch_serving(stack: ComposeStack, until: float, changed_from: dict[str, int] | None = None
+                  ) -> tuple[int, int, dict[str, set[int]]]:
+    """Poll every name once a second until the monotonic time `until` (or, with changed_from,
+    until every name serves a serial other than its entry). Returns (polls, failures, serials
+    seen per name): a failure is any handshake, verification or HTTP error."""
+    polls = failures = 0
+    seen: dict[str, set[int]] = {name: set() for name in NAMES}
+    root = stack.root_pem()
+    while time.monotonic() < until:
+        for name in NAMES:
+            polls += 1
+            try:
+                served = stack.served(name, root)
+            except OSError as error:  # ssl.SSLError is an OSError
+                failures += 1
+                print(f"serving check failed for {name}: {error!r}")
+                continue
+            if not served.status_line.endswith("200 OK"):
+                failures += 1
+                print(f"bad response for {name}: {served.status_line}")
+            seen[name].add(served.serial)
+        if changed_from is not None and all(seen[name] - {changed_from[name]} for name in NAMES):
+            break
+        time.sleep(1.0)
+    return polls, failures, seen
+
+
+# -- 1. infrastructure ------------------------------------------------------------------------
+
+def test_step_ca_serves_acme_with_its_root_in_the_volume(stack: ComposeStack) -> None:
+    wait_healthy(stack, "step-ca")
+    step_ca = stack.container("step-ca")
+    own_root = stack.podman("exec", step_ca, "cat", "/home/step/certs/root_ca.crt").stdout
+    assert stack.root_pem().decode() == own_root
+
+    config = json.loads(stack.podman("exec", step_ca, "cat", "/home/step/config/ca.json").stdout)
+    acme = [p for p in config["authority"]["provisioners"] if p["name"] == "acme"]
+    assert acme and acme[0]["type"] == "ACME"
+    assert acme[0]["claims"]["defaultTLSCertDuration"] == LIFETIME
+
+    # From the acme network, as cert-sidecar's image and user, trusting only the volume's root.
+    probe = stack.podman(
+        "run", "--rm", "--network", f"{PROJECT}_acme",
+        "-v", f"{PROJECT}_step-root-ca:/root_ca:ro", "--entrypoint", "python3", SIDECAR_IMAGE,
+        "-c", "import json, ssl, urllib.request;"
+              "ctx = ssl.create_default_context(cafile='/root_ca/root_ca.crt');"
+              "url = 'https://step-ca:9000/acme/acme/directory';"
+              "print(json.dumps(json.load(urllib.request.urlopen(url, context=ctx))))")
+    directory = json.loads(probe.stdout)
+    assert directory["newOrder"] == "https://step-ca:9000/acme/acme/new-order"
+
+
+def test_names_resolve_to_the_sidecar_on_the_acme_network(stack: ComposeStack) -> None:
+    """step-ca validates http-01 at http://<name>/: every name must reach cert-sidecar."""
+    sidecar = json.loads(stack.podman("inspect", stack.container("cert-sidecar")).stdout)[0]
+    sidecar_ip = sidecar["NetworkSettings"]["Networks"][f"{PROJECT}_acme"]["IPAddress"]
+    assert sidecar_ip
+    step_ca = stack.container("step-ca")
+    for name in NAMES:
+        resolved = stack.podman("exec", step_ca, "getent", "hosts", name).stdout.split()
+        assert resolved and resolved[0] == sidecar_ip, (name, resolved, sidecar_ip)
+
+
+def test_haproxy_runs_and_its_socket_is_usable_by_the_sidecar_user(stack: ComposeStack) -> None:
+    wait_for("HAProxy running", lambda: True if stack.state("haproxy").get("Running") else None,
+             deadline_s=60)
+    probe = stack.podman(
+        "run", "--rm", "--network", "none",
+        "-v", f"{PROJECT}_haproxy-run:/var/lib/haproxy-run",
+        "-v", f"{PROJECT}_haproxy-certs:/etc/haproxy/certs",
+        "--entrypoint", "python3", SIDECAR_IMAGE, "-c",
+        "import os, socket;"
+        "s = socket.socket(socket.AF_UNIX);"
+        "s.connect('/var/lib/haproxy-run/admin.sock');"
+        "s.sendall(b'show ssl cert\\n');"
+        "print(s.recv(65536).decode().splitlines()[0]);"
+        "probe = '/etc/haproxy/certs/.probe'; open(probe, 'w').close(); os.unlink(probe);"
+        "print(os.getuid(), os.getgid())")
+    first_line, ids = probe.stdout.splitlines()[:2]
+    # `show ssl cert` lists the loaded files under a "# filename" header.
+    assert first_line.startswith("# filename"), probe.stdout
+    assert ids == "10001 99"  # cert-sidecar's user, in HAProxy's group
+    assert stack.state("haproxy").get("RestartCount") == 0
+
+
+# -- 2. end to end ----------------------------------------------------------------------------
+
+def test_first_valid_certificate_for_every_name(stack: ComposeStack) -> None:
+    def all_valid() -> dict[str, Served] | None:
+        served = served_all(stack)
+        return served if all(s.status_line.endswith("200 OK") for s in served.values()) else None
+
+    served = wait_for("a valid certificate for every name", all_valid,
+                      deadline_s=FIRST_CERT_DEADLINE)
+    elapsed = time.monotonic() - stack.up_started
+    print(f"\ntime from `up` to the first valid certificate for every name: {elapsed:.1f} s")
+    for name, result in served.items():
+        assert f"cert-sidecar demo: {name}" in result.body
+    # The two names of one certificate are served by the same certificate.
+    assert served["api.openchami.cluster"].serial == served["auth.openchami.cluster"].serial
+    assert served["demo.openchami.cluster"].serial != served["api.openchami.cluster"].serial
+
+
+def test_renew_force_serves_new_serials_without_restarts(stack: ComposeStack) -> None:
+    before = serials(stack)
+    containers = restart_counts(stack)
+    stack.compose("exec", "-T", "cert-sidecar", "cert-sidecar", "renew", "--force", timeout=180)
+    # renew hands the work to the running sidecar and returns once it is deployed.
+    after = serials(stack)
+    assert all(after[name] != before[name] for name in NAMES), (before, after)
+    assert restart_counts(stack) == containers
+
+
+def test_short_lived_certificates_renew_on_their_own(stack: ComposeStack) -> None:
+    before = serials(stack)
+    containers = restart_counts(stack)
+    polls, failures, seen = watch_serving(stack, time.monotonic() + RENEWAL_DEADLINE,
+                                          changed_from=before)
+    assert all(seen[name] - {before[name]} for name in NAMES), (before, seen)
+    assert failures == 0, f"{failures} of {polls} checks failed while renewing"
+    assert restart_counts(stack) == containers
+
+
+def test_sidecar_restart_loses_nothing_and_reissues_nothing(stack: ComposeStack) -> None:
+    accounts = account_files(stack)
+    assert accounts, "no ACME account in the state volume"
+    since = datetime.now(UTC)
+    stack.compose("restart", "cert-sidecar", timeout=120)
+    # HAProxy keeps serving valid certificates while the sidecar is away and coming back.
+    polls, failures, _ = watch_serving(stack, time.monotonic() + 5)
+    wait_healthy(stack, "cert-sidecar")
+    # Watch a while after the restart: a restart alone must not order certificates again.
+    # At most one renewal per certificate can fall due in this window with 60 s certificates.
+    more_polls, more_failures, _ = watch_serving(stack, time.monotonic() + 30)
+    assert failures + more_failures == 0, f"{failures + more_failures} of " \
+                                          f"{polls + more_polls} checks failed"
+    assert finalizations_since(stack, since) <= len(CERTIFICATES)
+    assert account_files(stack) == accounts
+
+
+def test_step_ca_restart_is_survived(stack: ComposeStack) -> None:
+    accounts = account_files(stack)
+    root = stack.root_pem()
+    stack.compose("restart", "step-ca", timeout=120)
+    wait_healthy(stack, "step-ca")
+    assert stack.root_pem() == root, "the root changed across a step-ca restart"
+    # The sidecar goes on renewing with the same account against the restarted CA.
+    before = serials(stack)
+    polls, failures, seen = watch_serving(stack, time.monotonic() + RENEWAL_DEADLINE,
+                                          changed_from=before)
+    assert all(seen[name] - {before[name]} for name in NAMES), (before, seen)
+    assert failures == 0, f"{failures} of {polls} checks failed"
+    assert account_files(stack) == accounts
+
+
+def test_down_v_cleans_up(stack: ComposeStack) -> None:
+    stack.compose("down", "-v", timeout=180)
+    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
+
+
+def test_compose_file_is_valid_for_docker_compose_1_29() -> None:
+    """`config` parses and interpolates the file the way docker-compose 1.29 does."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    result = subprocess.run(
+        ["docker-compose", "-f", str(REPO_ROOT / "compose.yaml"), "config", "--quiet"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COMPOSE_PROJECT_NAME": "cert-sidecar-config-check"})
+    assert result.returncode == 0, result.stderr
+    text = (REPO_ROOT / "compose.yaml").read_text()
+    assert not any(line.startswith("name:") for line in text.splitlines())
