@@ -28,11 +28,13 @@ from ca_client.errors import (
     AcmeError,
     AcmeProblem,
     ACMETimeout,
+    CAUnreachable,
     CertificateMismatch,
     MalformedResponse,
     NoSolver,
     NotACME,
     OrderFailed,
+    ServerInternal,
 )
 from ca_client.jws import eab_binding
 from ca_client.keys import PrivateKey, b64url, jwk_thumbprint, public_key_der
@@ -296,8 +298,10 @@ class AcmeClient:
             payload["externalAccountBinding"] = eab_binding(
                 self._key, kid=eab.kid, hmac_key=eab.hmac_key, url=directory.new_account
             )
+        # Idempotent: the account is keyed by its key (§7.3.1), a repeat finds it.
         response = await self._transport.post(
-            directory.new_account, payload, self._key, kid=None, deadline=deadline
+            directory.new_account, payload, self._key, kid=None, deadline=deadline,
+            idempotent=True,
         )
         account = self._account_from(response)
         self._registration = (tuple(contact), eab, terms_agreed)
@@ -317,17 +321,10 @@ class AcmeClient:
 
     async def find_account(self, *, deadline: float | None = None) -> Account | None:
         """The account of this key, or None: newAccount with ``onlyReturnExisting`` (§7.3.1)."""
-        deadline = self._deadline(deadline)
-        directory = await self.directory(deadline=deadline)
-        try:
-            response = await self._transport.post(
-                directory.new_account, {"onlyReturnExisting": True}, self._key, kid=None,
-                deadline=deadline,
-            )
-        except AccountDoesNotExist:
-            return None
-        self._account = self._account_from(response)
-        return self._account
+        account = await self._find_existing(self._deadline(deadline))
+        if account is not None:
+            self._account = account
+        return account
 
     async def ensure_account(
         self,
@@ -371,7 +368,8 @@ class AcmeClient:
         """Replace the account's contact list (RFC 8555 §7.3.2)."""
         account_url = await self._require_account(deadline)
         response = await self._post_as_account(
-            account_url, {"contact": list(contact)}, deadline=deadline, url_is_account=True
+            account_url, {"contact": list(contact)}, deadline=deadline, url_is_account=True,
+            idempotent=True,
         )
         _, eab, terms = self._registration
         self._registration = (tuple(contact), eab, terms)
@@ -403,17 +401,40 @@ class AcmeClient:
         assert self._account is not None
         return self._account.url
 
-    async def _reregister(self, stale_url: str, deadline: float) -> None:
-        """Register again after ``accountDoesNotExist``, once for all concurrent callers."""
+    async def _recover_account(self, stale_url: str, deadline: float, *, missing: bool) -> bool:
+        """After a kid-signed request failed in a way a forgotten account explains, make sure
+        the key has a current account; True when its URL changed (a repeat can succeed).
+
+        ``missing``: the CA said ``accountDoesNotExist``. Otherwise (step-ca 0.19 answers a
+        bare HTTP 500 for an unknown account ID) ask with ``onlyReturnExisting`` first. Under
+        the account lock, so that many concurrent failures register only once.
+        """
         async with self._account_lock:
             if self._account is not None and self._account.url != stale_url:
-                return  # another task already did it
+                return True  # another task already did it
+            if not missing:
+                existing = await self._find_existing(deadline)
+                if existing is not None:
+                    self._account = existing
+                    return existing.url != stale_url
             contact, eab, terms = self._registration
             logger.warning(
                 "the CA no longer knows account %s (database reset?): registering again",
                 stale_url,
             )
             await self.new_account(contact, eab=eab, terms_agreed=terms, deadline=deadline)
+            return True
+
+    async def _find_existing(self, deadline: float) -> Account | None:
+        directory = await self.directory(deadline=deadline)
+        try:
+            response = await self._transport.post(
+                directory.new_account, {"onlyReturnExisting": True}, self._key, kid=None,
+                deadline=deadline, idempotent=True,
+            )
+        except AccountDoesNotExist:
+            return None
+        return self._account_from(response)
 
     async def _post_as_account(
         self,
@@ -424,24 +445,32 @@ class AcmeClient:
         accept: str = "application/json",
         url_is_account: bool = False,
         reregister: bool = True,
+        idempotent: bool | None = None,
     ) -> AcmeResponse:
-        """A ``kid``-signed POST (§6.2). On ``accountDoesNotExist`` the account is registered
-        again and the request repeated once with the new ``kid``."""
+        """A ``kid``-signed POST (§6.2). When the CA no longer knows the account (its
+        database was reset) the account is registered again and the request repeated once."""
         deadline = self._deadline(deadline)
         account_url = await self._require_account(deadline)
         try:
             return await self._transport.post(
-                url, payload, self._key, kid=account_url, deadline=deadline, accept=accept
+                url, payload, self._key, kid=account_url, deadline=deadline, accept=accept,
+                idempotent=idempotent,
             )
         except AccountDoesNotExist:
             if not reregister:
                 raise
-            await self._reregister(account_url, deadline)
+            await self._recover_account(account_url, deadline, missing=True)
+        except (ServerInternal, CAUnreachable) as exc:
+            if not reregister or exc.status != 500:
+                raise
+            if not await self._recover_account(account_url, deadline, missing=False):
+                raise
         assert self._account is not None
         if url_is_account:
             url = self._account.url
         return await self._transport.post(
-            url, payload, self._key, kid=self._account.url, deadline=deadline, accept=accept
+            url, payload, self._key, kid=self._account.url, deadline=deadline, accept=accept,
+            idempotent=idempotent,
         )
 
     # --- orders, authorizations, challenges (§7.4, §7.5) -------------------------------------
@@ -459,9 +488,10 @@ class AcmeClient:
         payload: dict[str, Any] = {"identifiers": [i.to_json() for i in identifiers]}
         if replaces and directory.renewal_info:
             payload["replaces"] = replaces
+        # Idempotent enough: a repeated newOrder only leaves an unused order behind.
         try:
             response = await self._post_as_account(directory.new_order, payload,
-                                                   deadline=deadline)
+                                                   deadline=deadline, idempotent=True)
         except AcmeProblem as problem:
             # RFC 9773 §5: a CA may refuse the replacement (already replaced, unknown
             # certificate); the order is still wanted, so ask again without the hint.
@@ -472,7 +502,7 @@ class AcmeClient:
             logger.info("CA refused replaces=%s (%s); ordering without it", replaces, problem)
             del payload["replaces"]
             response = await self._post_as_account(directory.new_order, payload,
-                                                   deadline=deadline)
+                                                   deadline=deadline, idempotent=True)
         url = response.location
         if not url:
             raise MalformedResponse("newOrder answer without a Location", url=response.url)
@@ -504,7 +534,9 @@ class AcmeClient:
         """RFC 8555 §7.5.1: "The client indicates to the server that it is ready for the
         challenge validation by sending an empty JSON body ("{}") carried in a POST request to
         the challenge URL (not the authorization URL)."""
-        response = await self._post_as_account(challenge.url, {}, deadline=deadline)
+        # Answering twice is harmless: the CA validates once (§7.5.1).
+        response = await self._post_as_account(challenge.url, {}, deadline=deadline,
+                                               idempotent=True)
         return Challenge.from_json(response.json(), url=challenge.url)
 
     async def deactivate_authorization(
@@ -647,7 +679,7 @@ class AcmeClient:
             ])
             order = await self.poll_order(order.url, deadline=deadline, waiting=("pending",))
         if order.status == "ready":
-            order = await self.finalize_order(order, csr, deadline=deadline)
+            order = await self._finalize_once(order, csr, deadline)
             if order.status in ("ready", "processing"):
                 order = await self.poll_order(
                     order.url, deadline=deadline, waiting=("ready", "processing")
@@ -673,6 +705,22 @@ class AcmeClient:
             alternates=tuple("".join(other) for other in others),
             certificate_url=certificate_url,
         )
+
+    async def _finalize_once(self, order: Order, csr: bytes, deadline: float) -> Order:
+        """Finalize; when the answer is lost (connection dropped, server error), look at the
+        order instead of finalizing blindly again: it may already be processing or valid."""
+        try:
+            return await self.finalize_order(order, csr, deadline=deadline)
+        except (CAUnreachable, ServerInternal) as exc:
+            if isinstance(exc, CAUnreachable) and exc.connect_failed:
+                raise
+            current = await self.get_order(order.url, deadline=deadline)
+            if current.status == "ready":
+                logger.info("finalize of %s failed (%s); finalizing again", order.url, exc)
+                return await self.finalize_order(current, csr, deadline=deadline)
+            if current.status in ("processing", "valid"):
+                return current
+            raise
 
     @staticmethod
     def _pick_challenge(

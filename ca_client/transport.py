@@ -7,8 +7,10 @@ concurrent order), the nonce pool, request signing and the retry rules:
   came with the error -- done here, so callers never see it unless the CA keeps refusing;
 * 429 and 503 with ``Retry-After`` (§6.6, RFC 9110 §10.2.3): waited out and retried when the
   wait fits before the request's deadline, else raised as a typed error;
-* connection failures on idempotent requests (GET, HEAD, POST-as-GET): retried twice with a
+* connection failures on idempotent requests (GET, HEAD, POST-as-GET, and what the caller
+  marks idempotent), and on any request that never got a connection: retried twice with a
   short pause, because a kept-alive connection the CA closed looks exactly like that;
+* HTTP 500/502/504 on idempotent requests: retried three times with a short pause;
 * every httpx/ssl exception is converted, in :meth:`AcmeTransport._send`, into the error tree
   of :mod:`ca_client.errors`.
 
@@ -42,6 +44,7 @@ from ca_client.errors import (
     MalformedResponse,
     NotACME,
     RateLimited,
+    ServerInternal,
     TLSVerificationFailed,
     TransportError,
 )
@@ -62,6 +65,10 @@ MAX_BAD_NONCE_RETRIES = 10
 MAX_BUSY_RETRIES = 5
 #: Connection failures retried for one idempotent request.
 MAX_NETWORK_RETRIES = 2
+#: HTTP 500/502/504 answers retried for one idempotent request. step-ca 0.19 answers
+#: serverInternal when two requests of one account race in its database (compare-and-swap of
+#: the account's order list), which concurrent orders on one account do.
+MAX_SERVER_ERROR_RETRIES = 3
 #: Wait after a 503 without Retry-After (doubles each time).
 DEFAULT_UNAVAILABLE_DELAY = 1.0
 #: The nonce pool keeps at most this many; older ones would only be refused as stale.
@@ -306,7 +313,7 @@ class AcmeTransport:
         idempotent: bool,
         signed: bool,
     ) -> AcmeResponse:
-        bad_nonces = busy = network = 0
+        bad_nonces = busy = network = server_errors = 0
         while True:
             method, headers, content = await build()
             try:
@@ -331,6 +338,19 @@ class AcmeTransport:
                 bad_nonces += 1
                 logger.debug("badNonce from %s, retrying with a fresh nonce", url)
                 continue
+            if (
+                idempotent
+                and response.status in (500, 502, 504)
+                and isinstance(error, ServerInternal | CAUnreachable)
+                and server_errors < MAX_SERVER_ERROR_RETRIES
+            ):
+                delay = 0.05 * 2**server_errors
+                if fits_before_deadline(delay, self._clock(), deadline):
+                    server_errors += 1
+                    logger.info("CA answered HTTP %s for %s, retrying: %s",
+                                response.status, url, error)
+                    await self._sleep(delay)
+                    continue
             if response.status in (429, 503) and busy < MAX_BUSY_RETRIES:
                 delay = response.retry_after
                 if delay is None and response.status == 503:
@@ -382,10 +402,14 @@ class AcmeTransport:
         kid: str | None,
         deadline: float,
         accept: str = "application/json",
+        idempotent: bool | None = None,
     ) -> AcmeResponse:
         """A signed POST; ``payload=None`` is POST-as-GET (RFC 8555 §6.3).
 
         Each attempt takes a new nonce and is signed again (a nonce is single-use, §6.5).
+        ``idempotent`` (default: only POST-as-GET) allows repeating the request after a
+        connection failure or a server error: say True only when a repeat changes nothing
+        that matters (a second newOrder just makes another order).
         """
 
         async def build() -> tuple[str, Mapping[str, str], bytes | None]:
@@ -394,8 +418,10 @@ class AcmeTransport:
             headers = {"Content-Type": JOSE_JSON, "Accept": accept}
             return "POST", headers, json.dumps(body).encode("ascii")
 
+        if idempotent is None:
+            idempotent = payload is None
         return await self._request(
-            build, url, deadline=deadline, idempotent=payload is None, signed=True
+            build, url, deadline=deadline, idempotent=idempotent, signed=True
         )
 
 

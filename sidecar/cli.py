@@ -81,9 +81,7 @@ class _Parser(argparse.ArgumentParser):
 def _reason(text: str) -> str:
     folded = text.lower().replace("-", "").replace("_", "")
     if folded not in _REASON_BY_FOLDED:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not one of {', '.join(REVOCATION_REASONS)}"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(REVOCATION_REASONS)}")
     return _REASON_BY_FOLDED[folded]
 
 
@@ -105,15 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    command("run", "keep every certificate issued, renewed and loaded into HAProxy until "
-                   "SIGTERM/SIGINT")
-    issue = command("issue", "obtain every certificate that is missing, invalid or due, "
-                             "write and deploy it, then exit")
+    command(
+        "run", "keep every certificate issued, renewed and loaded into HAProxy until SIGTERM/SIGINT"
+    )
+    issue = command(
+        "issue",
+        "obtain every certificate that is missing, invalid or due, write and deploy it, then exit",
+    )
     issue.add_argument("--force", action="store_true", help="obtain all of them, due or not")
     renew = command("renew", "renew the certificates that are due, then exit")
     renew.add_argument("--force", action="store_true", help="renew all of them, due or not")
     renew.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="do the whole ACME exchange but write and deploy nothing",
     )
     status = command("status", "show each certificate: names, expiry, next renewal, last error")
@@ -121,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = command("revoke", "revoke a certificate at the CA, then replace it (or remove it)")
     revoke.add_argument("name", metavar="NAME", help="the certificate's name")
     revoke.add_argument(
-        "--reason", type=_reason, default=None,
+        "--reason",
+        type=_reason,
+        default=None,
         help="RFC 5280 reason: " + ", ".join(REVOCATION_REASONS),
     )
     revoke.add_argument(
-        "--remove", action="store_true",
+        "--remove",
+        action="store_true",
         help="delete its files and unload it from HAProxy instead of replacing it",
     )
     command("healthcheck", "exit 0 when the running sidecar reports ready (for HEALTHCHECK)")
@@ -168,6 +173,10 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     module_name, function_name = _COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)
     positional, keywords = _command_kwargs(args)
+    if args.command == "run":
+        # The service re-reads the settings, same flags and environment, when the config file
+        # changes (issue 3, "Configuration reload"); a bad new file raises ConfigError there.
+        keywords["reload_settings"] = lambda: load_settings(args, environ)
     result = function(settings, *positional, **keywords)
     import asyncio
 

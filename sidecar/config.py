@@ -146,52 +146,104 @@ class Option:
 OPTIONS: Final[tuple[Option, ...]] = (
     Option("directory", "acme", "directory", "URL", "ACME directory URL"),
     Option("ca_bundle", "acme", "ca_bundle", "FILE", "PEM bundle trusted for the CA's TLS"),
-    Option("system_trust", "acme", "system_trust", None,
-           "also trust the system store (a public ACME CA)", kind="bool"),
+    Option(
+        "system_trust",
+        "acme",
+        "system_trust",
+        None,
+        "also trust the system store (a public ACME CA)",
+        kind="bool",
+    ),
     Option("email", "acme", "email", "ADDR", "account contact address"),
     Option("eab_kid", "acme", "eab_kid", "KID", "External Account Binding key id"),
-    Option("eab_hmac_key_file", "acme", "eab_hmac_key_file", "FILE",
-           "file holding the base64url EAB HMAC key (or env CERT_SIDECAR_EAB_HMAC_KEY)"),
-    Option("key_type", "acme", "key_type", "TYPE",
-           "certificate key type: " + ", ".join(KEY_TYPES)),
+    Option(
+        "eab_hmac_key_file",
+        "acme",
+        "eab_hmac_key_file",
+        "FILE",
+        "file holding the base64url EAB HMAC key (or env CERT_SIDECAR_EAB_HMAC_KEY)",
+    ),
+    Option("key_type", "acme", "key_type", "TYPE", "certificate key type: " + ", ".join(KEY_TYPES)),
     Option("challenge", "acme", "challenge", "TYPE", "challenge type: " + ", ".join(CHALLENGES)),
     Option("http_listen", "acme", "http_listen", "HOST:PORT", "http-01 responder address"),
-    Option("tls_alpn_listen", "acme", "tls_alpn_listen", "HOST:PORT",
-           "tls-alpn-01 responder address"),
-    Option("dns_hook", "acme", "dns_hook", "CMD",
-           "dns-01 hook, run as CMD present|cleanup <record.> <value>"),
+    Option(
+        "tls_alpn_listen", "acme", "tls_alpn_listen", "HOST:PORT", "tls-alpn-01 responder address"
+    ),
+    Option(
+        "dns_hook",
+        "acme",
+        "dns_hook",
+        "CMD",
+        "dns-01 hook, run as CMD present|cleanup <record.> <value>",
+    ),
     Option("certs_dir", "files", "certs_dir", "DIR", "where <name>.pem files are written"),
     Option("state_dir", "files", "state_dir", "DIR", "account, keys and metadata"),
     Option("pem_mode", "files", "pem_mode", "MODE", "octal mode of the PEM files"),
     Option("pem_group", "files", "pem_group", "GROUP", "group (name or number) of the PEM files"),
-    Option("renew_at", "renewal", "renew_at", "FRACTION",
-           "renew once this share of the lifetime has passed"),
-    Option("haproxy_sockets", "haproxy", "sockets", "ADDR",
-           "HAProxy runtime API: unix:/path, tcp:host:port, master:unix:/path (repeatable)",
-           kind="list", flag_name="--haproxy-socket",
-           env_names=(ENV_PREFIX + "HAPROXY_SOCKET", ENV_PREFIX + "HAPROXY_SOCKETS")),
-    Option("haproxy_certs_dir", "haproxy", "certs_dir", "DIR",
-           "the certs directory as HAProxy sees it (default: --certs-dir)"),
-    Option("reload", "haproxy", "reload", "MODE", "how HAProxy loads a new certificate: "
-           + ", ".join(RELOAD_MODES)),
+    Option(
+        "renew_at",
+        "renewal",
+        "renew_at",
+        "FRACTION",
+        "renew once this share of the lifetime has passed",
+    ),
+    Option(
+        "haproxy_sockets",
+        "haproxy",
+        "sockets",
+        "ADDR",
+        "HAProxy runtime API: unix:/path, tcp:host:port, master:unix:/path (repeatable)",
+        kind="list",
+        flag_name="--haproxy-socket",
+        env_names=(ENV_PREFIX + "HAPROXY_SOCKET", ENV_PREFIX + "HAPROXY_SOCKETS"),
+    ),
+    Option(
+        "haproxy_certs_dir",
+        "haproxy",
+        "certs_dir",
+        "DIR",
+        "the certs directory as HAProxy sees it (default: --certs-dir)",
+    ),
+    Option(
+        "reload",
+        "haproxy",
+        "reload",
+        "MODE",
+        "how HAProxy loads a new certificate: " + ", ".join(RELOAD_MODES),
+    ),
     Option("reload_command", "haproxy", "reload_command", "CMD", "command for --reload command"),
     Option("reload_signal", "haproxy", "reload_signal", "SIG", "signal for --reload signal"),
     Option("reload_pid_file", "haproxy", "reload_pid_file", "FILE", "pid file of HAProxy"),
-    Option("verify_address", "haproxy", "verify_address", "HOST:PORT",
-           "after a deploy, check the served certificate here"),
+    Option(
+        "verify_address",
+        "haproxy",
+        "verify_address",
+        "HOST:PORT",
+        "after a deploy, check the served certificate here",
+    ),
     Option("deploy_hook", "haproxy", "deploy_hook", "CMD", "command run after each deploy"),
-    Option("health_listen", "service", "health_listen", "HOST:PORT",
-           "/healthz, /readyz, /metrics address"),
-    Option("placeholder", "service", "placeholder", None,
-           "write a self-signed placeholder until the first real certificate", kind="bool"),
+    Option(
+        "health_listen",
+        "service",
+        "health_listen",
+        "HOST:PORT",
+        "/healthz, /readyz, /metrics address",
+    ),
+    Option(
+        "placeholder",
+        "service",
+        "placeholder",
+        None,
+        "write a self-signed placeholder until the first real certificate",
+        kind="bool",
+    ),
     Option("log_format", "service", "log_format", "FORMAT", "json or console"),
     Option("log_level", "service", "log_level", "LEVEL", ", ".join(LOG_LEVELS)),
 )
 _OPTION_BY_FIELD: Final = {option.field: option for option in OPTIONS}
 _TABLES: Final = ("acme", "files", "renewal", "haproxy", "service")
 _TOML_KEYS: Final = {
-    table: {option.key: option for option in OPTIONS if option.table == table}
-    for table in _TABLES
+    table: {option.key: option for option in OPTIONS if option.table == table} for table in _TABLES
 }
 _CERT_KEYS: Final = ("name", "domains", "key_type", "challenge")
 _ENV_DOMAINS: Final = ENV_PREFIX + "DOMAINS"
@@ -325,8 +377,14 @@ def _split_list(text: str) -> list[str]:
 
 
 def _type_name(value: object) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _string(raw: _Raw) -> str:
@@ -436,7 +494,7 @@ def parse_pem_mode(value: str | int) -> int:
     owner must be able to read (``status`` reads the file back).
     """
     if isinstance(value, bool):
-        raise TypeError("must be an octal mode like \"0640\"")
+        raise TypeError('must be an octal mode like "0640"')
     if isinstance(value, int):
         mode = value
     else:
@@ -544,7 +602,7 @@ def _email(raw: _Raw) -> str | None:
         return None
     text = _string(raw).removeprefix("mailto:")
     local, at, host = text.rpartition("@")
-    if not at or not local or any(c in local for c in " ,<>\"") :
+    if not at or not local or any(c in local for c in ' ,<>"'):
         raise ConfigError(raw.label, f"{text!r} is not an email address")
     try:
         domains.normalize_dns_name(host)
@@ -784,9 +842,7 @@ def _certificate(
             )
         # RFC 8738 §7: "The dns-01 challenge ... MUST NOT be used to validate IP identifiers."
         if kind == "ip" and challenge == "dns-01":
-            raise ConfigError(
-                spec.label, f"{value!r} is an IP address, which dns-01 cannot prove"
-            )
+            raise ConfigError(spec.label, f"{value!r} is an IP address, which dns-01 cannot prove")
     return CertificateSpec(name, tuple(values), key_type, challenge), challenge_raw.label
 
 
@@ -1120,14 +1176,25 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     environment and the file); the help shows them from ``DEFAULTS``.
     """
     parser.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config",
+        metavar="FILE",
+        default=None,
         help=f"TOML config file (env {_ENV_CONFIG})",
     )
-    titles = {"acme": "ACME", "files": "files", "renewal": "renewal",
-              "haproxy": "HAProxy", "service": "service"}
+    titles = {
+        "acme": "ACME",
+        "files": "files",
+        "renewal": "renewal",
+        "haproxy": "HAProxy",
+        "service": "service",
+    }
     groups = {table: parser.add_argument_group(titles[table] + " settings") for table in _TABLES}
     groups["acme"].add_argument(
-        "--domain", dest="domains", action="append", metavar="NAMES", default=None,
+        "--domain",
+        dest="domains",
+        action="append",
+        metavar="NAMES",
+        default=None,
         help=f"one certificate, its names comma-separated; repeatable (env {_ENV_DOMAINS},"
         " certificates separated by ';')",
     )
@@ -1138,15 +1205,26 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups[option.table]
         if option.kind == "bool":
             group.add_argument(
-                option.flag, dest=option.field, action=argparse.BooleanOptionalAction,
-                default=None, help=text,
+                option.flag,
+                dest=option.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
             )
         elif option.kind == "list":
             group.add_argument(
-                option.flag, dest=option.field, action="append", metavar=option.metavar,
-                default=None, help=text,
+                option.flag,
+                dest=option.field,
+                action="append",
+                metavar=option.metavar,
+                default=None,
+                help=text,
             )
         else:
             group.add_argument(
-                option.flag, dest=option.field, metavar=option.metavar, default=None, help=text,
+                option.flag,
+                dest=option.field,
+                metavar=option.metavar,
+                default=None,
+                help=text,
             )

@@ -65,6 +65,7 @@ PROBE_TIMEOUT = 2.0
 ANSWER_KEYS = ("ok", "exit_code", "results", "error")
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+_BIND_DIR_PREFIX = ".ctl"  # a dot-file, like every temporary file the sidecar makes
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -174,7 +175,9 @@ class ControlServer:
     async def start(self) -> None:
         if self._server is not None:
             return
-        if len(os.fsencode(self._path)) > _MAX_SOCKET_PATH:
+        # The socket is first bound at <dir>/.ctlXXXXXXXX/s (see _bind), a little longer.
+        bind_path = self._path.parent / f"{_BIND_DIR_PREFIX}XXXXXXXX" / "s"
+        if max(len(os.fsencode(self._path)), len(os.fsencode(bind_path))) > _MAX_SOCKET_PATH:
             raise ControlError(
                 f"control socket path {self._path} is longer than {_MAX_SOCKET_PATH} bytes; "
                 "use a shorter --state-dir"
@@ -223,7 +226,7 @@ class ControlServer:
     def _bind(self) -> socket.socket:
         directory = self._path.parent
         try:
-            private = Path(tempfile.mkdtemp(prefix=".control.", dir=directory))  # mode 0700
+            private = Path(tempfile.mkdtemp(prefix=_BIND_DIR_PREFIX, dir=directory))  # mode 0700
         except OSError as exc:
             raise ControlError(
                 f"cannot create the control socket in {directory}: {_os_error_text(exc)}"
@@ -239,6 +242,7 @@ class ControlServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
+            self._remove_socket_file()
             raise ControlError(
                 f"cannot create the control socket {self._path}: {_os_error_text(exc)}"
             ) from exc

@@ -273,8 +273,10 @@ def _url_host(host: str) -> str:
 class HealthServer:
     """``GET /healthz``, ``/readyz``, ``/metrics`` on ``host:port`` (port 0: any free port).
 
-    ``snapshot`` is called once per request, in the event loop, and must be cheap; ``clock``
-    gives the time readiness is judged at.
+    ``snapshot`` is called once per ``/readyz`` or ``/metrics`` request, in the event loop, and
+    must not block for long; ``clock`` gives the time readiness is judged at. ``liveness``, when
+    given, answers ``/healthz`` as ``(alive, detail)`` without building a whole snapshot (probes
+    ask every few seconds); otherwise ``/healthz`` uses the snapshot's ``alive`` and ``detail``.
     """
 
     def __init__(
@@ -284,11 +286,13 @@ class HealthServer:
         snapshot: Callable[[], HealthSnapshot],
         *,
         clock: Callable[[], datetime] = _utc_now,
+        liveness: Callable[[], tuple[bool, str | None]] | None = None,
     ) -> None:
         self._host = _bare_host(host)
         self._port = port
         self._snapshot = snapshot
         self._clock = clock
+        self._liveness = liveness
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -326,7 +330,7 @@ class HealthServer:
             address = f"{_url_host(self._host or '*')}:{self._port}"
             reason = _os_error_text(exc)
             raise HealthBindError(f"--health-listen {address}: cannot listen: {reason}") from exc
-        logger.info("health_listening", extra={"addresses": self.addresses})
+        logger.debug("health_listening", extra={"addresses": self.addresses})
 
     async def aclose(self) -> None:
         server, self._server = self._server, None
@@ -375,6 +379,12 @@ class HealthServer:
             del self._connections[task]
             writer.close()
 
+    def _alive(self) -> tuple[bool, str | None]:
+        if self._liveness is not None:
+            return self._liveness()
+        snapshot = self._snapshot()
+        return snapshot.alive, snapshot.detail
+
     async def _answer(self, reader: asyncio.StreamReader) -> bytes | None:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
@@ -396,12 +406,13 @@ class HealthServer:
         if request.path not in ("/healthz", "/readyz", "/metrics"):
             return _text(404, "not found", head_only=head_only)
         try:
+            if request.path == "/healthz":
+                alive, detail = self._alive()
+                if alive:
+                    return _text(200, "ok", head_only=head_only)
+                return _text(503, one_line(detail or "not alive"), head_only=head_only)
             snapshot = self._snapshot()
             now = self._clock()
-            if request.path == "/healthz":
-                if snapshot.alive:
-                    return _text(200, "ok", head_only=head_only)
-                return _text(503, one_line(snapshot.detail or "not alive"), head_only=head_only)
             if request.path == "/readyz":
                 ready, body = readyz_body(snapshot, now)
                 data = json.dumps(body, separators=(",", ":")).encode() + b"\n"

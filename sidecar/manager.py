@@ -289,7 +289,8 @@ class Manager:
             return self._client
 
     async def _open_client(self) -> AcmeClient:
-        from ca_client.client import AcmeClient, ExternalAccountBinding
+        from ca_client.client import AcmeClient
+        from ca_client.models import ExternalAccountBinding
         from ca_client.keys import KeyType, generate_private_key
         from sidecar.trust import build_ssl_context
 

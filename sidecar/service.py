@@ -74,7 +74,9 @@ class Service:
         from sidecar.health import HealthServer
         from sidecar.storage import clean_stale_temp_files
 
-        health = HealthServer(*self.settings.health_listen, self._snapshot)
+        health = HealthServer(
+            *self.settings.health_listen, self._snapshot, liveness=self._liveness
+        )
         control = ControlServer(socket_path(self.settings.state_dir), self._handle_control)
         try:
             await health.start()
@@ -383,11 +385,18 @@ class Service:
             )
         return result
 
+    def _liveness(self) -> tuple[bool, str | None]:
+        """Cheap: `/healthz` is probed often and must not read every certificate."""
+        if self._stop.is_set():
+            return False, "shutting down"
+        if self._scheduler is not None and not self._scheduler.running:
+            return False, "the scheduler stopped"
+        return True, None if self._bundle_ready.is_set() else "waiting for the CA bundle"
+
     def _snapshot(self) -> Any:
         from sidecar.health import HealthSnapshot
 
-        alive = self._scheduler is None or bool(self._scheduler.running)
-        detail = None if self._bundle_ready.is_set() else "waiting for the CA bundle"
+        alive, detail = self._liveness()
         return HealthSnapshot(self.statuses(), self.metrics, alive=alive, detail=detail)
 
     # -- the control socket -------------------------------------------------------------------

@@ -7,7 +7,6 @@ Kept apart from the test module so the checks read as a list of claims about the
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -56,6 +55,17 @@ def wait_for(
         time.sleep(interval_s)
 
 
+def scripts_environment() -> dict[str, str]:
+    """This process's environment plus what scripts/compose/env.sh sets (CONTAINERS_CONF with
+    runc and the sandbox's ulimits, DOCKER_HOST, image names): podman run from Python must see
+    the same settings as podman run from the scripts."""
+    dump = subprocess.run(
+        ["bash", "-c", f'source "{SCRIPTS / "env.sh"}" && env -0'],
+        check=True, capture_output=True, timeout=30)
+    pairs = (item.split("=", 1) for item in dump.stdout.decode().split("\0") if "=" in item)
+    return dict(pairs)
+
+
 @dataclass(frozen=True)
 class Served:
     """What HAProxy's published port presented for one name, verified against the root."""
@@ -76,7 +86,8 @@ class ComposeStack:
     def __init__(self, project: str, env: Mapping[str, str], https_port: int) -> None:
         self.project = project
         self.https_port = https_port
-        self.env = {**os.environ, **env, "COMPOSE_PROJECT_NAME": project}
+        self.env = {**scripts_environment(), **env, "COMPOSE_PROJECT_NAME": project}
+        self.sidecar_image = self.env["CERT_SIDECAR_TEST_IMAGE"]
         self.up_started = 0.0  # monotonic time of `up`, set by the fixture
 
     # -- processes -------------------------------------------------------------------------

@@ -46,7 +46,6 @@ CERTIFICATES = {
 NAMES = tuple(name for names in CERTIFICATES.values() for name in names)
 LIFETIME = "60s"
 PROJECT = "cert-sidecar-test"
-SIDECAR_IMAGE = os.environ.get("CERT_SIDECAR_TEST_IMAGE", "localhost/cert-sidecar:test")
 
 # Deadlines bound hangs only. Issuance and renewal of a 60-second certificate: renewal is due
 # after 2/3 of its (backdated, 2-minute) validity, so 4 minutes covers any jitter.
@@ -177,7 +176,7 @@ def test_step_ca_serves_acme_with_its_root_in_the_volume(stack: ComposeStack) ->
     # From the acme network, as cert-sidecar's image and user, trusting only the volume's root.
     probe = stack.podman(
         "run", "--rm", "--network", f"{PROJECT}_acme",
-        "-v", f"{PROJECT}_step-root-ca:/root_ca:ro", "--entrypoint", "python3", SIDECAR_IMAGE,
+        "-v", f"{PROJECT}_step-root-ca:/root_ca:ro", "--entrypoint", "python3", stack.sidecar_image,
         "-c", "import json, ssl, urllib.request;"
               "ctx = ssl.create_default_context(cafile='/root_ca/root_ca.crt');"
               "url = 'https://step-ca:9000/acme/acme/directory';"
@@ -204,7 +203,7 @@ def test_haproxy_runs_and_its_socket_is_usable_by_the_sidecar_user(stack: Compos
         "run", "--rm", "--network", "none",
         "-v", f"{PROJECT}_haproxy-run:/var/lib/haproxy-run",
         "-v", f"{PROJECT}_haproxy-certs:/etc/haproxy/certs",
-        "--entrypoint", "python3", SIDECAR_IMAGE, "-c",
+        "--entrypoint", "python3", stack.sidecar_image, "-c",
         "import os, socket;"
         "s = socket.socket(socket.AF_UNIX);"
         "s.connect('/var/lib/haproxy-run/admin.sock');"

@@ -154,6 +154,11 @@ class FakeAcme:
         self.authzs.clear()
         self._nonces.clear()
 
+    @staticmethod
+    def handler_b64(request: httpx.Request) -> bytes:
+        """The decoded protected header of a JWS request (for faults that look at it)."""
+        return b64d(json.loads(request.content)["protected"])
+
     # --- plumbing -------------------------------------------------------------------------
 
     def _nonce(self) -> str:

@@ -252,13 +252,14 @@ async def test_503_with_retry_after_date_and_html_body(ca: FakeAcme, make_client
 
 async def test_html_error_pages_become_typed_errors(ca: FakeAcme, make_client: ClientFactory,
                                                     solver: RecordingSolver) -> None:
-    ca.fail_times("new-order", 1, lambda: httpx.Response(
+    ca.fail_times("new-order", 4, lambda: httpx.Response(
         502, text="<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}))
     client = make_client()
     with pytest.raises(errors.CAUnreachable) as caught:
         await client.obtain([Identifier.dns("a.test")], generate_private_key(),
                             solvers={"http-01": solver})
     assert caught.value.status == 502
+    assert _routes(ca, "new-order") == 4  # newOrder may be repeated: 1 + 3 retries
 
     ca.fail_times("new-order", 1, lambda: httpx.Response(
         404, text="<html>Not Found</html>", headers={"Content-Type": "text/html"}))
@@ -317,20 +318,96 @@ async def test_connection_reset_on_a_poll_is_retried(ca: FakeAcme, make_client: 
     assert issued.leaf_pem
 
 
-async def test_connection_reset_on_finalize_is_an_error_and_cleans_up(
+async def test_lost_finalize_answer_is_recovered_from_the_order(
+        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    # The CA processed finalize, then the connection dropped before the answer arrived.
+    lost = {"done": False}
+
+    def lost_answer(request: httpx.Request, route: str) -> httpx.Response | None:
+        if route == "finalize" and not lost["done"]:
+            lost["done"] = True
+            ca.handler(request)
+            raise httpx.ReadError("[Errno 104] Connection reset by peer")
+        return None
+
+    ca.add_fault(lost_answer)
+    client = make_client()
+    issued = await client.obtain([Identifier.dns("a.test")], generate_private_key(),
+                                 solvers={"http-01": solver})
+    assert issued.leaf_pem
+    assert len(ca.certificates) == 1  # finalized once, not twice
+
+
+async def test_reset_before_finalize_arrives_finalizes_again(
         ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
     def reset() -> httpx.Response:
         raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     ca.fail_times("finalize", 1, reset)
     client = make_client()
+    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
+                        solvers={"http-01": solver})
+    assert _routes(ca, "finalize") == 2
+
+
+async def test_connection_reset_on_finalize_twice_is_an_error_and_cleans_up(
+        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    def reset() -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    ca.fail_times("finalize", 10, reset)
+    client = make_client()
     with pytest.raises(errors.CAUnreachable) as caught:
         await client.obtain([Identifier.dns("a.test")], generate_private_key(),
                             solvers={"http-01": solver})
-    # finalize is not idempotent: it is not blindly repeated.
-    assert _routes(ca, "finalize") == 1
-    assert not isinstance(caught.value.__cause__, errors.AcmeError)
+    # finalize is not repeated blindly: once, then once more after seeing the order "ready".
+    assert _routes(ca, "finalize") == 2
+    assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
     assert solver.cleanup_calls == solver.present_calls
+
+
+async def test_server_internal_races_are_retried(ca: FakeAcme, make_client: ClientFactory,
+                                                 solver: RecordingSolver) -> None:
+    # step-ca 0.19 answers serverInternal when concurrent requests of one account race.
+    ca.fail_times("new-order", 2, lambda: problem(500, "serverInternal", "cas failed"))
+    ca.fail_times("authz", 1, lambda: problem(500, "serverInternal", "cas failed"))
+    client = make_client()
+    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
+                        solvers={"http-01": solver})
+    assert _routes(ca, "new-order") == 3
+
+
+async def test_bare_500_for_a_forgotten_account_reregisters(
+        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    # step-ca 0.19 after a database reset: HTTP 500 with "{}" instead of accountDoesNotExist.
+    client = make_client()
+    old = await client.ensure_account()
+
+    def bare_500(request: httpx.Request, route: str) -> httpx.Response | None:
+        if route not in ("new-account", "new-nonce", "directory"):
+            import json
+
+            kid = json.loads(ca.handler_b64(request))["kid"]
+            if kid not in ca.accounts:
+                return httpx.Response(500, json={})
+        return None
+
+    ca.reset_database()
+    ca.add_fault(bare_500)
+    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
+                        solvers={"http-01": solver})
+    assert client.account_url != old.url
+
+
+async def test_bare_500_for_a_known_account_is_raised(
+        ca: FakeAcme, make_client: ClientFactory) -> None:
+    client = make_client()
+    await client.ensure_account()
+    ca.fail_times("order", 100, lambda: httpx.Response(500, json={}))
+    order = await client.new_order([Identifier.dns("a.test")])
+    with pytest.raises(errors.CAUnreachable, match="HTTP 500"):
+        await client.get_order(order.url)
+    assert len(ca.accounts) == 1
 
 
 async def test_connect_failure_is_retried_even_for_new_order(

@@ -164,9 +164,12 @@ def test_dispatch_passes_the_options(workdir: Path, calls: Calls) -> None:
         ("cmd_status", (), {"as_json": True}),
         ("cmd_revoke", ("a.example",), {"reason": "keyCompromise", "remove": True}),
         ("cmd_revoke", ("a.example",), {"reason": None, "remove": False}),
-        ("cmd_run", (), {}),
+        ("cmd_run", (), {"reload_settings": calls.seen[7][2].get("reload_settings")}),
         ("cmd_healthcheck", (), {}),
     ]
+    # run gets a way to re-read the settings when the config file changes.
+    reload_settings = calls.seen[7][2]["reload_settings"]
+    assert reload_settings() == calls.seen[7][1][0]
     settings = calls.seen[0][1][0]
     assert [c.domains for c in settings.certificates] == [("a.example", "b.example")]
 

@@ -327,7 +327,8 @@ def test_ip_identifiers_work_with_http01_and_tlsalpn01() -> None:
             "string",
         ),
         (
-            '[[certificates]]\ndomains = ["a.example"]\n[[certificates]]\ndomains = ["*.b.example"]\n',
+            '[[certificates]]\ndomains = ["a.example"]\n'
+            '[[certificates]]\ndomains = ["*.b.example"]\n',
             "[[certificates]] #2 domains",
             "only dns-01",
         ),

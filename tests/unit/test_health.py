@@ -263,6 +263,19 @@ async def test_not_alive_and_broken_snapshot() -> None:
         assert (await get(server.port, "/healthz")).status == 200
 
 
+async def test_liveness_callback_answers_healthz_alone() -> None:
+    def no_snapshot() -> HealthSnapshot:
+        raise AssertionError("/healthz must not build a snapshot when liveness is given")
+
+    state: list[tuple[bool, str | None]] = [(True, None)]
+    async with HealthServer("127.0.0.1", 0, no_snapshot, liveness=lambda: state[0]) as server:
+        assert (await get(server.port, "/healthz")).status == 200
+        state[0] = (False, "scheduler\nstopped")
+        response = await get(server.port, "/healthz")
+        assert (response.status, response.body) == (503, b"scheduler stopped\n")
+        assert (await get(server.port, "/readyz")).status == 500
+
+
 async def test_bad_requests_on_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
     async with serving(Snapshots()) as server:
         bad = await exchange("127.0.0.1", server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
