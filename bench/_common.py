@@ -6,7 +6,8 @@ Not a test module and not part of the package: plain Python run as
 
 Why ``os.wait4`` and not ``resource.getrusage(RUSAGE_CHILDREN)``: the latter accumulates every
 child ever reaped (step-ca included once it stops), and its ``ru_maxrss`` is the maximum over
-all of them; ``wait4`` gives exactly one child's user/sys time and peak RSS.
+all of them; ``wait4`` gives exactly one child's user/sys time. Peak RSS needs GNU time in
+between (see ``run_measured``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ BENCH_LOCK = Path("/tmp/cert-sidecar-loopback/bench.lock")
 # The bench names resolve to 127.0.0.1 (tests lease 127.0.1.N instead), so the challenge
 # responders of every client under test bind here.
 HTTP_ADDRESS = "127.0.0.1"
+GNU_TIME = "/usr/bin/time"  # Debian package ``time``
 
 
 @contextlib.contextmanager
@@ -99,7 +101,7 @@ def bench_names(count: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Measured:
-    """One child process's run: wall clock, CPU (user+sys) and peak RSS from ``wait4``."""
+    """One child process's run: wall clock, CPU (user+sys, from ``wait4``) and peak RSS."""
 
     ok: bool
     wall: float
@@ -132,12 +134,24 @@ def run_measured(
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     environment = peer_environment(env)  # no proxies: everything here is on loopback
+    rss_file = log.with_name(log.name + ".maxrss")
+    rss_file.unlink(missing_ok=True)
+    # Linux carries a process's peak RSS across fork and exec (signal->maxrss), so a child
+    # forked from this ~45 MiB interpreter would report at least that much whatever it really
+    # used. GNU time, a small C program, forks the real child from its own tiny image and
+    # reports that child's ru_maxrss; CPU still comes from wait4 (time adds ~1 ms to it).
+    wrapped = [GNU_TIME, "--quiet", "-f", "%M", "-o", str(rss_file), *argv]
     with log.open("wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=cwd
+            wrapped,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=cwd,
+            start_new_session=True,  # a timeout kills time and the client together
         )
-        killer = threading.Timer(timeout, lambda: os.kill(process.pid, signal.SIGKILL))
+        killer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
         killer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
@@ -146,11 +160,15 @@ def run_measured(
         wall = time.perf_counter() - start
     returncode = os.waitstatus_to_exitcode(status)
     process.returncode = returncode  # reaped by wait4; keeps Popen from waiting again
+    try:
+        maxrss_kib = float(rss_file.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        maxrss_kib = float("nan")
     return Measured(
         ok=returncode == 0,
         wall=wall,
         cpu=usage.ru_utime + usage.ru_stime,
-        maxrss_mib=usage.ru_maxrss / 1024.0,  # Linux reports KiB
+        maxrss_mib=maxrss_kib / 1024.0,
         returncode=returncode,
         detail="" if returncode == 0 else _tail(log),
     )

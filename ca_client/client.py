@@ -13,14 +13,15 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from ca_client.challenges.base import key_authorization
 from ca_client.csr import build_csr
 from ca_client.errors import (
     ACME_ERROR_PREFIX,
@@ -34,6 +35,7 @@ from ca_client.errors import (
     NoSolver,
     NotACME,
     OrderFailed,
+    OrderNotReady,
     ServerInternal,
 )
 from ca_client.jws import eab_binding
@@ -116,7 +118,10 @@ def verify_issued_certificate(
         leaf = x509.load_pem_x509_certificate(leaf_pem.encode("ascii"))
     except ValueError as exc:
         raise MalformedResponse("the issued leaf certificate does not parse") from exc
-    if public_key_der(leaf.public_key()) != public_key_der(cert_key):  # type: ignore[arg-type]
+    leaf_key = leaf.public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey) or (
+        public_key_der(leaf_key) != public_key_der(cert_key)
+    ):
         raise CertificateMismatch(
             f"the issued certificate (serial {leaf.serial_number:x}) is not for the key of the CSR"
         )
@@ -209,7 +214,9 @@ class AcmeClient:
         self._account_lock = asyncio.Lock()
         # What the account was registered with, to register again after a CA database reset.
         self._registration: tuple[tuple[str, ...], ExternalAccountBinding | None, bool] = (
-            (), None, True
+            (),
+            None,
+            True,
         )
         self.thumbprint = jwk_thumbprint(account_key)
 
@@ -243,8 +250,12 @@ class AcmeClient:
         return self._transport.last_server_date_skew
 
     def key_authorization(self, token: str) -> str:
-        """RFC 8555 §8.1 for this client's account key."""
-        return key_authorization(token, self.thumbprint)
+        """RFC 8555 §8.1: "keyAuthorization = token || '.' || base64url(Thumbprint(accountKey))".
+
+        Written out here rather than imported from ``challenges.base`` so that importing the
+        client does not import every responder (``challenges/__init__`` loads them all).
+        """
+        return f"{token}.{self.thumbprint}"
 
     def _deadline(self, deadline: float | None) -> float:
         return deadline if deadline is not None else self._clock() + self._timeout
@@ -252,8 +263,8 @@ class AcmeClient:
     # --- directory (§7.1.1) ------------------------------------------------------------------
 
     async def directory(self, *, deadline: float | None = None) -> Directory:
-        """The CA's directory, fetched once ("clients ... SHOULD cache" it is implied by §7.1.1
-        describing it as the only URL a client needs to be configured with)."""
+        """The CA's directory (RFC 8555 §7.1.1), fetched once per client: it names every other
+        URL, and fetching it per request would double the round trips."""
         if self._directory is not None:
             return self._directory
         async with self._directory_lock:
@@ -300,7 +311,11 @@ class AcmeClient:
             )
         # Idempotent: the account is keyed by its key (§7.3.1), a repeat finds it.
         response = await self._transport.post(
-            directory.new_account, payload, self._key, kid=None, deadline=deadline,
+            directory.new_account,
+            payload,
+            self._key,
+            kid=None,
+            deadline=deadline,
             idempotent=True,
         )
         account = self._account_from(response)
@@ -348,7 +363,8 @@ class AcmeClient:
         if account_url is not None and account_url != account.url:
             logger.warning(
                 "the CA knows this account key under a new URL %s (was %s): re-registered",
-                account.url, account_url,
+                account.url,
+                account_url,
             )
         if contact is not None and set(account.contact) != set(wanted):
             account = await self.update_account(wanted, deadline=deadline)
@@ -357,8 +373,9 @@ class AcmeClient:
     async def fetch_account(self, *, deadline: float | None = None) -> Account:
         """The current account object (POST-as-GET to the account URL, §7.3.3 and §6.3)."""
         account_url = await self._require_account(deadline)
-        response = await self._post_as_account(account_url, None, deadline=deadline,
-                                               url_is_account=True)
+        response = await self._post_as_account(
+            account_url, None, deadline=deadline, url_is_account=True
+        )
         self._account = Account.from_json(response.json(), url=self._account_url_or(account_url))
         return self._account
 
@@ -368,7 +385,10 @@ class AcmeClient:
         """Replace the account's contact list (RFC 8555 §7.3.2)."""
         account_url = await self._require_account(deadline)
         response = await self._post_as_account(
-            account_url, {"contact": list(contact)}, deadline=deadline, url_is_account=True,
+            account_url,
+            {"contact": list(contact)},
+            deadline=deadline,
+            url_is_account=True,
             idempotent=True,
         )
         _, eab, terms = self._registration
@@ -380,7 +400,10 @@ class AcmeClient:
         """RFC 8555 §7.3.6: POST ``{"status": "deactivated"}`` to the account URL."""
         account_url = await self._require_account(deadline)
         response = await self._post_as_account(
-            account_url, {"status": "deactivated"}, deadline=deadline, url_is_account=True,
+            account_url,
+            {"status": "deactivated"},
+            deadline=deadline,
+            url_is_account=True,
             reregister=False,
         )
         self._account = Account.from_json(response.json(), url=account_url)
@@ -396,8 +419,7 @@ class AcmeClient:
             async with self._account_lock:
                 if self._account is None:
                     contact, eab, terms = self._registration
-                    await self.new_account(contact, eab=eab, terms_agreed=terms,
-                                           deadline=deadline)
+                    await self.new_account(contact, eab=eab, terms_agreed=terms, deadline=deadline)
         assert self._account is not None
         return self._account.url
 
@@ -429,8 +451,12 @@ class AcmeClient:
         directory = await self.directory(deadline=deadline)
         try:
             response = await self._transport.post(
-                directory.new_account, {"onlyReturnExisting": True}, self._key, kid=None,
-                deadline=deadline, idempotent=True,
+                directory.new_account,
+                {"onlyReturnExisting": True},
+                self._key,
+                kid=None,
+                deadline=deadline,
+                idempotent=True,
             )
         except AccountDoesNotExist:
             return None
@@ -453,7 +479,12 @@ class AcmeClient:
         account_url = await self._require_account(deadline)
         try:
             return await self._transport.post(
-                url, payload, self._key, kid=account_url, deadline=deadline, accept=accept,
+                url,
+                payload,
+                self._key,
+                kid=account_url,
+                deadline=deadline,
+                accept=accept,
                 idempotent=idempotent,
             )
         except AccountDoesNotExist:
@@ -469,7 +500,12 @@ class AcmeClient:
         if url_is_account:
             url = self._account.url
         return await self._transport.post(
-            url, payload, self._key, kid=self._account.url, deadline=deadline, accept=accept,
+            url,
+            payload,
+            self._key,
+            kid=self._account.url,
+            deadline=deadline,
+            accept=accept,
             idempotent=idempotent,
         )
 
@@ -490,19 +526,22 @@ class AcmeClient:
             payload["replaces"] = replaces
         # Idempotent enough: a repeated newOrder only leaves an unused order behind.
         try:
-            response = await self._post_as_account(directory.new_order, payload,
-                                                   deadline=deadline, idempotent=True)
+            response = await self._post_as_account(
+                directory.new_order, payload, deadline=deadline, idempotent=True
+            )
         except AcmeProblem as problem:
             # RFC 9773 §5: a CA may refuse the replacement (already replaced, unknown
             # certificate); the order is still wanted, so ask again without the hint.
             if "replaces" not in payload or problem.type not in (
-                ACME_ERROR_PREFIX + "alreadyReplaced", ACME_ERROR_PREFIX + "malformed"
+                ACME_ERROR_PREFIX + "alreadyReplaced",
+                ACME_ERROR_PREFIX + "malformed",
             ):
                 raise
             logger.info("CA refused replaces=%s (%s); ordering without it", replaces, problem)
             del payload["replaces"]
-            response = await self._post_as_account(directory.new_order, payload,
-                                                   deadline=deadline, idempotent=True)
+            response = await self._post_as_account(
+                directory.new_order, payload, deadline=deadline, idempotent=True
+            )
         url = response.location
         if not url:
             raise MalformedResponse("newOrder answer without a Location", url=response.url)
@@ -516,9 +555,7 @@ class AcmeClient:
         response = await self._post_as_account(url, None, deadline=deadline)
         return Order.from_json(response.json(), url=url), response.retry_after
 
-    async def get_authorization(
-        self, url: str, *, deadline: float | None = None
-    ) -> Authorization:
+    async def get_authorization(self, url: str, *, deadline: float | None = None) -> Authorization:
         authorization, _ = await self._fetch_authorization(url, self._deadline(deadline))
         return authorization
 
@@ -535,16 +572,16 @@ class AcmeClient:
         challenge validation by sending an empty JSON body ("{}") carried in a POST request to
         the challenge URL (not the authorization URL)."""
         # Answering twice is harmless: the CA validates once (§7.5.1).
-        response = await self._post_as_account(challenge.url, {}, deadline=deadline,
-                                               idempotent=True)
+        response = await self._post_as_account(
+            challenge.url, {}, deadline=deadline, idempotent=True
+        )
         return Challenge.from_json(response.json(), url=challenge.url)
 
     async def deactivate_authorization(
         self, url: str, *, deadline: float | None = None
     ) -> Authorization:
         """RFC 8555 §7.5.2."""
-        response = await self._post_as_account(url, {"status": "deactivated"},
-                                               deadline=deadline)
+        response = await self._post_as_account(url, {"status": "deactivated"}, deadline=deadline)
         return Authorization.from_json(response.json(), url=url)
 
     async def finalize_order(
@@ -585,19 +622,23 @@ class AcmeClient:
                     f"{what} still {status_of(value)} when the deadline passed: {url}", url=url
                 )
 
-    async def poll_authorization(self, url: str, *, deadline: float | None = None
-                                 ) -> Authorization:
+    async def poll_authorization(self, url: str, *, deadline: float | None = None) -> Authorization:
         """Until the authorization leaves ``pending`` (RFC 8555 §7.1.6)."""
         deadline = self._deadline(deadline)
         return await self._poll(
             lambda: self._fetch_authorization(url, deadline),
             lambda authorization: authorization.status != "pending",
-            deadline=deadline, what="authorization", url=url,
+            deadline=deadline,
+            what="authorization",
+            url=url,
             status_of=lambda authorization: authorization.status,
         )
 
     async def poll_order(
-        self, url: str, *, deadline: float | None = None,
+        self,
+        url: str,
+        *,
+        deadline: float | None = None,
         waiting: tuple[str, ...] = ("pending", "processing"),
     ) -> Order:
         """Until the order's status is none of ``waiting`` (RFC 8555 §7.1.6, §7.4)."""
@@ -605,7 +646,10 @@ class AcmeClient:
         return await self._poll(
             lambda: self._fetch_order(url, deadline),
             lambda order: order.status not in waiting,
-            deadline=deadline, what="order", url=url, status_of=lambda order: order.status,
+            deadline=deadline,
+            what="order",
+            url=url,
+            status_of=lambda order: order.status,
         )
 
     # --- certificates (§7.4.2) ----------------------------------------------------------------
@@ -670,33 +714,53 @@ class AcmeClient:
         order_preference = tuple(preferred) if preferred is not None else tuple(solvers)
         csr = build_csr(cert_key, identifiers)  # pure, so bad identifiers fail before any I/O
         order = await self.new_order(identifiers, replaces=replaces, deadline=deadline)
-        logger.info("ACME order %s for %s: %s", order.url,
-                    ", ".join(str(i) for i in identifiers), order.status)
+        logger.info(
+            "ACME order %s for %s: %s",
+            order.url,
+            ", ".join(str(i) for i in identifiers),
+            order.status,
+        )
+        finalized = False
         if order.status == "pending":
-            await _run_all([
-                self._authorize(url, solvers, order_preference, deadline)
-                for url in order.authorizations
-            ])
-            order = await self.poll_order(order.url, deadline=deadline, waiting=("pending",))
-        if order.status == "ready":
+            await _run_all(
+                [
+                    self._authorize(url, solvers, order_preference, deadline)
+                    for url in order.authorizations
+                ]
+            )
+            # Every authorization is valid now, so the order is ready (§7.1.6): finalize at once
+            # instead of fetching the order first; a CA that lags answers orderNotReady.
+            try:
+                order = await self._finalize_once(order, csr, deadline)
+                finalized = True
+            except OrderNotReady:
+                order = await self.poll_order(order.url, deadline=deadline, waiting=("pending",))
+        if order.status == "ready" and not finalized:
             order = await self._finalize_once(order, csr, deadline)
-            if order.status in ("ready", "processing"):
-                order = await self.poll_order(
-                    order.url, deadline=deadline, waiting=("ready", "processing")
-                )
+        if order.status in ("ready", "processing"):
+            order = await self.poll_order(
+                order.url, deadline=deadline, waiting=("ready", "processing")
+            )
         if order.status == "invalid":
-            raise OrderFailed(f"order {order.url} became invalid", url=order.url,
-                              problem=order.error)
+            raise OrderFailed(
+                f"order {order.url} became invalid", url=order.url, problem=order.error
+            )
         if order.status != "valid" or not order.certificate:
-            raise OrderFailed(f"order {order.url} ended as {order.status} without a certificate",
-                              url=order.url, problem=order.error)
+            raise OrderFailed(
+                f"order {order.url} ended as {order.status} without a certificate",
+                url=order.url,
+                problem=order.error,
+            )
         chain, others, certificate_url = await self.download_certificate(
             order.certificate, preferred_chain=preferred_chain, deadline=deadline
         )
         leaf = verify_issued_certificate(chain[0], cert_key, identifiers)
-        logger.info("certificate issued for %s: serial %x, not after %s",
-                    ", ".join(str(i) for i in identifiers), leaf.serial_number,
-                    leaf.not_valid_after_utc.isoformat())
+        logger.info(
+            "certificate issued for %s: serial %x, not after %s",
+            ", ".join(str(i) for i in identifiers),
+            leaf.serial_number,
+            leaf.not_valid_after_utc.isoformat(),
+        )
         return IssuedCertificate(
             pem="".join(chain),
             leaf_pem=chain[0],
@@ -753,7 +817,8 @@ class AcmeClient:
         if authorization.status != "pending":
             raise OrderFailed(
                 f"authorization for {authorization.identifier} is {authorization.status}",
-                url=url, problem=_first_error(authorization),
+                url=url,
+                problem=_first_error(authorization),
             )
         challenge, solver = self._pick_challenge(authorization, solvers, preferred)
         assert challenge.token is not None
@@ -762,9 +827,15 @@ class AcmeClient:
         identifier = authorization.identifier
         try:
             await solver.present(identifier, token, key_auth)
+            answer = challenge
             if challenge.status == "pending":
-                await self.respond_to_challenge(challenge, deadline=deadline)
-            authorization = await self.poll_authorization(url, deadline=deadline)
+                answer = await self.respond_to_challenge(challenge, deadline=deadline)
+            # step-ca validates while answering; a valid challenge makes its authorization
+            # valid (§7.1.6), so there is nothing to poll.
+            if answer.status != "valid":
+                authorization = await self.poll_authorization(url, deadline=deadline)
+            else:
+                authorization = replace(authorization, status="valid")
         finally:
             try:
                 await solver.cleanup(identifier, token, key_auth)
@@ -777,7 +848,8 @@ class AcmeClient:
             raise OrderFailed(
                 f"{challenge.type} validation of {identifier} failed "
                 f"(authorization {authorization.status})",
-                url=url, problem=problem or _first_error(authorization),
+                url=url,
+                problem=problem or _first_error(authorization),
             )
 
     # --- revocation (§7.6) --------------------------------------------------------------------
@@ -803,12 +875,12 @@ class AcmeClient:
         if reason is not None:
             payload["reason"] = reason
         if cert_key is not None:
-            await self._transport.post(directory.revoke_cert, payload, cert_key, kid=None,
-                                       deadline=deadline)
+            await self._transport.post(
+                directory.revoke_cert, payload, cert_key, kid=None, deadline=deadline
+            )
         else:
             await self._post_as_account(directory.revoke_cert, payload, deadline=deadline)
-        logger.info("certificate serial %x revoked (reason %s)", certificate.serial_number,
-                    reason)
+        logger.info("certificate serial %x revoked (reason %s)", certificate.serial_number, reason)
 
     # --- renewal information (RFC 9773) -------------------------------------------------------
 

@@ -77,9 +77,7 @@ def sign(
     return {"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)}
 
 
-def eab_binding(
-    account_key: PrivateKey, *, kid: str, hmac_key: bytes, url: str
-) -> dict[str, str]:
+def eab_binding(account_key: PrivateKey, *, kid: str, hmac_key: bytes, url: str) -> dict[str, str]:
     """The ``externalAccountBinding`` member of a newAccount payload (RFC 8555 §7.3.4).
 
     "The JWS's payload MUST be the account key (jwk) ... The protected header MUST contain alg

@@ -134,8 +134,9 @@ def public_jwk(key: PrivateKey | PublicKey) -> dict[str, str]:
 def jwk_thumbprint_of_jwk(jwk: dict[str, str]) -> str:
     """RFC 7638 §3: SHA-256 over the required members, sorted, no whitespace; base64url."""
     required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}[jwk["kty"]]
-    canonical = json.dumps({name: jwk[name] for name in required}, sort_keys=True,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {name: jwk[name] for name in required}, sort_keys=True, separators=(",", ":")
+    )
     return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 

@@ -205,7 +205,12 @@ class AcmeTransport:
     # --- the single conversion point ------------------------------------------------------
 
     async def _send(
-        self, method: str, url: str, *, deadline: float, headers: Mapping[str, str] | None = None,
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: float,
+        headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
     ) -> AcmeResponse:
         remaining = deadline - self._clock()
@@ -221,8 +226,9 @@ class AcmeTransport:
                 f"timed out connecting to {url}", url=url, connect_failed=True
             ) from exc
         except httpx.TimeoutException as exc:
-            raise ACMETimeout(f"no answer from the CA within {timeout:.1f}s: {url}",
-                              url=url) from exc
+            raise ACMETimeout(
+                f"no answer from the CA within {timeout:.1f}s: {url}", url=url
+            ) from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise NotACME(f"not an http(s) URL: {url}", url=url) from exc
         except httpx.DecodingError as exc:
@@ -297,10 +303,16 @@ class AcmeTransport:
                 retry_after=response.retry_after,
             )
         if response.status >= 500:
-            return CAUnreachable(f"the CA answered {summary}: {response.url}",
-                                 url=response.url, status=response.status)
-        return NotACME(f"not an ACME answer, {summary}: {response.url}",
-                       url=response.url, status=response.status)
+            return CAUnreachable(
+                f"the CA answered {summary}: {response.url}",
+                url=response.url,
+                status=response.status,
+            )
+        return NotACME(
+            f"not an ACME answer, {summary}: {response.url}",
+            url=response.url,
+            status=response.status,
+        )
 
     # --- requests with retries ------------------------------------------------------------
 
@@ -347,8 +359,9 @@ class AcmeTransport:
                 delay = 0.05 * 2**server_errors
                 if fits_before_deadline(delay, self._clock(), deadline):
                     server_errors += 1
-                    logger.info("CA answered HTTP %s for %s, retrying: %s",
-                                response.status, url, error)
+                    logger.info(
+                        "CA answered HTTP %s for %s, retrying: %s", response.status, url, error
+                    )
                     await self._sleep(delay)
                     continue
             if response.status in (429, 503) and busy < MAX_BUSY_RETRIES:
@@ -357,14 +370,16 @@ class AcmeTransport:
                     delay = DEFAULT_UNAVAILABLE_DELAY * 2**busy
                 if delay is not None and fits_before_deadline(delay, self._clock(), deadline):
                     busy += 1
-                    logger.info("CA answered HTTP %s for %s, retrying in %.2fs",
-                                response.status, url, delay)
+                    logger.info(
+                        "CA answered HTTP %s for %s, retrying in %.2fs", response.status, url, delay
+                    )
                     await self._sleep(delay)
                     continue
             raise error
 
-    async def get(self, url: str, *, deadline: float, accept: str = "application/json"
-                  ) -> AcmeResponse:
+    async def get(
+        self, url: str, *, deadline: float, accept: str = "application/json"
+    ) -> AcmeResponse:
         """A plain GET (the directory, RFC 9773 renewal info)."""
 
         async def build() -> tuple[str, Mapping[str, str], bytes | None]:
@@ -375,7 +390,8 @@ class AcmeTransport:
     async def _nonce(self, deadline: float) -> str:
         """RFC 8555 §7.2: a pooled nonce, or a fresh one from HEAD newNonce."""
         if self._nonces:
-            return self._nonces.popleft()
+            # The newest first: the pool drops the oldest, which a CA may have expired.
+            return self._nonces.pop()
         if self.new_nonce_url is None:
             raise TransportError("no newNonce URL known (directory not loaded)")
         url = self.new_nonce_url
@@ -383,8 +399,7 @@ class AcmeTransport:
         async def build() -> tuple[str, Mapping[str, str], bytes | None]:
             return "HEAD", {}, None
 
-        response = await self._request(build, url, deadline=deadline, idempotent=True,
-                                       signed=False)
+        response = await self._request(build, url, deadline=deadline, idempotent=True, signed=False)
         nonce = response.headers.get("replay-nonce")
         if not nonce:
             raise MalformedResponse("newNonce answered without a Replay-Nonce", url=url)

@@ -210,8 +210,22 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _report(exc: BaseException, debug: bool) -> int:
     """The single mapping of exceptions to one-line messages and exit codes."""
+    if isinstance(exc, BaseExceptionGroup):
+        # A task group's failure: report the first real error, not "unhandled errors in a
+        # TaskGroup"; an interrupt anywhere in it wins.
+        leaves = _leaves(exc)
+        interrupt = next((e for e in leaves if isinstance(e, KeyboardInterrupt)), None)
+        if debug and interrupt is None:
+            traceback.print_exception(exc, file=sys.stderr)
+        return _report(interrupt or leaves[0], debug=False)
     if isinstance(exc, KeyboardInterrupt):
         sys.stderr.write(f"{PROG}: interrupted\n")
         return _EXIT_INTERRUPTED

@@ -161,7 +161,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "acme",
         "eab_hmac_key_file",
         "FILE",
-        "file holding the base64url EAB HMAC key (or env CERT_SIDECAR_EAB_HMAC_KEY)",
+        "file holding the base64url EAB HMAC key; the key itself may be given in env"
+        " CERT_SIDECAR_EAB_HMAC_KEY, never as a flag",
     ),
     Option("key_type", "acme", "key_type", "TYPE", "certificate key type: " + ", ".join(KEY_TYPES)),
     Option("challenge", "acme", "challenge", "TYPE", "challenge type: " + ", ".join(CHALLENGES)),
@@ -202,7 +203,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "haproxy",
         "certs_dir",
         "DIR",
-        "the certs directory as HAProxy sees it (default: --certs-dir)",
+        "the certs directory as HAProxy sees it",
     ),
     Option(
         "reload",
@@ -934,7 +935,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         raise ConfigError(signal_raw.label, "needs --reload-pid-file to know whom to signal")
     if reload_pid_file is not None and reload_signal is None:
         reload_signal = _DEFAULT_RELOAD_SIGNAL
-    _check_reload(reload, reload_raw.label, socket_texts, reload_command, reload_pid_file)
+    _check_reload(reload, reload_raw.label, haproxy_sockets, reload_command, reload_pid_file)
     verify_address = _optional_host_port(get("verify_address"))
     deploy_hook = _command(get("deploy_hook"))
     health_listen = _host_port(get("health_listen"))
@@ -1029,13 +1030,13 @@ def _haproxy_sockets(raw: _Raw) -> tuple[tuple[str, ...], tuple[HAProxyAddress, 
 def _check_reload(
     reload: str,
     label: str,
-    socket_texts: tuple[str, ...],
+    sockets: tuple[HAProxyAddress, ...],
     command: tuple[str, ...] | None,
     pid_file: Path | None,
 ) -> None:
-    if reload == "runtime-api" and not socket_texts:
+    if reload == "runtime-api" and not sockets:
         raise ConfigError(label, "runtime-api needs --haproxy-socket")
-    if reload == "master-reload" and not any(t.startswith("master:") for t in socket_texts):
+    if reload == "master-reload" and not any(socket.master for socket in sockets):
         raise ConfigError(label, "master-reload needs a master CLI socket: master:unix:/path")
     if reload == "signal" and pid_file is None:
         raise ConfigError(label, "signal needs --reload-pid-file")
@@ -1169,6 +1170,16 @@ def describe(settings: Settings) -> str:
 # --- flags --------------------------------------------------------------------------------------
 
 
+# Help text for the defaults that load_settings resolves from other settings.
+_DEFAULT_HELP: Final = {
+    "haproxy_certs_dir": "--certs-dir",
+    "reload": "runtime-api with a socket, else none",
+    "placeholder": "on for run",
+    "log_format": "json unless stderr is a terminal",
+    "pem_group": "the process's group",
+}
+
+
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every setting's flag, grouped like the TOML tables; none has an argparse default.
 
@@ -1199,9 +1210,10 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
         " certificates separated by ';')",
     )
     for option in OPTIONS:
-        default = DEFAULTS[option.field]
+        default = _DEFAULT_HELP.get(option.field, DEFAULTS[option.field])
         shown = "" if default in (None, (), False) else f"; default {default}"
-        text = f"{option.help} (env {option.envs[0]}{shown})".replace("%", "%%")
+        text = f"{option.help} (env {option.envs[0]}, file {option.toml}{shown})"
+        text = text.replace("%", "%%")
         group = groups[option.table]
         if option.kind == "bool":
             group.add_argument(

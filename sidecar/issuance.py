@@ -24,7 +24,7 @@ HANDOFF_TIMEOUT = 900.0
 
 def _check_before_network(settings: Settings) -> None:
     """Everything that is wrong before any network I/O is a configuration error (exit 2)."""
-    load_ca_bundle(settings.ca_bundle)
+    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     if not settings.certificates:
         from sidecar.errors import ConfigError
 
@@ -89,7 +89,7 @@ async def cmd_revoke(
     settings: Settings, name: str, *, reason: str | None = None, remove: bool = False
 ) -> int:
     reason_code = parse_revocation_reason(reason)
-    load_ca_bundle(settings.ca_bundle)
+    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     spec = find_spec(settings, name)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}

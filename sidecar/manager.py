@@ -40,20 +40,6 @@ if TYPE_CHECKING:
 
 log = get_logger("sidecar.manager")
 
-# RFC 5280 §5.3.1 reason codes, by the names users type (`--reason key-compromise`).
-REVOCATION_REASONS = {
-    "unspecified": 0,
-    "keycompromise": 1,
-    "cacompromise": 2,
-    "affiliationchanged": 3,
-    "superseded": 4,
-    "cessationofoperation": 5,
-    "certificatehold": 6,
-    "removefromcrl": 8,
-    "privilegewithdrawn": 9,
-    "aacompromise": 10,
-}
-
 # How long one order may take before it is abandoned (step-ca answers in milliseconds; Pebble
 # sleeps up to several seconds per validation; a DNS hook may wait for propagation).
 ORDER_TIMEOUT = 300.0
@@ -63,15 +49,18 @@ MAX_CONCURRENT_ORDERS = 16
 
 
 def parse_revocation_reason(text: str | None) -> int | None:
-    """``--reason`` as a name (``keyCompromise``, ``key-compromise``) or a number."""
+    """``--reason`` as the CLI passes it (a name of ``cli.REVOCATION_REASONS``) or a code."""
+    from sidecar.cli import REVOCATION_REASONS
+
     if text is None:
         return None
+    folded = {name.lower(): code for name, code in REVOCATION_REASONS.items()}
     key = text.replace("-", "").replace("_", "").lower()
-    if key in REVOCATION_REASONS:
-        return REVOCATION_REASONS[key]
+    if key in folded:
+        return folded[key]
     if key.isdigit() and int(key) in REVOCATION_REASONS.values():
         return int(key)
-    names = ", ".join(sorted(REVOCATION_REASONS))
+    names = ", ".join(REVOCATION_REASONS)
     raise OperationError(f"--reason: unknown revocation reason {text!r} (one of: {names})")
 
 
@@ -178,9 +167,12 @@ class Manager:
         now: Callable[[], datetime] = utc_now,
         keep_responders: bool = False,
         rng: random.Random | None = None,
+        create_state: bool = True,
     ) -> None:
         self.settings = settings
-        self.store = storage.StateStore(settings.state_dir)
+        self.store = storage.StateStore(settings.state_dir, create=create_state)
+        if create_state:
+            _make_certs_dir(settings.certs_dir)
         self.holder = holder or f"pid {os.getpid()}"
         self.now = now
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
@@ -290,8 +282,8 @@ class Manager:
 
     async def _open_client(self) -> AcmeClient:
         from ca_client.client import AcmeClient
-        from ca_client.models import ExternalAccountBinding
         from ca_client.keys import KeyType, generate_private_key
+        from ca_client.models import ExternalAccountBinding
         from sidecar.trust import build_ssl_context
 
         settings = self.settings
@@ -736,6 +728,14 @@ class Manager:
                 *(self.ensure(spec, force=force, dry_run=dry_run) for spec in specs)
             )
         )
+
+
+def _make_certs_dir(path: Path) -> None:
+    """The certs directory is HAProxy's to read: world-traversable, written only by us."""
+    try:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as error:
+        raise OperationError(f"cannot create {path}: {error.strerror or error}") from None
 
 
 def _log_fields(info: dict[str, Any]) -> dict[str, Any]:

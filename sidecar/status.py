@@ -105,7 +105,7 @@ def render_table(records: list[dict[str, Any]], now: datetime) -> str:
 
 
 async def cmd_status(settings: Settings, *, as_json: bool = False) -> int:
-    async with Manager(settings) as manager:
+    async with Manager(settings, create_state=False) as manager:
         records = await collect(settings, manager)
     if as_json:
         json.dump({"certificates": records}, sys.stdout, indent=2)

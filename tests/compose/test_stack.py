@@ -207,13 +207,12 @@ def test_haproxy_runs_and_its_socket_is_usable_by_the_sidecar_user(stack: Compos
         "import os, socket;"
         "s = socket.socket(socket.AF_UNIX);"
         "s.connect('/var/lib/haproxy-run/admin.sock');"
-        "s.sendall(b'show ssl cert\\n');"
+        "s.sendall(b'show info\\n');"
         "print(s.recv(65536).decode().splitlines()[0]);"
         "probe = '/etc/haproxy/certs/.probe'; open(probe, 'w').close(); os.unlink(probe);"
         "print(os.getuid(), os.getgid())")
     first_line, ids = probe.stdout.splitlines()[:2]
-    # `show ssl cert` lists the loaded files under a "# filename" header.
-    assert first_line.startswith("# filename"), probe.stdout
+    assert first_line == "Name: HAProxy", probe.stdout
     assert ids == "10001 99"  # cert-sidecar's user, in HAProxy's group
     assert stack.state("haproxy").get("RestartCount") == 0
 

@@ -72,8 +72,6 @@ def base_args(
         str(certs_dir),
         "--state-dir",
         str(state_dir),
-        "--health-listen",
-        "127.0.0.1:0",
     ]
     if http_listen:
         args += ["--http-listen", http_listen]

@@ -48,18 +48,21 @@ async def responder(loopback: LoopbackLease) -> AsyncIterator[Http01Responder]:
 
 
 def make_client(ca: StepCA, key: PrivateKey | None = None) -> AcmeClient:
-    return AcmeClient(ca.directory_url, key or generate_private_key(KeyType.EC_P256),
-                      ssl_context=ca.ssl_context())
+    return AcmeClient(
+        ca.directory_url, key or generate_private_key(KeyType.EC_P256), ssl_context=ca.ssl_context()
+    )
 
 
-async def test_issuance_for_several_names(step_ca: StepCA, loopback: LoopbackLease,
-                                          responder: Http01Responder) -> None:
+async def test_issuance_for_several_names(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     names = [Identifier.dns(name) for name in loopback.names[:3]]
     cert_key = generate_private_key(KeyType.EC_P256)
     async with make_client(step_ca) as client:
         await client.ensure_account(contact=["mailto:ops@cert-sidecar.test"])
-        issued = await client.obtain(names, cert_key, solvers={"http-01": responder},
-                                     preferred=("http-01",), timeout=60)
+        issued = await client.obtain(
+            names, cert_key, solvers={"http-01": responder}, preferred=("http-01",), timeout=60
+        )
         # step-ca's Date header is close to our clock (same machine).
         assert client.last_server_date_skew is not None
         assert abs(client.last_server_date_skew) < 5
@@ -72,32 +75,42 @@ async def test_issuance_for_several_names(step_ca: StepCA, loopback: LoopbackLea
 
 
 @pytest.mark.parametrize("key_type", list(KeyType))
-async def test_every_certificate_key_type(step_ca: StepCA, loopback: LoopbackLease,
-                                          responder: Http01Responder, key_type: KeyType) -> None:
+async def test_every_certificate_key_type(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder, key_type: KeyType
+) -> None:
     cert_key = generate_private_key(key_type)
     async with make_client(step_ca) as client:
-        issued = await client.obtain([Identifier.dns(loopback.name)], cert_key,
-                                     solvers={"http-01": responder}, timeout=60)
+        issued = await client.obtain(
+            [Identifier.dns(loopback.name)], cert_key, solvers={"http-01": responder}, timeout=60
+        )
     verify_chain(issued, step_ca.root_pem, loopback.name)
 
 
 @pytest.mark.parametrize("account_key_type", [KeyType.EC_P384, KeyType.RSA_2048])
-async def test_account_keys_es384_and_rs256(step_ca: StepCA, loopback: LoopbackLease,
-                                            responder: Http01Responder,
-                                            account_key_type: KeyType) -> None:
+async def test_account_keys_es384_and_rs256(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder, account_key_type: KeyType
+) -> None:
     async with make_client(step_ca, generate_private_key(account_key_type)) as client:
-        issued = await client.obtain([Identifier.dns(loopback.name)], generate_private_key(),
-                                     solvers={"http-01": responder}, timeout=60)
+        issued = await client.obtain(
+            [Identifier.dns(loopback.name)],
+            generate_private_key(),
+            solvers={"http-01": responder},
+            timeout=60,
+        )
     verify_chain(issued, step_ca.root_pem, loopback.name)
 
 
-async def test_ip_identifier(step_ca: StepCA, loopback: LoopbackLease,
-                             responder: Http01Responder) -> None:
+async def test_ip_identifier(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     # RFC 8738: step-ca validates http-01 on the address itself.
     async with make_client(step_ca) as client:
         issued = await client.obtain(
             [Identifier.ip(loopback.address), Identifier.dns(loopback.name)],
-            generate_private_key(), solvers={"http-01": responder}, timeout=60)
+            generate_private_key(),
+            solvers={"http-01": responder},
+            timeout=60,
+        )
     verify_chain(issued, step_ca.root_pem, loopback.address)
 
 
@@ -109,65 +122,88 @@ async def test_account_is_reused_across_clients(step_ca: StepCA) -> None:
         found = await second.find_account()
         assert found is not None
         assert found.url == account.url
-        again = await second.ensure_account(contact=["mailto:a@cert-sidecar.test"],
-                                            account_url=account.url)
+        again = await second.ensure_account(
+            contact=["mailto:a@cert-sidecar.test"], account_url=account.url
+        )
         assert again.url == account.url
     async with make_client(step_ca) as stranger:
         assert await stranger.find_account() is None
 
 
-async def test_database_reset_reregisters(step_ca_factory: StepCAFactory,
-                                          loopback: LoopbackLease,
-                                          responder: Http01Responder) -> None:
+async def test_database_reset_reregisters(
+    step_ca_factory: StepCAFactory, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     ca = step_ca_factory()
     async with make_client(ca) as client:
         old = await client.ensure_account(contact=["mailto:a@cert-sidecar.test"])
-        await client.obtain([Identifier.dns(loopback.name)], generate_private_key(),
-                            solvers={"http-01": responder}, timeout=60)
+        await client.obtain(
+            [Identifier.dns(loopback.name)],
+            generate_private_key(),
+            solvers={"http-01": responder},
+            timeout=60,
+        )
         ca.reset_database()
         # Same client, same connection pool and nonce pool: the CA forgot all of them.
-        issued = await client.obtain([Identifier.dns(loopback.name)], generate_private_key(),
-                                     solvers={"http-01": responder}, timeout=60)
+        issued = await client.obtain(
+            [Identifier.dns(loopback.name)],
+            generate_private_key(),
+            solvers={"http-01": responder},
+            timeout=60,
+        )
         assert client.account_url is not None
         assert client.account_url != old.url
     verify_chain(issued, ca.root_pem, loopback.name)
 
 
-async def test_revocation(step_ca: StepCA, loopback: LoopbackLease,
-                          responder: Http01Responder) -> None:
+async def test_revocation(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     cert_key = generate_private_key(KeyType.EC_P256)
     async with make_client(step_ca) as client:
-        first = await client.obtain([Identifier.dns(loopback.name)], cert_key,
-                                    solvers={"http-01": responder}, timeout=60)
+        first = await client.obtain(
+            [Identifier.dns(loopback.name)], cert_key, solvers={"http-01": responder}, timeout=60
+        )
         await client.revoke(first.leaf_pem, reason=4)
         with pytest.raises(errors.AcmeProblem):
             await client.revoke(first.leaf_pem, reason=4)
         # Revocation signed by the certificate's own key (jwk), not the account.
-        second = await client.obtain([Identifier.dns(loopback.name)], cert_key,
-                                     solvers={"http-01": responder}, timeout=60)
+        second = await client.obtain(
+            [Identifier.dns(loopback.name)], cert_key, solvers={"http-01": responder}, timeout=60
+        )
         await client.revoke(second.leaf_pem.encode(), cert_key=cert_key)
 
 
-async def test_concurrent_orders_share_one_client(step_ca: StepCA, loopback: LoopbackLease,
-                                                  responder: Http01Responder) -> None:
+async def test_concurrent_orders_share_one_client(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     async with make_client(step_ca) as client:
         await client.ensure_account()
-        results = await asyncio.gather(*(
-            client.obtain([Identifier.dns(loopback.names[i % 4])], generate_private_key(),
-                          solvers={"http-01": responder}, timeout=90)
-            for i in range(int(os.environ.get("CA_CLIENT_N", "12")))
-        ))
-    serials = {x509.load_pem_x509_certificate(r.leaf_pem.encode()).serial_number
-               for r in results}
+        results = await asyncio.gather(
+            *(
+                client.obtain(
+                    [Identifier.dns(loopback.names[i % 4])],
+                    generate_private_key(),
+                    solvers={"http-01": responder},
+                    timeout=90,
+                )
+                for i in range(int(os.environ.get("CA_CLIENT_N", "12")))
+            )
+        )
+    serials = {x509.load_pem_x509_certificate(r.leaf_pem.encode()).serial_number for r in results}
     assert len(serials) == int(os.environ.get("CA_CLIENT_N", "12"))
 
 
-async def test_no_renewal_info_on_step_ca(step_ca: StepCA, loopback: LoopbackLease,
-                                          responder: Http01Responder) -> None:
+async def test_no_renewal_info_on_step_ca(
+    step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder
+) -> None:
     async with make_client(step_ca) as client:
-        issued = await client.obtain([Identifier.dns(loopback.name)], generate_private_key(),
-                                     solvers={"http-01": responder}, timeout=60,
-                                     replaces="ignored.without-ari")
+        issued = await client.obtain(
+            [Identifier.dns(loopback.name)],
+            generate_private_key(),
+            solvers={"http-01": responder},
+            timeout=60,
+            replaces="ignored.without-ari",
+        )
         assert await client.renewal_info(issued.leaf_pem) is None
 
 
@@ -178,14 +214,16 @@ async def test_wrong_trust_is_a_tls_verification_error(step_ca: StepCA) -> None:
     other_root = trustme.CA()
     context = ssl.create_default_context()
     other_root.configure_trust(context)
-    async with AcmeClient(step_ca.directory_url, generate_private_key(),
-                          ssl_context=context) as client:
+    async with AcmeClient(
+        step_ca.directory_url, generate_private_key(), ssl_context=context
+    ) as client:
         with pytest.raises(errors.TLSVerificationFailed, match="not trusted"):
             await client.directory()
 
 
 async def test_proxy_and_cert_file_environment_are_ignored(
-        step_ca: StepCA, monkeypatch: pytest.MonkeyPatch) -> None:
+    step_ca: StepCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A dead proxy and a bogus CA file: honoured, either would break the request.
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{free_port()}")
@@ -197,14 +235,16 @@ async def test_proxy_and_cert_file_environment_are_ignored(
 
 async def test_nothing_listening_is_ca_unreachable() -> None:
     url = f"https://127.0.0.1:{free_port()}/acme/acme/directory"
-    async with AcmeClient(url, generate_private_key(),
-                          ssl_context=ssl.create_default_context()) as client:
+    async with AcmeClient(
+        url, generate_private_key(), ssl_context=ssl.create_default_context()
+    ) as client:
         with pytest.raises(errors.CAUnreachable):
             await client.directory()
 
 
 async def test_step_ca_health_page_is_not_acme(step_ca: StepCA) -> None:
-    async with AcmeClient(f"{step_ca.base_url}/health", generate_private_key(),
-                          ssl_context=step_ca.ssl_context()) as client:
+    async with AcmeClient(
+        f"{step_ca.base_url}/health", generate_private_key(), ssl_context=step_ca.ssl_context()
+    ) as client:
         with pytest.raises(errors.NotACME):
             await client.directory()

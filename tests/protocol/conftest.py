@@ -62,14 +62,15 @@ ClientFactory = Callable[..., AcmeClient]
 
 
 @pytest.fixture
-async def make_client(
-    ca: FakeAcme, clock: FakeClock
-) -> AsyncIterator[ClientFactory]:
+async def make_client(ca: FakeAcme, clock: FakeClock) -> AsyncIterator[ClientFactory]:
     clients: list[AcmeClient] = []
 
     def make(**kwargs: object) -> AcmeClient:
         options: dict[str, object] = {
-            "clock": clock, "sleep": clock.sleep, "transport": ca.transport(), "timeout": 30.0,
+            "clock": clock,
+            "sleep": clock.sleep,
+            "transport": ca.transport(),
+            "timeout": 30.0,
         }
         options.update(kwargs)
         key = options.pop("account_key", None) or generate_private_key(KeyType.EC_P256)

@@ -34,8 +34,9 @@ def b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def problem(status: int, short_type: str, detail: str = "",
-            headers: dict[str, str] | None = None) -> httpx.Response:
+def problem(
+    status: int, short_type: str, detail: str = "", headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.Response(
         status,
         json={"type": f"urn:ietf:params:acme:error:{short_type}", "detail": detail},
@@ -60,8 +61,9 @@ def _verify(jws: dict[str, str], key: ec.EllipticCurvePublicKey | rsa.RSAPublicK
     if isinstance(key, ec.EllipticCurvePublicKey):
         size = (key.curve.key_size + 7) // 8
         digest: hashes.HashAlgorithm = hashes.SHA256() if size == 32 else hashes.SHA384()
-        der = encode_dss_signature(int.from_bytes(signature[:size], "big"),
-                                   int.from_bytes(signature[size:], "big"))
+        der = encode_dss_signature(
+            int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+        )
         key.verify(der, signing_input, ec.ECDSA(digest))
     else:
         key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
@@ -107,6 +109,8 @@ class FakeAcme:
     #: issue the certificate for this key instead of the CSR's (the "wrong key" fault)
     issue_for_key: ec.EllipticCurvePrivateKey | None = None
     alternate_roots: tuple[str, ...] = ()
+    #: validate while answering the challenge POST, as step-ca does
+    validate_on_response: bool = False
     eab_keys: dict[str, bytes] = field(default_factory=dict)
     date_offset: float = 0.0
     clock: Callable[[], float] = lambda: 0.0
@@ -202,8 +206,9 @@ class FakeAcme:
                 directory["renewalInfo"] = f"{BASE}/renewal-info"
             return httpx.Response(200, json=directory)
         if route == "new-nonce":
-            return httpx.Response(200 if request.method == "HEAD" else 204,
-                                  headers={"Cache-Control": "no-store"})
+            return httpx.Response(
+                200 if request.method == "HEAD" else 204, headers={"Cache-Control": "no-store"}
+            )
         if route == "renewal-info":
             return self._renewal_info(request)
         if request.method != "POST":
@@ -236,8 +241,9 @@ class FakeAcme:
 
     # --- resources ------------------------------------------------------------------------
 
-    def _new_account(self, jws: dict[str, str], protected: dict[str, Any],
-                     payload: dict[str, Any] | None) -> httpx.Response:
+    def _new_account(
+        self, jws: dict[str, str], protected: dict[str, Any], payload: dict[str, Any] | None
+    ) -> httpx.Response:
         if "jwk" not in protected or "kid" in protected:
             return problem(400, "malformed", "newAccount needs jwk")
         key = _public_key_from_jwk(protected["jwk"])
@@ -247,8 +253,9 @@ class FakeAcme:
         thumb = json.dumps(protected["jwk"], sort_keys=True)
         existing = self.account_urls_by_thumb.get(thumb)
         if existing is not None:
-            return httpx.Response(200, json=self._account_json(existing),
-                                  headers={"Location": existing})
+            return httpx.Response(
+                200, json=self._account_json(existing), headers={"Location": existing}
+            )
         if payload.get("onlyReturnExisting"):
             return problem(400, "accountDoesNotExist", "no account for this key")
         if self.eab_keys:
@@ -261,18 +268,21 @@ class FakeAcme:
             mac.verify(b64d(binding["signature"]))
             assert json.loads(b64d(binding["payload"])) == protected["jwk"]
         url = f"{BASE}/acct/{next(self._counter)}"
-        self.accounts[url] = {"key": key, "contact": payload.get("contact", []),
-                              "status": "valid"}
+        self.accounts[url] = {"key": key, "contact": payload.get("contact", []), "status": "valid"}
         self.account_urls_by_thumb[thumb] = url
         return httpx.Response(201, json=self._account_json(url), headers={"Location": url})
 
     def _account_json(self, url: str) -> dict[str, Any]:
         account = self.accounts[url]
-        return {"status": account["status"], "contact": account["contact"],
-                "orders": f"{url}/orders"}
+        return {
+            "status": account["status"],
+            "contact": account["contact"],
+            "orders": f"{url}/orders",
+        }
 
-    def _account_route(self, route: str, request: httpx.Request, account_url: str,
-                       payload: dict[str, Any] | None) -> httpx.Response:
+    def _account_route(
+        self, route: str, request: httpx.Request, account_url: str, payload: dict[str, Any] | None
+    ) -> httpx.Response:
         path = request.url.path.strip("/").split("/")
         if route == "acct":
             if payload is not None:
@@ -310,12 +320,20 @@ class FakeAcme:
             authz_id = next(self._counter)
             wildcard = identifier["value"].startswith("*.")
             value = identifier["value"].removeprefix("*.")
-            self.authzs[authz_id] = FakeAuthz(authz_id, {"type": identifier["type"],
-                                                         "value": value},
-                                              token=f"token{authz_id}", wildcard=wildcard)
+            self.authzs[authz_id] = FakeAuthz(
+                authz_id,
+                {"type": identifier["type"], "value": value},
+                token=f"token{authz_id}",
+                wildcard=wildcard,
+            )
             authz_ids.append(authz_id)
-        order = FakeOrder(next(self._counter), account_url, payload["identifiers"], authz_ids,
-                          replaces=payload.get("replaces"))
+        order = FakeOrder(
+            next(self._counter),
+            account_url,
+            payload["identifiers"],
+            authz_ids,
+            replaces=payload.get("replaces"),
+        )
         self.orders[order.id] = order
         return self._order_response(order.id, status=201)
 
@@ -332,8 +350,9 @@ class FakeAcme:
             body["error"] = order.error
         return body
 
-    def _order_response(self, order_id: int, *, status: int = 200, poll: bool = False
-                        ) -> httpx.Response:
+    def _order_response(
+        self, order_id: int, *, status: int = 200, poll: bool = False
+    ) -> httpx.Response:
         order = self.orders.get(order_id)
         if order is None:
             return problem(404, "malformed", "no such order")
@@ -348,8 +367,9 @@ class FakeAcme:
                 order.status = "valid"
             elif self.polls_until_issued > 0:
                 self.polls_until_issued -= 1
-        return httpx.Response(status, json=self._order_json(order),
-                              headers={"Location": f"{BASE}/order/{order.id}"})
+        return httpx.Response(
+            status, json=self._order_json(order), headers={"Location": f"{BASE}/order/{order.id}"}
+        )
 
     def _authz_json(self, authz: FakeAuthz) -> dict[str, Any]:
         types = ("dns-01",) if authz.wildcard else self.challenge_types
@@ -362,11 +382,16 @@ class FakeAcme:
                 "token": authz.token,
             }
             if authz.challenge_status == "invalid":
-                challenge["error"] = {"type": "urn:ietf:params:acme:error:connection",
-                                      "detail": "refused"}
+                challenge["error"] = {
+                    "type": "urn:ietf:params:acme:error:connection",
+                    "detail": "refused",
+                }
             challenges.append(challenge)
-        body: dict[str, Any] = {"identifier": authz.identifier, "status": authz.status,
-                                "challenges": challenges}
+        body: dict[str, Any] = {
+            "identifier": authz.identifier,
+            "status": authz.status,
+            "challenges": challenges,
+        }
         if authz.wildcard:
             body["wildcard"] = True
         return body
@@ -382,16 +407,20 @@ class FakeAcme:
             authz.polls_after_response += 1
         return httpx.Response(200, json=self._authz_json(authz))
 
-    def _respond_challenge(self, challenge_id: int, payload: dict[str, Any] | None
-                           ) -> httpx.Response:
+    def _respond_challenge(
+        self, challenge_id: int, payload: dict[str, Any] | None
+    ) -> httpx.Response:
         if payload != {}:
             return problem(400, "malformed", "challenge response must be {}")
         authz = self.authzs[challenge_id // 10]
         authz.responded = True
         authz.challenge_status = "processing"
+        if self.validate_on_response:
+            authz.status = authz.challenge_status = "valid"
         body = self._authz_json(authz)["challenges"][challenge_id % 10]
-        return httpx.Response(200, json=body,
-                              headers={"Link": f'<{BASE}/authz/{authz.id}>;rel="up"'})
+        return httpx.Response(
+            200, json=body, headers={"Link": f'<{BASE}/authz/{authz.id}>;rel="up"'}
+        )
 
     def _finalize(self, order_id: int, payload: dict[str, Any]) -> httpx.Response:
         order = self.orders[order_id]
@@ -405,8 +434,9 @@ class FakeAcme:
         wanted = {(i["type"], i["value"]) for i in order.identifiers}
         if names != wanted:
             return problem(400, "badCSR", "CSR names differ from the order")
-        public_key = (self.issue_for_key.public_key() if self.issue_for_key is not None
-                      else csr.public_key())
+        public_key = (
+            self.issue_for_key.public_key() if self.issue_for_key is not None else csr.public_key()
+        )
         cert_id = next(self._counter)
         leaf = self._issue(public_key, san)
         chains = [leaf + self._intermediate(self.root_name)]
@@ -414,8 +444,9 @@ class FakeAcme:
         self.certificates[cert_id] = chains
         order.certificate_id = cert_id
         order.status = "processing"
-        return httpx.Response(200, json=self._order_json(order),
-                              headers={"Location": f"{BASE}/order/{order.id}"})
+        return httpx.Response(
+            200, json=self._order_json(order), headers={"Location": f"{BASE}/order/{order.id}"}
+        )
 
     def _issue(self, public_key: Any, san: x509.SubjectAlternativeName) -> str:
         now = datetime.datetime.now(datetime.UTC)
@@ -428,8 +459,10 @@ class FakeAcme:
             .not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(hours=1))
             .add_extension(san, critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.ca_key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()),
+                critical=False,
+            )
             .sign(self.ca_key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -450,8 +483,9 @@ class FakeAcme:
 
     def _certificate(self, cert_id: int, index: int) -> httpx.Response:
         chains = self.certificates[cert_id]
-        links = [f'<{BASE}/cert/{cert_id}/{i}>;rel="alternate"'
-                 for i in range(len(chains)) if i != index]
+        links = [
+            f'<{BASE}/cert/{cert_id}/{i}>;rel="alternate"' for i in range(len(chains)) if i != index
+        ]
         headers = {"Content-Type": "application/pem-certificate-chain"}
         if links:
             headers["Link"] = ", ".join(links)
@@ -473,12 +507,12 @@ class FakeAcme:
         assert b64d(key_id) and b64d(serial)
         return httpx.Response(
             200,
-            json={"suggestedWindow": {"start": "2026-01-02T04:00:00Z",
-                                      "end": "2026-01-03T04:00:00Z"},
-                  "explanationURL": f"{BASE}/docs/{cert_id}"},
+            json={
+                "suggestedWindow": {"start": "2026-01-02T04:00:00Z", "end": "2026-01-03T04:00:00Z"},
+                "explanationURL": f"{BASE}/docs/{cert_id}",
+            },
             headers={"Retry-After": "21600"},
         )
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handler)
-

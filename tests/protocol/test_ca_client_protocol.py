@@ -29,8 +29,9 @@ def _routes(ca: FakeAcme, route: str) -> int:
 # --- the happy path ---------------------------------------------------------------------------
 
 
-async def test_obtain_whole_order(ca: FakeAcme, make_client: ClientFactory,
-                                  solver: RecordingSolver, clock: FakeClock) -> None:
+async def test_obtain_whole_order(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
     ca.polls_until_valid = 2
     ca.polls_until_issued = 1
     client = make_client()
@@ -60,8 +61,9 @@ async def test_obtain_whole_order(ca: FakeAcme, make_client: ClientFactory,
     assert abs(client.last_server_date_skew) < 1.0
 
 
-async def test_authorizations_are_solved_concurrently(ca: FakeAcme, make_client: ClientFactory
-                                                      ) -> None:
+async def test_authorizations_are_solved_concurrently(
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     barrier = asyncio.Barrier(len(NAMES))
 
     class BarrierSolver(RecordingSolver):
@@ -73,33 +75,37 @@ async def test_authorizations_are_solved_concurrently(ca: FakeAcme, make_client:
 
     client = make_client()
     await asyncio.wait_for(
-        client.obtain(NAMES, generate_private_key(KeyType.EC_P256),
-                      solvers={"http-01": BarrierSolver()}),
+        client.obtain(
+            NAMES, generate_private_key(KeyType.EC_P256), solvers={"http-01": BarrierSolver()}
+        ),
         timeout=60,
     )
 
 
-async def test_preferred_challenge_type_and_wildcard(ca: FakeAcme, make_client: ClientFactory
-                                                     ) -> None:
+async def test_preferred_challenge_type_and_wildcard(
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     http, dns = RecordingSolver("http-01"), RecordingSolver("dns-01")
     client = make_client()
-    await client.obtain([Identifier.dns("c.test"), Identifier.dns("*.c.test")],
-                        generate_private_key(KeyType.EC_P256),
-                        solvers={"http-01": http, "dns-01": dns},
-                        preferred=("http-01", "dns-01"))
+    await client.obtain(
+        [Identifier.dns("c.test"), Identifier.dns("*.c.test")],
+        generate_private_key(KeyType.EC_P256),
+        solvers={"http-01": http, "dns-01": dns},
+        preferred=("http-01", "dns-01"),
+    )
     # The wildcard's authorization offers only dns-01 and names the base domain.
     assert [c[0] for c in http.present_calls] == [Identifier.dns("c.test")]
     assert [c[0] for c in dns.present_calls] == [Identifier.dns("c.test")]
 
 
 async def test_account_is_found_again_by_key_and_contact_updated(
-        ca: FakeAcme, make_client: ClientFactory) -> None:
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     key = generate_private_key(KeyType.EC_P256)
     first = await make_client(account_key=key).ensure_account(contact=["mailto:a@a.test"])
     second_client = make_client(account_key=key)
     assert await second_client.find_account() == first
-    second = await second_client.ensure_account(contact=["mailto:b@a.test"],
-                                                account_url=first.url)
+    second = await second_client.ensure_account(contact=["mailto:b@a.test"], account_url=first.url)
     assert second.url == first.url
     assert second.contact == ("mailto:b@a.test",)
     assert len(ca.accounts) == 1
@@ -124,15 +130,17 @@ async def test_deactivate_account(ca: FakeAcme, make_client: ClientFactory) -> N
     assert ca.accounts[account.url]["status"] == "deactivated"
 
 
-async def test_alternate_chains_and_preferred_chain(ca: FakeAcme, make_client: ClientFactory,
-                                                    solver: RecordingSolver) -> None:
+async def test_alternate_chains_and_preferred_chain(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     ca.alternate_roots = ("Other Root",)
     client = make_client()
     key = generate_private_key(KeyType.EC_P256)
     default = await client.obtain([Identifier.dns("a.test")], key, solvers={"http-01": solver})
     assert len(default.alternates) == 1
-    chosen = await client.obtain([Identifier.dns("a.test")], key, solvers={"http-01": solver},
-                                 preferred_chain="other root")
+    chosen = await client.obtain(
+        [Identifier.dns("a.test")], key, solvers={"http-01": solver}, preferred_chain="other root"
+    )
     top = x509.load_pem_x509_certificate(chosen.chain_pems[-1].encode())
     assert top.issuer.rfc4514_string() == "CN=Other Root"
     assert chosen.certificate_url.endswith("/1")
@@ -140,11 +148,11 @@ async def test_alternate_chains_and_preferred_chain(ca: FakeAcme, make_client: C
 
 
 async def test_revocation_by_account_and_by_certificate_key(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     client = make_client()
     cert_key = generate_private_key(KeyType.EC_P256)
-    issued = await client.obtain([Identifier.dns("a.test")], cert_key,
-                                 solvers={"http-01": solver})
+    issued = await client.obtain([Identifier.dns("a.test")], cert_key, solvers={"http-01": solver})
     await client.revoke(issued.leaf_pem, reason=4)
     serial = x509.load_pem_x509_certificate(issued.leaf_pem.encode()).serial_number
     assert ca.revoked == [(serial, 4, client.account_url)]
@@ -156,11 +164,16 @@ async def test_revocation_by_account_and_by_certificate_key(
     assert ca.revoked[-1][1] is None
 
 
-async def test_renewal_info_and_replaces(ca: FakeAcme, make_client: ClientFactory,
-                                         solver: RecordingSolver) -> None:
+async def test_renewal_info_and_replaces(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     client = make_client()
-    issued = await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                                 solvers={"http-01": solver}, replaces="x.y")
+    issued = await client.obtain(
+        [Identifier.dns("a.test")],
+        generate_private_key(),
+        solvers={"http-01": solver},
+        replaces="x.y",
+    )
     # No renewalInfo in the directory: no call, and no "replaces" sent.
     assert await client.renewal_info(issued.leaf_pem) is None
     assert "replaces" not in ca.new_order_payloads[-1]
@@ -171,22 +184,27 @@ async def test_renewal_info_and_replaces(ca: FakeAcme, make_client: ClientFactor
     assert info is not None
     assert info.retry_after == 21600.0
     assert info.explanation_url == f"{BASE}/docs/{certificate_id(issued.leaf_pem)}"
-    await ari_client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver},
-                            replaces=certificate_id(issued.leaf_pem))
+    await ari_client.obtain(
+        [Identifier.dns("a.test")],
+        generate_private_key(),
+        solvers={"http-01": solver},
+        replaces=certificate_id(issued.leaf_pem),
+    )
     assert ca.new_order_payloads[-1]["replaces"] == certificate_id(issued.leaf_pem)
 
 
 # --- faults -------------------------------------------------------------------------------------
 
 
-async def test_bad_nonce_is_retried_transparently(ca: FakeAcme, make_client: ClientFactory,
-                                                  solver: RecordingSolver) -> None:
+async def test_bad_nonce_is_retried_transparently(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     ca.fail_times("new-order", 3, lambda: problem(400, "badNonce", "stale"))
     ca.fail_times("finalize", 1, lambda: problem(400, "badNonce", "stale"))
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert _routes(ca, "new-order") == 4
     assert _routes(ca, "finalize") == 2
 
@@ -200,76 +218,108 @@ async def test_bad_nonce_storm_gives_up(ca: FakeAcme, make_client: ClientFactory
 
 
 async def test_nonces_are_pooled_not_fetched_per_request(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     # At most one HEAD newNonce (the fake also sends a nonce with the directory); every later
     # POST reused the nonce of an earlier answer.
     assert _routes(ca, "new-nonce") <= 1
 
 
-async def test_429_with_retry_after_is_waited_out(ca: FakeAcme, make_client: ClientFactory,
-                                                  solver: RecordingSolver, clock: FakeClock
-                                                  ) -> None:
-    ca.fail_times("new-order", 2, lambda: problem(429, "rateLimited", "slow down",
-                                                  {"Retry-After": "7"}))
+async def test_429_with_retry_after_is_waited_out(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
+    ca.fail_times(
+        "new-order", 2, lambda: problem(429, "rateLimited", "slow down", {"Retry-After": "7"})
+    )
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert clock.sleeps.count(7.0) == 2
 
 
-async def test_429_beyond_the_deadline_raises_at_once(ca: FakeAcme, make_client: ClientFactory,
-                                                      solver: RecordingSolver, clock: FakeClock
-                                                      ) -> None:
-    ca.fail_times("new-order", 1, lambda: problem(429, "rateLimited", "come back tomorrow",
-                                                  {"Retry-After": "86400"}))
+async def test_429_beyond_the_deadline_raises_at_once(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
+    ca.fail_times(
+        "new-order",
+        1,
+        lambda: problem(429, "rateLimited", "come back tomorrow", {"Retry-After": "86400"}),
+    )
     client = make_client()
     with pytest.raises(errors.RateLimited) as caught:
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver}, timeout=120)
+        await client.obtain(
+            [Identifier.dns("a.test")],
+            generate_private_key(),
+            solvers={"http-01": solver},
+            timeout=120,
+        )
     assert caught.value.retry_after == 86400.0
     assert clock.sleeps == []
 
 
-async def test_503_with_retry_after_date_and_html_body(ca: FakeAcme, make_client: ClientFactory,
-                                                       solver: RecordingSolver, clock: FakeClock
-                                                       ) -> None:
+async def test_503_with_retry_after_date_and_html_body(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
     import email.utils
 
     def unavailable() -> httpx.Response:
         when = email.utils.formatdate(clock.now + 3, usegmt=True)
-        return httpx.Response(503, text="<html><h1>Maintenance</h1></html>",
-                              headers={"Content-Type": "text/html", "Retry-After": when})
+        return httpx.Response(
+            503,
+            text="<html><h1>Maintenance</h1></html>",
+            headers={"Content-Type": "text/html", "Retry-After": when},
+        )
 
     ca.fail_times("finalize", 1, unavailable)
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert 3.0 in clock.sleeps
 
 
-async def test_html_error_pages_become_typed_errors(ca: FakeAcme, make_client: ClientFactory,
-                                                    solver: RecordingSolver) -> None:
-    ca.fail_times("new-order", 4, lambda: httpx.Response(
-        502, text="<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}))
+async def test_html_error_pages_become_typed_errors(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
+    ca.fail_times(
+        "new-order",
+        4,
+        lambda: httpx.Response(
+            502, text="<html>Bad Gateway</html>", headers={"Content-Type": "text/html"}
+        ),
+    )
     client = make_client()
     with pytest.raises(errors.CAUnreachable) as caught:
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     assert caught.value.status == 502
     assert _routes(ca, "new-order") == 4  # newOrder may be repeated: 1 + 3 retries
 
-    ca.fail_times("new-order", 1, lambda: httpx.Response(
-        404, text="<html>Not Found</html>", headers={"Content-Type": "text/html"}))
+    ca.fail_times(
+        "new-order",
+        1,
+        lambda: httpx.Response(
+            404, text="<html>Not Found</html>", headers={"Content-Type": "text/html"}
+        ),
+    )
     with pytest.raises(errors.NotACME):
         await client.new_order([Identifier.dns("a.test")])
 
 
 async def test_directory_that_is_not_acme(ca: FakeAcme, make_client: ClientFactory) -> None:
-    ca.fail_times("directory", 1, lambda: httpx.Response(
-        200, text="<html>welcome to nginx</html>", headers={"Content-Type": "text/html"}))
+    ca.fail_times(
+        "directory",
+        1,
+        lambda: httpx.Response(
+            200, text="<html>welcome to nginx</html>", headers={"Content-Type": "text/html"}
+        ),
+    )
     with pytest.raises(errors.NotACME):
         await make_client().directory()
     ca.fail_times("directory", 1, lambda: httpx.Response(200, json={"hello": "world"}))
@@ -277,15 +327,22 @@ async def test_directory_that_is_not_acme(ca: FakeAcme, make_client: ClientFacto
         await make_client().directory()
 
 
-async def test_malformed_json_mid_order_cleans_up(ca: FakeAcme, make_client: ClientFactory,
-                                                  solver: RecordingSolver) -> None:
-    ca.fail_times("authz", 1, lambda: httpx.Response(
-        200, content=b'{"status": "pend', headers={"Content-Type": "application/json"}))
+async def test_malformed_json_mid_order_cleans_up(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
+    ca.fail_times(
+        "authz",
+        1,
+        lambda: httpx.Response(
+            200, content=b'{"status": "pend', headers={"Content-Type": "application/json"}
+        ),
+    )
     client = make_client()
     # The first authz fetch (before present) fails: nothing presented, nothing to clean.
     with pytest.raises(errors.MalformedResponse):
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     assert solver.present_calls == []
 
     calls = {"authz": 0}
@@ -294,32 +351,37 @@ async def test_malformed_json_mid_order_cleans_up(ca: FakeAcme, make_client: Cli
         if route == "authz":
             calls["authz"] += 1
             if calls["authz"] == 2:  # the poll after the challenge response
-                return httpx.Response(200, content=b"[1, 2",
-                                      headers={"Content-Type": "application/json"})
+                return httpx.Response(
+                    200, content=b"[1, 2", headers={"Content-Type": "application/json"}
+                )
         return None
 
     ca.add_fault(second_fetch_broken)
     with pytest.raises(errors.MalformedResponse):
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     assert len(solver.present_calls) == 1
     assert solver.cleanup_calls == solver.present_calls
 
 
-async def test_connection_reset_on_a_poll_is_retried(ca: FakeAcme, make_client: ClientFactory,
-                                                     solver: RecordingSolver) -> None:
+async def test_connection_reset_on_a_poll_is_retried(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     def reset() -> httpx.Response:
         raise httpx.ReadError("[Errno 104] Connection reset by peer")
 
     ca.fail_times("order", 1, reset)
     client = make_client()
-    issued = await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                                 solvers={"http-01": solver})
+    issued = await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert issued.leaf_pem
 
 
 async def test_lost_finalize_answer_is_recovered_from_the_order(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     # The CA processed finalize, then the connection dropped before the answer arrived.
     lost = {"done": False}
 
@@ -332,53 +394,61 @@ async def test_lost_finalize_answer_is_recovered_from_the_order(
 
     ca.add_fault(lost_answer)
     client = make_client()
-    issued = await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                                 solvers={"http-01": solver})
+    issued = await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert issued.leaf_pem
     assert len(ca.certificates) == 1  # finalized once, not twice
 
 
 async def test_reset_before_finalize_arrives_finalizes_again(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     def reset() -> httpx.Response:
         raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     ca.fail_times("finalize", 1, reset)
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert _routes(ca, "finalize") == 2
 
 
 async def test_connection_reset_on_finalize_twice_is_an_error_and_cleans_up(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     def reset() -> httpx.Response:
         raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     ca.fail_times("finalize", 10, reset)
     client = make_client()
     with pytest.raises(errors.CAUnreachable) as caught:
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     # finalize is not repeated blindly: once, then once more after seeing the order "ready".
     assert _routes(ca, "finalize") == 2
     assert isinstance(caught.value.__cause__, httpx.RemoteProtocolError)
     assert solver.cleanup_calls == solver.present_calls
 
 
-async def test_server_internal_races_are_retried(ca: FakeAcme, make_client: ClientFactory,
-                                                 solver: RecordingSolver) -> None:
+async def test_server_internal_races_are_retried(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     # step-ca 0.19 answers serverInternal when concurrent requests of one account race.
     ca.fail_times("new-order", 2, lambda: problem(500, "serverInternal", "cas failed"))
     ca.fail_times("authz", 1, lambda: problem(500, "serverInternal", "cas failed"))
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert _routes(ca, "new-order") == 3
 
 
 async def test_bare_500_for_a_forgotten_account_reregisters(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     # step-ca 0.19 after a database reset: HTTP 500 with "{}" instead of accountDoesNotExist.
     client = make_client()
     old = await client.ensure_account()
@@ -394,13 +464,15 @@ async def test_bare_500_for_a_forgotten_account_reregisters(
 
     ca.reset_database()
     ca.add_fault(bare_500)
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert client.account_url != old.url
 
 
 async def test_bare_500_for_a_known_account_is_raised(
-        ca: FakeAcme, make_client: ClientFactory) -> None:
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     client = make_client()
     await client.ensure_account()
     ca.fail_times("order", 100, lambda: httpx.Response(500, json={}))
@@ -411,14 +483,16 @@ async def test_bare_500_for_a_known_account_is_raised(
 
 
 async def test_connect_failure_is_retried_even_for_new_order(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     def refused() -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
     ca.fail_times("new-order", 2, refused)
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert _routes(ca, "new-order") == 3
 
 
@@ -432,38 +506,47 @@ async def test_unreachable_ca_after_retries(ca: FakeAcme, make_client: ClientFac
     assert _routes(ca, "directory") == 3
 
 
-async def test_certificate_for_another_key_is_refused(ca: FakeAcme, make_client: ClientFactory,
-                                                      solver: RecordingSolver) -> None:
+async def test_certificate_for_another_key_is_refused(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     ca.issue_for_key = ec.generate_private_key(ec.SECP256R1())
     client = make_client()
     with pytest.raises(errors.CertificateMismatch, match="not for the key"):
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
 
 
-async def test_account_does_not_exist_reregisters_once(ca: FakeAcme, make_client: ClientFactory,
-                                                       solver: RecordingSolver,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_account_does_not_exist_reregisters_once(
+    ca: FakeAcme,
+    make_client: ClientFactory,
+    solver: RecordingSolver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     client = make_client()
     old = await client.ensure_account(contact=["mailto:a@a.test"])
     ca.reset_database()
     caplog.set_level(logging.WARNING, logger="ca_client")
     # Five orders at once all meet accountDoesNotExist; one registration serves them all.
-    await asyncio.gather(*(
-        client.obtain([Identifier.dns(f"n{i}.test")], generate_private_key(),
-                      solvers={"http-01": solver})
-        for i in range(5)
-    ))
+    await asyncio.gather(
+        *(
+            client.obtain(
+                [Identifier.dns(f"n{i}.test")], generate_private_key(), solvers={"http-01": solver}
+            )
+            for i in range(5)
+        )
+    )
     assert client.account_url != old.url
     assert len(ca.accounts) == 1
     assert ca.accounts[client.account_url or ""]["contact"] == ["mailto:a@a.test"]
     assert sum("registering again" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_account_does_not_exist_twice_is_raised(ca: FakeAcme, make_client: ClientFactory
-                                                      ) -> None:
+async def test_account_does_not_exist_twice_is_raised(
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     client = make_client()
     await client.ensure_account()
     ca.fail_times("new-order", 2, lambda: problem(400, "accountDoesNotExist", "gone"))
@@ -471,23 +554,28 @@ async def test_account_does_not_exist_twice_is_raised(ca: FakeAcme, make_client:
         await client.new_order([Identifier.dns("a.test")])
 
 
-async def test_deadline_expiry_while_processing(ca: FakeAcme, make_client: ClientFactory,
-                                                solver: RecordingSolver, clock: FakeClock
-                                                ) -> None:
+async def test_deadline_expiry_while_processing(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
     ca.polls_until_issued = -1  # the order never leaves "processing"
     client = make_client()
     start = clock.now
     with pytest.raises(errors.ACMETimeout, match="processing"):
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver}, timeout=45)
+        await client.obtain(
+            [Identifier.dns("a.test")],
+            generate_private_key(),
+            solvers={"http-01": solver},
+            timeout=45,
+        )
     # It polled until the deadline and not a moment beyond, with capped intervals.
     assert clock.now == pytest.approx(start + 45)
     assert max(clock.sleeps) <= 3.0
     assert solver.cleanup_calls == solver.present_calls
 
 
-async def test_poll_retry_after_is_honoured(ca: FakeAcme, make_client: ClientFactory,
-                                            solver: RecordingSolver, clock: FakeClock) -> None:
+async def test_poll_retry_after_is_honoured(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
     ca.polls_until_valid = 1
 
     def slow_down(request: httpx.Request, route: str) -> httpx.Response | None:
@@ -503,13 +591,15 @@ async def test_poll_retry_after_is_honoured(ca: FakeAcme, make_client: ClientFac
     ca._authz_response = with_retry_after  # type: ignore[method-assign]
     ca.add_fault(slow_down)
     client = make_client()
-    await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                        solvers={"http-01": solver})
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
     assert 2.0 in clock.sleeps
 
 
 async def test_failed_validation_raises_order_failed_with_the_reason(
-        ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver) -> None:
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     def invalid_after_response(request: httpx.Request, route: str) -> httpx.Response | None:
         for authz in ca.authzs.values():
             if authz.responded and authz.status == "pending":
@@ -520,24 +610,28 @@ async def test_failed_validation_raises_order_failed_with_the_reason(
     ca.add_fault(invalid_after_response)
     client = make_client()
     with pytest.raises(errors.OrderFailed) as caught:
-        await client.obtain([Identifier.dns("a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     assert isinstance(caught.value.problem, errors.ConnectionProblem)
     assert "refused" in str(caught.value)
     assert solver.cleanup_calls == solver.present_calls
 
 
-async def test_no_solver_for_offered_challenges(ca: FakeAcme, make_client: ClientFactory,
-                                                solver: RecordingSolver) -> None:
+async def test_no_solver_for_offered_challenges(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
     client = make_client()
     with pytest.raises(errors.NoSolver, match=r"\*\.a\.test"):
-        await client.obtain([Identifier.dns("*.a.test")], generate_private_key(),
-                            solvers={"http-01": solver})
+        await client.obtain(
+            [Identifier.dns("*.a.test")], generate_private_key(), solvers={"http-01": solver}
+        )
     assert solver.present_calls == []
 
 
 async def test_present_failure_still_cleans_up_and_others_stop(
-        ca: FakeAcme, make_client: ClientFactory) -> None:
+    ca: FakeAcme, make_client: ClientFactory
+) -> None:
     failing = RecordingSolver(fail_present=True)
     client = make_client()
     with pytest.raises(RuntimeError, match="cannot present"):
@@ -557,8 +651,9 @@ async def test_cancellation_cleans_up(ca: FakeAcme, make_client: ClientFactory) 
 
     solver = Solver()
     client = make_client()
-    task = asyncio.ensure_future(client.obtain(NAMES, generate_private_key(),
-                                               solvers={"http-01": solver}, timeout=10**9))
+    task = asyncio.ensure_future(
+        client.obtain(NAMES, generate_private_key(), solvers={"http-01": solver}, timeout=10**9)
+    )
     await presented.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -574,9 +669,12 @@ async def test_date_skew_is_recorded(ca: FakeAcme, make_client: ClientFactory) -
     assert client.last_server_date_skew == -120.0
 
 
-async def test_no_key_material_in_logs(ca: FakeAcme, make_client: ClientFactory,
-                                       solver: RecordingSolver,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_key_material_in_logs(
+    ca: FakeAcme,
+    make_client: ClientFactory,
+    solver: RecordingSolver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     account_key = generate_private_key(KeyType.EC_P256)
     cert_key = generate_private_key(KeyType.EC_P256)
@@ -587,3 +685,37 @@ async def test_no_key_material_in_logs(ca: FakeAcme, make_client: ClientFactory,
     for key in (account_key, cert_key):
         body = private_key_to_pem(key).decode().splitlines()[1]
         assert body[:40] not in text
+
+
+async def test_step_ca_style_flow_takes_the_fewest_requests(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver, clock: FakeClock
+) -> None:
+    # Validation during the challenge answer (as step-ca does): no authorization poll, and
+    # finalize right after the last authorization, without fetching the order first. (The
+    # fake issues on the first order poll after finalize; step-ca answers "valid" at once.)
+    ca.validate_on_response = True
+    client = make_client()
+    await client.ensure_account()
+    start = len(ca.requests)
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
+    assert [route for _, route in ca.requests[start:]] == [
+        "new-order",
+        "authz",
+        "chall",
+        "finalize",
+        "order",
+        "cert",
+    ]
+
+
+async def test_finalize_before_the_order_is_ready_waits_for_it(
+    ca: FakeAcme, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
+    ca.fail_times("finalize", 1, lambda: problem(403, "orderNotReady", "still pending"))
+    client = make_client()
+    await client.obtain(
+        [Identifier.dns("a.test")], generate_private_key(), solvers={"http-01": solver}
+    )
+    assert _routes(ca, "finalize") == 2

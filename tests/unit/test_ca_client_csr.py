@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -13,7 +14,7 @@ from ca_client.keys import KeyType, generate_private_key, public_key_der
 from ca_client.models import Identifier
 
 
-def _sans(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[object]]:
+def _sans(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[Any]]:
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress)
 
@@ -21,17 +22,19 @@ def _sans(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[object]]
 @pytest.mark.parametrize("key_type", list(KeyType)[:3])
 def test_dns_and_ip_names_all_in_san_and_first_dns_is_cn(key_type: KeyType) -> None:
     key = generate_private_key(key_type)
-    identifiers = [Identifier.ip("127.0.0.1"), Identifier.dns("a.test"),
-                   Identifier.dns("b.test"), Identifier.ip("::1")]
+    identifiers = [
+        Identifier.ip("127.0.0.1"),
+        Identifier.dns("a.test"),
+        Identifier.dns("b.test"),
+        Identifier.ip("::1"),
+    ]
     csr = x509.load_der_x509_csr(build_csr(key, identifiers))
     assert csr.is_signature_valid
     assert public_key_der(csr.public_key()) == public_key_der(key)  # type: ignore[arg-type]
     dns, ips = _sans(csr)
     assert dns == ["a.test", "b.test"]
     assert ips == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    assert [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == [
-        "a.test"
-    ]
+    assert [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["a.test"]
 
 
 def test_ip_only_csr_has_no_common_name() -> None:

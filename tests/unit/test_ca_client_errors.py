@@ -94,23 +94,25 @@ def test_garbage_fields_do_not_crash() -> None:
 
 
 def test_error_tree_shape() -> None:
-    for cls in (
+    transport_errors: list[type[Exception]] = [
         errors.CAUnreachable,
         errors.TLSVerificationFailed,
         errors.NotACME,
         errors.MalformedResponse,
-    ):
+    ]
+    for cls in transport_errors:
         assert issubclass(cls, errors.TransportError)
     assert issubclass(errors.ACMETimeout, TimeoutError)
-    for cls in (
+    others: list[type[Exception]] = [
         errors.TransportError,
         errors.ACMETimeout,
         errors.AcmeProblem,
         errors.OrderFailed,
         errors.NoSolver,
         errors.CertificateMismatch,
-    ):
-        assert issubclass(cls, errors.AcmeError)
+    ]
+    for other in others:
+        assert issubclass(other, errors.AcmeError)
 
 
 def test_order_failed_carries_the_problem() -> None:

@@ -44,12 +44,21 @@ def _verify(jws: dict[str, str], key: PrivateKey) -> None:
 )
 def test_signature_verifies_and_header_uses_kid(key_type: KeyType, alg: str) -> None:
     key = generate_private_key(key_type)
-    jws = sign({"identifiers": [{"type": "dns", "value": "a.test"}]}, key,
-               url="https://ca/new-order", nonce="n0nce", kid="https://ca/acct/1")
+    jws = sign(
+        {"identifiers": [{"type": "dns", "value": "a.test"}]},
+        key,
+        url="https://ca/new-order",
+        nonce="n0nce",
+        kid="https://ca/acct/1",
+    )
     _verify(jws, key)
     header = _decode(jws["protected"])
-    assert header == {"alg": alg, "nonce": "n0nce", "url": "https://ca/new-order",
-                      "kid": "https://ca/acct/1"}
+    assert header == {
+        "alg": alg,
+        "nonce": "n0nce",
+        "url": "https://ca/new-order",
+        "kid": "https://ca/acct/1",
+    }
     assert _decode(jws["payload"]) == {"identifiers": [{"type": "dns", "value": "a.test"}]}
 
 
@@ -84,12 +93,15 @@ def test_tampered_payload_fails_verification() -> None:
 def test_eab_binding_is_hs256_over_the_account_jwk() -> None:
     account_key = generate_private_key(KeyType.EC_P256)
     mac_key = b"0123456789abcdef0123456789abcdef"
-    binding = eab_binding(account_key, kid="kid-1", hmac_key=mac_key,
-                          url="https://ca/new-account")
+    binding = eab_binding(account_key, kid="kid-1", hmac_key=mac_key, url="https://ca/new-account")
     # RFC 8555 §7.3.4: alg, kid, url; no nonce; payload is the account's public JWK.
-    assert _decode(binding["protected"]) == {"alg": "HS256", "kid": "kid-1",
-                                             "url": "https://ca/new-account"}
+    assert _decode(binding["protected"]) == {
+        "alg": "HS256",
+        "kid": "kid-1",
+        "url": "https://ca/new-account",
+    }
     assert _decode(binding["payload"]) == public_jwk(account_key)
-    expected = hmac.new(mac_key, f"{binding['protected']}.{binding['payload']}".encode(),
-                        hashlib.sha256).digest()
+    expected = hmac.new(
+        mac_key, f"{binding['protected']}.{binding['payload']}".encode(), hashlib.sha256
+    ).digest()
     assert b64url_decode(binding["signature"]) == expected

@@ -51,9 +51,7 @@ def test_generated_keys_have_their_type_and_round_trip_through_pem(key_type: Key
     assert jwk_thumbprint(again) == jwk_thumbprint(key)
 
 
-@pytest.mark.parametrize(
-    ("key_type", "bits"), [(KeyType.RSA_3072, 3072), (KeyType.RSA_4096, 4096)]
-)
+@pytest.mark.parametrize(("key_type", "bits"), [(KeyType.RSA_3072, 3072), (KeyType.RSA_4096, 4096)])
 def test_large_rsa_keys(key_type: KeyType, bits: int) -> None:
     key = generate_private_key(key_type)
     assert isinstance(key, rsa.RSAPrivateKey)
@@ -83,7 +81,8 @@ def test_unsupported_curve_is_refused() -> None:
 
 
 def test_bad_pem_error_does_not_echo_the_input() -> None:
-    secret = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+    secret = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n"
+    secret += b"-----END PRIVATE KEY-----\n"
     with pytest.raises(ValueError) as caught:
         load_private_key_pem(secret)
     assert "c2VjcmV0" not in str(caught.value)

@@ -239,6 +239,21 @@ def _acme_error() -> BaseException:
         (RuntimeError("surprise"), 1, "cert-sidecar: error: RuntimeError: surprise"),
         (ValueError(), 1, "cert-sidecar: error: ValueError"),
         (KeyboardInterrupt(), 130, "cert-sidecar: interrupted"),
+        (
+            ExceptionGroup("unhandled errors in a TaskGroup", [OperationError("deploy failed")]),
+            1,
+            "cert-sidecar: error: deploy failed",
+        ),
+        (
+            BaseExceptionGroup("g", [ExceptionGroup("h", [ConfigError("--x", "bad")])]),
+            2,
+            "cert-sidecar: error: --x: bad",
+        ),
+        (
+            BaseExceptionGroup("g", [RuntimeError("a"), KeyboardInterrupt()]),
+            130,
+            "cert-sidecar: interrupted",
+        ),
     ],
 )
 def test_exceptions_become_one_line_and_an_exit_code(

@@ -741,6 +741,8 @@ def test_haproxy_sockets_and_default_reload() -> None:
     env = {"CERT_SIDECAR_HAPROXY_SOCKET": "master:unix:/run/m.sock, unix:/run/a.sock"}
     settings = load([*DOMAIN, "--reload", "master-reload"], env)
     assert settings.reload == "master-reload" and len(settings.haproxy_sockets) == 2
+    exc = error([*DOMAIN, "--haproxy-socket", "unix:/run/a.sock", "--reload", "master-reload"])
+    assert exc.setting == "--reload" and "master CLI socket" in exc.message
     for bad in ("http://x", "unix:", "tcp:host", ""):
         exc = error([*DOMAIN, "--haproxy-socket", bad])
         assert exc.setting == "--haproxy-socket"

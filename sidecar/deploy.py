@@ -1,0 +1,721 @@
+"""Getting a freshly written PEM served by HAProxy, and proving it.
+
+The caller has already written ``<certs_dir>/<name>.pem`` atomically, so whatever happens here a
+later HAProxy start or reload loads the right file. ``Deployer.deploy`` then:
+
+1. loads it into the running HAProxy according to ``--reload``:
+
+   - ``runtime-api``: on every socket, the hot-update transaction (``sidecar.haproxy``), then
+     ``show ssl cert`` must report the new serial; a failed socket is retried a few times,
+     and if it still fails the configured ``--reload-command`` or ``--reload-signal`` is the
+     fallback (reported in ``DeployResult.fallback``);
+   - ``master-reload``: ``reload`` on each master CLI socket;
+   - ``signal``: the signal (SIGUSR2 by default: the master-worker reload) to the pid file's pid;
+   - ``command``: the reload command (argv, no shell) with a timeout;
+   - ``none``: nothing;
+
+   after a reload of any kind, configured sockets are polled until they report the new serial;
+
+2. with ``--verify-address``, makes a TLS handshake per name (as SNI) and compares the served
+   leaf's serial with the new one. The chain is deliberately not verified there: trust was
+   checked when the certificate was issued, the verify address is often an IP or a service
+   name the certificate does not carry, a placeholder is self-signed, and after a CA rotation a
+   correct deploy would otherwise look like a failure. The question asked is only "is this
+   exact certificate what clients get now";
+
+3. runs ``--deploy-hook`` after a successful deploy, with ``CERT_NAME``, ``CERT_PEM``,
+   ``CERT_SERIAL``, ``CERT_NOT_AFTER`` (and ``CERT_DOMAINS``). A failing hook is reported but
+   never undoes the deploy.
+
+Nothing raises for a failed deploy: ``DeployResult`` carries the mode, each socket's outcome,
+the fallback, the verification and the hook, so the service can log and count them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import shlex
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from sidecar.haproxy import (
+    HAProxyAddress,
+    HAProxyError,
+    HAProxyRuntime,
+    HAProxyUnreachable,
+    InvalidPayload,
+    check_payload,
+    normalize_serial,
+    parse_haproxy_address,
+)
+
+__all__ = [
+    "RELOAD_MODES",
+    "DeployConfig",
+    "DeployResult",
+    "Deployer",
+    "HookOutcome",
+    "NameCheck",
+    "SocketOutcome",
+    "VerifyOutcome",
+    "deployer_from_settings",
+    "fetch_served_certificate",
+    "sni_for",
+]
+
+RELOAD_MODES = ("runtime-api", "master-reload", "signal", "command", "none")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How to deploy; mirrors the ``[haproxy]`` settings plus the timeouts.
+
+    ``reload=None`` picks the contract's default: ``runtime-api`` with sockets, else ``none``.
+    Commands may be given as argv tuples or as one string (split like a shell, no shell).
+    """
+
+    sockets: tuple[HAProxyAddress, ...] = ()
+    certs_dir: Path = Path("/etc/haproxy/certs")
+    haproxy_certs_dir: Path | None = None
+    reload: str | None = None
+    reload_command: tuple[str, ...] | None = None
+    reload_signal: signal.Signals | None = None
+    reload_pid_file: Path | None = None
+    verify_address: tuple[str, int] | None = None
+    deploy_hook: tuple[str, ...] | None = None
+    socket_timeout: float = 5.0
+    attempts: int = 3  # runtime-API attempts per socket, and handshakes per name
+    retry_delay: float = 0.2  # first delay between attempts; doubles
+    settle_timeout: float = 20.0  # after a reload: how long the new worker may take to serve
+    command_timeout: float = 60.0
+    hook_timeout: float = 60.0
+    handshake_timeout: float = 5.0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        sockets: Iterable[HAProxyAddress | str] = (),
+        reload_command: Sequence[str] | str | None = None,
+        deploy_hook: Sequence[str] | str | None = None,
+        reload_signal: signal.Signals | str | int | None = None,
+        verify_address: tuple[str, int] | str | None = None,
+        **other: Any,
+    ) -> DeployConfig:
+        """Like the constructor, but accepting the spellings a user would write."""
+        return cls(
+            sockets=tuple(
+                s if isinstance(s, HAProxyAddress) else parse_haproxy_address(s) for s in sockets
+            ),
+            reload_command=_argv(reload_command),
+            deploy_hook=_argv(deploy_hook),
+            reload_signal=_signal(reload_signal),
+            verify_address=_host_port(verify_address),
+            **other,
+        )
+
+    @property
+    def mode(self) -> str:
+        mode = self.reload or ("runtime-api" if self.sockets else "none")
+        if mode not in RELOAD_MODES:
+            raise ValueError(f"unknown reload mode {mode!r}: one of {', '.join(RELOAD_MODES)}")
+        return mode
+
+
+def _argv(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    argv = tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+    if not argv:
+        raise ValueError("empty command")
+    return argv
+
+
+def _signal(value: signal.Signals | str | int | None) -> signal.Signals | None:
+    if value is None or isinstance(value, signal.Signals):
+        return value
+    if isinstance(value, int):
+        return signal.Signals(value)
+    name = value.strip().upper()
+    if name.isdigit():
+        return signal.Signals(int(name))
+    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+
+
+def _host_port(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
+    if value is None or isinstance(value, tuple):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def deployer_from_settings(settings: Any) -> Deployer:
+    """A Deployer for ``sidecar.config.Settings`` (fields named as in DESIGN.md)."""
+    return Deployer(
+        DeployConfig(
+            sockets=tuple(settings.haproxy_sockets),
+            certs_dir=Path(settings.certs_dir),
+            haproxy_certs_dir=Path(settings.haproxy_certs_dir),
+            reload=settings.reload,
+            reload_command=_argv(settings.reload_command),
+            reload_signal=_signal(settings.reload_signal),
+            reload_pid_file=settings.reload_pid_file,
+            verify_address=_host_port(settings.verify_address),
+            deploy_hook=_argv(settings.deploy_hook),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SocketOutcome:
+    """One socket's part. ``action``: updated, added (new file), reloaded, confirmed, failed."""
+
+    address: str
+    ok: bool
+    action: str
+    serial: str | None = None  # what the socket reported at the end
+    attempts: int = 0
+    error: str | None = None
+    reachable: bool = True  # False: the socket itself could not be used (missing, refused...)
+
+
+@dataclass(frozen=True)
+class NameCheck:
+    name: str
+    sni: str | None
+    ok: bool
+    served_serial: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """The ``--verify-address`` handshakes. IP names are skipped: SNI cannot carry them."""
+
+    address: str
+    ok: bool
+    checks: tuple[NameCheck, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    ok: bool
+    returncode: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """Everything a deploy did. ``ok``: the new certificate is what HAProxy serves (as far as
+    could be checked); the hook's failure does not change ``ok``."""
+
+    name: str
+    serial: str
+    mode: str
+    ok: bool
+    sockets: tuple[SocketOutcome, ...] = ()
+    fallback: str | None = None  # "command" or "signal" when runtime-api fell back
+    fallback_ok: bool | None = None
+    verification: VerifyOutcome | None = None
+    hook: HookOutcome | None = None
+    errors: tuple[str, ...] = ()
+    duration: float = 0.0
+
+    @property
+    def verified(self) -> bool | None:
+        return None if self.verification is None else self.verification.ok
+
+    def summary(self) -> str:
+        """One line for logs and `Outcome.error`."""
+        if self.ok:
+            text = f"{self.mode}: serial {self.serial} deployed"
+            if self.fallback:
+                text += f" (after falling back to {self.fallback})"
+        else:
+            text = f"{self.mode}: " + ("; ".join(self.errors) or "failed")
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verified"] = self.verified
+        data["error"] = "; ".join(self.errors) or None
+        return data
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def sni_for(name: str) -> str | None:
+    """The SNI to ask for ``name``; None for an IP address (RFC 6066 §3: no literal IPs).
+
+    A wildcard is asked for with a fixed left label, which it covers.
+    """
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return None
+    if name.startswith("*."):
+        return "cert-sidecar-verify." + name[2:]
+    return name
+
+
+async def fetch_served_certificate(
+    host: str, port: int, sni: str | None, *, time_limit: float = 5.0
+) -> x509.Certificate:
+    """The leaf a TLS server presents for ``sni``, without judging its chain (see above)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with asyncio.timeout(time_limit):
+        _, writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=sni or None
+        )
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+    if not der:
+        raise ssl.SSLError("the server presented no certificate")
+    return x509.load_der_x509_certificate(der)
+
+
+# --------------------------------------------------------------------------- the deployer
+
+
+class Deployer:
+    """Deploys certificates as ``config`` says. One instance serves the whole process."""
+
+    def __init__(
+        self,
+        config: DeployConfig,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.mode = config.mode
+        self._sleep = sleep
+        self._clock = clock
+        self.runtimes = tuple(
+            HAProxyRuntime(a, timeout=config.socket_timeout) for a in config.sockets
+        )
+
+    # -- paths
+
+    @property
+    def crt_list(self) -> str:
+        """The directory as HAProxy loaded it: what ``add ssl crt-list`` takes."""
+        return str(self.config.haproxy_certs_dir or self.config.certs_dir)
+
+    def haproxy_path(self, name_or_path: str | Path) -> str:
+        """HAProxy's file name for a certificate name (str) or a PEM path (Path)."""
+        if isinstance(name_or_path, Path):
+            try:
+                relative = name_or_path.relative_to(self.config.certs_dir)
+            except ValueError:
+                relative = Path(name_or_path.name)
+        else:
+            relative = Path(f"{name_or_path}.pem")
+        return str(Path(self.crt_list) / relative)
+
+    # -- queries
+
+    async def deployed_serial(self, name_or_path: str | Path) -> str | None:
+        """The serial HAProxy serves for a certificate (``show ssl cert``), upper-case hex.
+
+        A certificate name (str) or its PEM path (Path). With several sockets: their common
+        answer, or None when any reachable one lacks it or they disagree (so that a caller
+        comparing with the file redeploys). Raises the first HAProxyError if none answers.
+        """
+        if not self.runtimes:
+            return None
+        path = self.haproxy_path(name_or_path)
+        answers: list[str | None] = []
+        first_error: HAProxyError | None = None
+        for runtime in self.runtimes:
+            try:
+                info = await runtime.show_ssl_cert(path)
+            except HAProxyError as error:
+                first_error = first_error or error
+                continue
+            answers.append(info.serial if info is not None and info.loaded else None)
+        if not answers:
+            assert first_error is not None
+            raise first_error
+        return answers[0] if len(set(answers)) == 1 else None
+
+    async def remove(self, name_or_path: str | Path) -> list[str]:
+        """Unload a certificate from every socket (``revoke --remove``). Returns the addresses
+        it was removed from; raises the first HAProxyError after trying them all."""
+        path = self.haproxy_path(name_or_path)
+        removed: list[str] = []
+        first_error: HAProxyError | None = None
+        for runtime in self.runtimes:
+            try:
+                if await runtime.remove_certificate(path, self.crt_list):
+                    removed.append(str(runtime.address))
+            except HAProxyError as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+        return removed
+
+    # -- deploy
+
+    async def deploy(
+        self,
+        name: str,
+        pem_path: Path,
+        pem: bytes,
+        *,
+        serial_hex: str,
+        not_after: dt.datetime,
+        names: Sequence[str] = (),
+    ) -> DeployResult:
+        started = self._clock()
+        expected = normalize_serial(serial_hex)
+        path = self.haproxy_path(pem_path)
+        errors: list[str] = []
+        sockets: list[SocketOutcome] = []
+        fallback: str | None = None
+        fallback_ok: bool | None = None
+        verification: VerifyOutcome | None = None
+        mode = self.mode
+
+        if mode == "runtime-api":
+            try:
+                check_payload(pem)
+            except InvalidPayload as exc:
+                # Not sendable over the CLI; a reload still loads the file from disk.
+                sockets = [
+                    SocketOutcome(str(r.address), False, "failed", error=str(exc))
+                    for r in self.runtimes
+                ]
+            else:
+                sockets = list(
+                    await asyncio.gather(
+                        *(self._hot_update(r, path, pem, expected) for r in self.runtimes)
+                    )
+                )
+            errors += [f"{s.address}: {s.error}" for s in sockets if not s.ok]
+            ok = all(s.ok for s in sockets)
+            if ok and self.config.verify_address:
+                verification = await self._verify(names, expected, settle=False)
+                ok = verification.ok
+                if not ok:
+                    errors.append(_verify_error(verification))
+            if not ok and (fallback := self._fallback_kind()) is not None:
+                reload_error = await self._reload(fallback)
+                if reload_error is not None:
+                    errors.append(f"fallback {fallback}: {reload_error}")
+                    fallback_ok = False
+                else:
+                    # The reloaded HAProxy read the PEM from disk: confirm on the sockets that
+                    # answered before. One that was unreachable cannot confirm anything; it
+                    # stays reported as failed but does not veto a reload that worked.
+                    reachable = [
+                        r for r, s in zip(self.runtimes, sockets, strict=True) if s.reachable
+                    ]
+                    confirmed = list(
+                        await asyncio.gather(*(self._confirm(r, path, expected) for r in reachable))
+                    )
+                    by_address = {s.address: s for s in confirmed}
+                    sockets = [by_address.get(s.address, s) for s in sockets]
+                    errors += [f"{s.address}: {s.error}" for s in confirmed if not s.ok]
+                    ok = all(s.ok for s in confirmed)
+                    if ok and self.config.verify_address:
+                        verification = await self._verify(names, expected, settle=True)
+                        ok = verification.ok
+                        if not ok:
+                            errors.append(_verify_error(verification))
+                    fallback_ok = ok
+        else:
+            reload_error = await self._reload(mode) if mode != "none" else None
+            if reload_error is not None:
+                errors.append(reload_error)
+                ok = False
+            else:
+                if mode != "none":
+                    sockets = await self._confirm_all(path, expected)
+                    errors += [f"{s.address}: {s.error}" for s in sockets if not s.ok]
+                ok = all(s.ok for s in sockets)
+                if ok and self.config.verify_address:
+                    verification = await self._verify(names, expected, settle=mode != "none")
+                    ok = verification.ok
+                    if not ok:
+                        errors.append(_verify_error(verification))
+
+        hook: HookOutcome | None = None
+        if ok and self.config.deploy_hook:
+            hook = await self._run_hook(name, pem_path, expected, not_after, names)
+            if not hook.ok:
+                errors.append(f"deploy hook: {hook.error}")
+        return DeployResult(
+            name=name,
+            serial=expected,
+            mode=mode,
+            ok=ok,
+            sockets=tuple(sockets),
+            fallback=fallback,
+            fallback_ok=fallback_ok,
+            verification=verification,
+            hook=hook,
+            errors=tuple(errors),
+            duration=self._clock() - started,
+        )
+
+    # -- runtime API
+
+    async def _hot_update(
+        self, runtime: HAProxyRuntime, path: str, pem: bytes, expected: str
+    ) -> SocketOutcome:
+        address = str(runtime.address)
+        error = "not tried"
+        reachable = True
+        delay = self.config.retry_delay
+        attempts = max(1, self.config.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                update = await runtime.update_certificate(path, pem, crt_list=self.crt_list)
+            except HAProxyError as exc:
+                error = exc.message
+                reachable = not isinstance(exc, HAProxyUnreachable)
+            else:
+                reachable = True
+                if update.serial == expected and update.status == "Used":
+                    action = "added" if update.added_to_crt_list else "updated"
+                    return SocketOutcome(address, True, action, update.serial, attempt)
+                error = f"show ssl cert reports serial {update.serial} ({update.status})"
+            if attempt < attempts:
+                await self._sleep(delay)
+                delay *= 2
+        return SocketOutcome(address, False, "failed", None, attempts, error, reachable)
+
+    async def _confirm_all(self, path: str, expected: str) -> list[SocketOutcome]:
+        return list(
+            await asyncio.gather(*(self._confirm(r, path, expected) for r in self.runtimes))
+        )
+
+    async def _confirm(self, runtime: HAProxyRuntime, path: str, expected: str) -> SocketOutcome:
+        """Poll a socket after a reload until it reports ``expected`` as loaded.
+
+        The new worker takes a moment to bind the socket again; until then we see refusals
+        or the old worker's answer.
+        """
+        address = str(runtime.address)
+        deadline = self._clock() + self.config.settle_timeout
+        delay = 0.02
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                info = await runtime.show_ssl_cert(path)
+            except HAProxyError as exc:
+                error = exc.message
+                served = None
+            else:
+                served = info.serial if info is not None else None
+                if info is not None and info.loaded and served == expected:
+                    return SocketOutcome(address, True, "confirmed", served, attempts)
+                error = f"serves serial {served}" if info else f"{path} is not loaded"
+            if self._clock() >= deadline:
+                return SocketOutcome(address, False, "failed", served, attempts, error)
+            await self._sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # -- reloads
+
+    def _fallback_kind(self) -> str | None:
+        if self.config.reload_command:
+            return "command"
+        if self.config.reload_signal is not None and self.config.reload_pid_file is not None:
+            return "signal"
+        return None
+
+    async def _reload(self, kind: str) -> str | None:
+        """Run a reload of ``kind``; None on success, else a one-line error."""
+        if kind == "command":
+            return await self._reload_command()
+        if kind == "signal":
+            return self._send_signal()
+        if kind == "master-reload":
+            masters = [r for r in self.runtimes if r.address.master]
+            if not masters:
+                return "master-reload needs a master:unix:/path socket"
+            errors = []
+            for runtime in masters:
+                try:
+                    await runtime.master_reload(deadline=self.config.settle_timeout)
+                except HAProxyError as exc:
+                    errors.append(str(exc))
+            return "; ".join(errors) or None
+        return f"unknown reload mode {kind!r}"
+
+    async def _reload_command(self) -> str | None:
+        argv = self.config.reload_command
+        if not argv:
+            return "no reload command configured"
+        outcome = await _run(argv, None, self.config.command_timeout)
+        return None if outcome.ok else f"reload command {argv[0]}: {outcome.error}"
+
+    def _send_signal(self) -> str | None:
+        sig = self.config.reload_signal or signal.SIGUSR2
+        pid_file = self.config.reload_pid_file
+        if pid_file is None:
+            return "no pid file configured"
+        try:
+            text = pid_file.read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            return f"pid file {pid_file}: {exc.strerror or type(exc).__name__}"
+        # HAProxy's pid file holds one pid per line (the master's first in master-worker mode).
+        first = text.split()[0] if text.split() else ""
+        if not first.isdigit() or int(first) <= 1:
+            return f"pid file {pid_file}: no pid in it"
+        pid = int(first)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return f"{sig.name} to pid {pid} (from {pid_file}): no such process"
+        except PermissionError:
+            return f"{sig.name} to pid {pid} (from {pid_file}): not permitted"
+        return None
+
+    # -- verification
+
+    async def _verify(self, names: Sequence[str], expected: str, *, settle: bool) -> VerifyOutcome:
+        """Handshake per name; retried a few times, or until ``settle_timeout`` after a
+        reload (the new worker may still be starting)."""
+        assert self.config.verify_address is not None
+        host, port = self.config.verify_address
+        checks: list[NameCheck] = []
+        skipped: list[str] = []
+        for name in names:
+            sni = sni_for(name)
+            if sni is None:
+                skipped.append(name)
+                continue
+            checks.append(await self._verify_name(host, port, name, sni, expected, settle=settle))
+        ok = all(c.ok for c in checks)
+        return VerifyOutcome(f"{host}:{port}", ok, tuple(checks), tuple(skipped))
+
+    async def _verify_name(
+        self, host: str, port: int, name: str, sni: str, expected: str, *, settle: bool
+    ) -> NameCheck:
+        deadline = self._clock() + self.config.settle_timeout
+        delay = self.config.retry_delay
+        attempts = max(1, self.config.attempts)
+        attempt = 0
+        while True:
+            attempt += 1
+            served: str | None = None
+            try:
+                cert = await fetch_served_certificate(
+                    host, port, sni, time_limit=self.config.handshake_timeout
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+                error = f"handshake failed: {_describe(exc)}"
+            else:
+                served = normalize_serial(cert.serial_number)
+                if served == expected:
+                    return NameCheck(name, sni, True, served)
+                error = f"serves serial {served}, expected {expected}"
+            done = self._clock() >= deadline if settle else attempt >= attempts
+            if done:
+                return NameCheck(name, sni, False, served, error)
+            await self._sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- hook
+
+    async def _run_hook(
+        self,
+        name: str,
+        pem_path: Path,
+        serial: str,
+        not_after: dt.datetime,
+        names: Sequence[str],
+    ) -> HookOutcome:
+        assert self.config.deploy_hook is not None
+        env = dict(os.environ)
+        env.update(
+            CERT_NAME=name,
+            CERT_PEM=str(pem_path),
+            CERT_SERIAL=serial,
+            CERT_NOT_AFTER=_iso_utc(not_after),
+            CERT_DOMAINS=",".join(names),
+        )
+        return await _run(self.config.deploy_hook, env, self.config.hook_timeout)
+
+
+def _iso_utc(moment: dt.datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _verify_error(verification: VerifyOutcome) -> str:
+    bad = [f"{c.sni}: {c.error}" for c in verification.checks if not c.ok]
+    return f"verify {verification.address}: " + "; ".join(bad)
+
+
+async def _run(argv: Sequence[str], env: dict[str, str] | None, time_limit: float) -> HookOutcome:
+    """Run a command (no shell) with a timeout; the outcome carries one line of error.
+
+    stdout is discarded; the last line of stderr goes into the error, cut short, since a hook's
+    output is the only clue to why it failed.
+    """
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # so a timeout kills the whole group, not only the shell
+        )
+    except OSError as exc:
+        return HookOutcome(False, None, f"cannot run {argv[0]}: {exc.strerror or exc}")
+    try:
+        async with asyncio.timeout(time_limit):
+            _, stderr = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        return HookOutcome(False, None, f"{argv[0]} timed out after {time_limit:g} s")
+    if process.returncode != 0:
+        lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        detail = f": {lines[-1].strip()[:200]}" if lines else ""
+        return HookOutcome(False, process.returncode, f"exit status {process.returncode}{detail}")
+    return HookOutcome(True, 0, None)
