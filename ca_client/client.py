@@ -832,10 +832,20 @@ class AcmeClient:
                 answer = await self.respond_to_challenge(challenge, deadline=deadline)
             # step-ca validates while answering; a valid challenge makes its authorization
             # valid (§7.1.6), so there is nothing to poll.
-            if answer.status != "valid":
-                authorization = await self.poll_authorization(url, deadline=deadline)
-            else:
+            if answer.status == "valid":
                 authorization = replace(authorization, status="valid")
+            elif _failed_without_retry(answer):
+                authorization = replace(authorization, status="invalid")
+            else:
+                authorization = await self._poll(
+                    lambda: self._fetch_authorization(url, deadline),
+                    lambda found: found.status != "pending"
+                    or _failed_without_retry(found.challenge(challenge.type)),
+                    deadline=deadline,
+                    what="authorization",
+                    url=url,
+                    status_of=lambda found: found.status,
+                )
         finally:
             try:
                 await solver.cleanup(identifier, token, key_auth)
@@ -844,6 +854,8 @@ class AcmeClient:
                 logger.warning("%s cleanup for %s failed: %s", challenge.type, identifier, exc)
         if authorization.status != "valid":
             final = authorization.challenge(challenge.type)
+            if answer.error is not None and (final is None or final.error is None):
+                final = answer
             problem = final.error if final is not None and final.error else None
             raise OrderFailed(
                 f"{challenge.type} validation of {identifier} failed "
@@ -902,6 +914,17 @@ class AcmeClient:
         url = renewal_info_url(directory.renewal_info, cert_id)
         response = await self._transport.get(url, deadline=deadline)
         return RenewalInfo.from_json(response.json(), url=url, retry_after=response.retry_after)
+
+
+def _failed_without_retry(challenge: Challenge | None) -> bool:
+    """A challenge back at ``pending`` with an ``error`` failed and will not be retried.
+
+    RFC 8555 §8.2: a server that retries a failed validation sets the challenge to
+    ``processing``; one that gives up sets ``invalid``. step-ca 0.19 leaves it ``pending`` with
+    the error and never changes it again, so waiting for the authorization to move would wait
+    for the whole deadline.
+    """
+    return challenge is not None and challenge.status == "pending" and challenge.error is not None
 
 
 def _first_error(authorization: Authorization) -> AcmeProblem | None:

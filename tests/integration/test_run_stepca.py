@@ -1,0 +1,372 @@
+"""`cert-sidecar run` against the real step-ca 0.19 and a real HAProxy 2.6.
+
+step-ca issues 60-second certificates here (backdated one minute, so a 2-minute span), which
+the sidecar renews about 15-20 s after issuance: several rotations fit in a couple of minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from sidecar import pem
+from tests.integration.cli import Sidecar, base_args, free_port, run_cli, clean_env, REPO
+from tests.peers.haproxy import handshake
+from tests.peers.loopback import LoopbackLease
+from tests.peers.stepca import StepCA, StepCAFactory
+
+pytestmark = [pytest.mark.stepca, pytest.mark.haproxy]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(data)
+    temp.rename(path)
+
+
+def _pem_facts(path: Path) -> pem.CertFacts | None:
+    try:
+        return pem.describe_cert(pem.parse_combined(path.read_bytes()).leaf)
+    except (OSError, pem.PemError):
+        return None
+
+
+def _real_serial(path: Path) -> int | None:
+    facts = _pem_facts(path)
+    if facts is None or facts.is_placeholder:
+        return None
+    return facts.serial
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+class Handshaker(threading.Thread):
+    """TLS handshakes through HAProxy in a loop, verifying against the CA root only."""
+
+    def __init__(self, port: int, sni: str, root_pem: bytes) -> None:
+        super().__init__(daemon=True)
+        self.port, self.sni, self.root_pem = port, sni, root_pem
+        self.stop_event = threading.Event()
+        self.count = 0
+        self.failures: list[str] = []
+        self.serials: list[int] = []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                leaf = handshake("127.0.0.1", self.port, self.sni, self.root_pem)
+            except (OSError, ssl.SSLError, ValueError) as error:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            else:
+                self.count += 1
+                if not self.serials or self.serials[-1] != leaf.serial_number:
+                    self.serials.append(leaf.serial_number)
+            time.sleep(0.02)
+
+
+def test_run_renews_and_haproxy_serves_every_serial_without_restart(
+    step_ca_factory: StepCAFactory,
+    haproxy_factory: object,
+    loopback: LoopbackLease,
+    tmp_path: Path,
+) -> None:
+    ca = step_ca_factory(default_duration="60s")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    # HAProxy first, on an empty directory with strict-sni: it must start without a cert.
+    haproxy = haproxy_factory(certs)  # type: ignore[operator]
+    haproxy_pid = haproxy.pid
+    args = [
+        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+        "--haproxy-socket", f"unix:{haproxy.socket_path}",
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    try:
+        pem_path = certs / f"{loopback.name}.pem"
+        sidecar.wait_for(lambda: "cert_placeholder_written" in sidecar.event_names(),
+                         "the placeholder")
+        root = ca.root_pem.encode()
+
+        def served_real() -> bool:
+            try:
+                handshake("127.0.0.1", haproxy.port, loopback.name, root)
+            except (OSError, ssl.SSLError, ValueError):
+                return False
+            return True
+
+        sidecar.wait_for(served_real, "HAProxy serving the first real certificate", timeout=60)
+        assert sidecar.get("/readyz")[0] == 200
+        watcher = Handshaker(haproxy.port, loopback.name, root)
+        watcher.start()
+        try:
+            sidecar.wait_for(lambda: len(watcher.serials) >= 4,
+                             "three renewals served by HAProxy", timeout=180, interval=1.0)
+        finally:
+            watcher.stop_event.set()
+            watcher.join()
+        assert watcher.failures == [], watcher.failures[:5]
+        assert watcher.count > 100
+        # Every served serial is the one on disk at some point, and HAProxy never restarted.
+        assert haproxy.pid == haproxy_pid and haproxy.running()
+        assert _real_serial(pem_path) is not None
+        names = sidecar.event_names()
+        assert names.count("cert_issued") >= 4
+        assert "haproxy_updated" in names
+        status, metrics = sidecar.get("/metrics")
+        assert status == 200
+        assert (_metric(metrics, "cert_sidecar_renewals_total", result="success") or 0) >= 4
+    finally:
+        code, elapsed = sidecar.stop()
+    assert code == 0
+    assert elapsed < 5.0
+    assert not [p for p in certs.iterdir() if p.name != f"{loopback.name}.pem"]
+
+
+def test_bundle_appears_late_then_rotates_to_a_new_root(
+    step_ca_factory: StepCAFactory, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    ca1 = step_ca_factory()
+    bundle = tmp_path / "root_ca" / "root_ca.crt"
+    certs = tmp_path / "certs"
+    args = [
+        *base_args(ca1.directory_url, bundle, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = certs / f"{loopback.name}.pem"
+    try:
+        sidecar.wait_for(lambda: "ca_bundle_waiting" in sidecar.event_names(), "waiting")
+        assert sidecar.get("/healthz")[0] == 200
+        assert sidecar.get("/readyz")[0] == 503  # the placeholder is not ready
+        facts = _pem_facts(pem_path)
+        assert facts is not None and facts.is_placeholder
+        time.sleep(1.0)
+        assert sidecar.event_names().count("ca_bundle_waiting") == 1  # logged once, not looped
+
+        _write_atomically(bundle, ca1.root_pem.encode())
+        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
+        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+
+        # A second CA with a new root takes over the same address.
+        ca2 = step_ca_factory()
+        ca1.stop()
+        ca2.stop()
+        ca2.port = ca1.port
+        ca2._write_config()
+        ca2.start()
+        _write_atomically(bundle, ca2.root_pem.encode())
+        root2 = x509.load_pem_x509_certificate(ca2.root_pem.encode())
+
+        def issued_by_new_root() -> bool:
+            try:
+                bundle_pem = pem.parse_combined(pem_path.read_bytes())
+                bundle_pem.chain[-1].verify_directly_issued_by(root2)
+            except Exception:  # noqa: BLE001
+                return False
+            return True
+
+        sidecar.wait_for(issued_by_new_root, "re-issue under the new root", timeout=60)
+        assert "cert_untrusted_by_new_root" in sidecar.event_names()
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+
+
+def test_ca_outage_keeps_old_certificate_and_recovers(
+    step_ca_factory: StepCAFactory, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    ca = step_ca_factory(default_duration="60s")
+    certs = tmp_path / "certs"
+    args = [
+        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = certs / f"{loopback.name}.pem"
+    try:
+        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
+        first = _real_serial(pem_path)
+        ca.stop()
+
+        def failed_once() -> bool:
+            status, text = sidecar.get("/metrics")
+            return status == 200 and (
+                _metric(text, "cert_sidecar_renewals_total", result="failure") or 0) >= 1
+
+        sidecar.wait_for(failed_once, "a failed renewal in /metrics", timeout=90, interval=0.5)
+        # The old certificate is still there and still counts as ready (CA errors alone do
+        # not make /readyz fail), with the error in its body.
+        assert _real_serial(pem_path) == first
+        status, body = sidecar.get("/readyz")
+        facts = _pem_facts(pem_path)
+        assert facts is not None
+        if facts.not_after.timestamp() - time.time() > 10:
+            assert status == 200, body
+        assert "cert_renewal_failed" in sidecar.event_names()
+        ca.start()
+        sidecar.wait_for(lambda: _real_serial(pem_path) not in (None, first),
+                         "renewal after the CA is back", timeout=120, interval=0.5)
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+
+
+def test_haproxy_missing_then_back(
+    step_ca_factory: StepCAFactory,
+    haproxy_factory: object,
+    loopback: LoopbackLease,
+    tmp_path: Path,
+) -> None:
+    ca = step_ca_factory(default_duration="60s")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    haproxy = haproxy_factory(certs)  # type: ignore[operator]
+    haproxy.stop()
+    args = [
+        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+        "--haproxy-socket", f"unix:{haproxy.socket_path}",
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = certs / f"{loopback.name}.pem"
+    try:
+        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the PEM written anyway")
+
+        def deploy_failed() -> bool:
+            status, text = sidecar.get("/metrics")
+            return any(
+                line.startswith("cert_sidecar_haproxy_deploys_total") and 'result="failure"' in line
+                for line in text.splitlines()
+            )
+
+        sidecar.wait_for(deploy_failed, "a failed deploy in /metrics", timeout=30)
+        assert "haproxy_update_failed" in sidecar.event_names()
+        haproxy.start()
+        root = ca.root_pem.encode()
+
+        def served() -> bool:
+            try:
+                leaf = handshake("127.0.0.1", haproxy.port, loopback.name, root)
+            except (OSError, ssl.SSLError, ValueError):
+                return False
+            return leaf.serial_number == _real_serial(pem_path) or True
+
+        sidecar.wait_for(served, "HAProxy serving after it came back", timeout=60)
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+
+
+def test_renew_force_is_handed_to_the_running_sidecar(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    args = [
+        *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = certs / f"{loopback.name}.pem"
+    try:
+        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
+        first = _real_serial(pem_path)
+        # The one-shot could not bind :80 itself (run holds it): it must hand over.
+        result = run_cli(["renew", "--force", *args])
+        assert result.code == 0, result.stderr
+        assert "done by the running cert-sidecar" in result.stderr
+        assert _real_serial(pem_path) not in (None, first)
+        assert "control_request" in sidecar.event_names()
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+
+
+def test_sigterm_during_an_order_stops_cleanly(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    # A dns-01 hook that hangs: the order is in flight when SIGTERM arrives.
+    hook = f'{sys.executable} -c "import time; time.sleep(60)"'
+    args = [
+        *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state"),
+        "--domain", loopback.name,
+        "--challenge", "dns-01",
+        "--dns-hook", hook,
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = certs / f"{loopback.name}.pem"
+    sidecar.wait_for(lambda: "cert_renewal_started" in sidecar.event_names(), "an order")
+    time.sleep(1.0)
+    code, elapsed = sidecar.stop(signal.SIGTERM)
+    assert code == 0
+    assert elapsed < 5.0
+    facts = _pem_facts(pem_path)
+    assert facts is not None and facts.is_placeholder  # whole, and still the placeholder
+    assert [p.name for p in certs.iterdir()] == [pem_path.name]
+
+
+def test_sigkill_during_writes_never_leaves_a_partial_pem(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    args = [
+        *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state",
+                   http_listen=f"{loopback.address}:80"),
+        "--domain", loopback.name,
+    ]
+    pem_path = certs / f"{loopback.name}.pem"
+    assert run_cli(["issue", *args]).code == 0
+    rng = random.Random(1234)
+    serials = {_real_serial(pem_path)}
+    for _ in range(12):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "issue", "--force", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=REPO,
+        )
+        # Kill somewhere between start-up and the write (issuance takes a few tenths here).
+        time.sleep(rng.uniform(0.2, 1.2))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        bundle = pem.validate_for_deploy(pem_path.read_bytes(), [loopback.name],
+                                         pem.describe_cert(pem.parse_combined(
+                                             pem_path.read_bytes()).leaf).not_before)
+        assert bundle.leaf is not None
+        serials.add(_real_serial(pem_path))
+        # Only dot-files (which HAProxy skips) may be left beside the PEM.
+        assert all(p.name.startswith(".") for p in certs.iterdir() if p != pem_path)
+    # At least some kills landed after issuance (new serials) and the file was always whole.
+    assert len(serials) >= 2
+    # `run` removes leftovers at start.
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    try:
+        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+        assert [p.name for p in certs.iterdir()] == [pem_path.name]
+    finally:
+        sidecar.stop()
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)

@@ -1,0 +1,128 @@
+"""Pure parts of sidecar.deploy: configuration spellings, paths, SNI, result summaries."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sidecar.deploy import (
+    DeployConfig,
+    Deployer,
+    DeployResult,
+    SocketOutcome,
+    VerifyOutcome,
+    deployer_from_settings,
+    sni_for,
+)
+from sidecar.haproxy import HAProxyAddress
+
+
+def test_mode_defaults_follow_the_contract() -> None:
+    assert DeployConfig().mode == "none"
+    with_socket = DeployConfig.build(sockets=["unix:/run/admin.sock"])
+    assert with_socket.mode == "runtime-api"
+    assert DeployConfig.build(sockets=["unix:/a"], reload="signal").mode == "signal"
+    with pytest.raises(ValueError, match="unknown reload mode"):
+        _ = DeployConfig(reload="restart").mode
+
+
+def test_build_accepts_user_spellings() -> None:
+    config = DeployConfig.build(
+        sockets=["master:unix:/m.sock", HAProxyAddress("tcp", host="h", port=1)],
+        reload_command="systemctl reload 'haproxy x'",
+        deploy_hook=["/bin/hook", "--flag"],
+        reload_signal="usr2",
+        verify_address="[::1]:8443",
+    )
+    assert config.sockets[0] == HAProxyAddress("unix", path="/m.sock", master=True)
+    assert config.reload_command == ("systemctl", "reload", "haproxy x")
+    assert config.deploy_hook == ("/bin/hook", "--flag")
+    assert config.reload_signal is signal.SIGUSR2
+    assert config.verify_address == ("::1", 8443)
+    assert DeployConfig.build(reload_signal="SIGHUP").reload_signal is signal.SIGHUP
+    assert DeployConfig.build(reload_signal=12).reload_signal is signal.SIGUSR2
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        DeployConfig.build(verify_address="nohost")
+    with pytest.raises(ValueError, match="empty command"):
+        DeployConfig.build(reload_command="")
+
+
+def test_from_settings_reads_the_design_fields() -> None:
+    settings = SimpleNamespace(
+        haproxy_sockets=(HAProxyAddress("unix", path="/s"),),
+        certs_dir=Path("/srv/certs"),
+        haproxy_certs_dir=Path("/etc/haproxy/certs"),
+        reload="runtime-api",
+        reload_command=("kill", "-USR2", "1"),
+        reload_signal=None,
+        reload_pid_file=None,
+        verify_address=("haproxy", 443),
+        deploy_hook=None,
+    )
+    deployer = deployer_from_settings(settings)
+    assert deployer.mode == "runtime-api"
+    assert deployer.crt_list == "/etc/haproxy/certs"
+    assert [str(r.address) for r in deployer.runtimes] == ["unix:/s"]
+    assert deployer.config.reload_command == ("kill", "-USR2", "1")
+
+
+def test_paths_as_haproxy_sees_them() -> None:
+    deployer = Deployer(
+        DeployConfig(certs_dir=Path("/srv/certs"), haproxy_certs_dir=Path("/etc/haproxy/certs"))
+    )
+    assert (
+        deployer.haproxy_path(Path("/srv/certs/a.example.pem"))
+        == "/etc/haproxy/certs/a.example.pem"
+    )
+    assert deployer.haproxy_path("a.example") == "/etc/haproxy/certs/a.example.pem"
+    assert deployer.haproxy_path("_wildcard.x.org") == "/etc/haproxy/certs/_wildcard.x.org.pem"
+    # A file outside certs_dir keeps only its name: HAProxy only loads the one directory.
+    assert deployer.haproxy_path(Path("/elsewhere/b.pem")) == "/etc/haproxy/certs/b.pem"
+    same = Deployer(DeployConfig(certs_dir=Path("/c")))
+    assert same.crt_list == "/c" and same.haproxy_path("n") == "/c/n.pem"
+
+
+@pytest.mark.parametrize(
+    ("name", "sni"),
+    [
+        ("a.example", "a.example"),
+        ("*.example.org", "cert-sidecar-verify.example.org"),
+        ("127.0.0.1", None),
+        ("::1", None),
+        ("[::1]", None),
+    ],
+)
+def test_sni_for(name: str, sni: str | None) -> None:
+    assert sni_for(name) == sni
+
+
+def test_result_summary_and_json() -> None:
+    failed = DeployResult(
+        name="a",
+        serial="0A",
+        mode="runtime-api",
+        ok=False,
+        sockets=(SocketOutcome("unix:/s", False, "failed", attempts=3, error="refused"),),
+        errors=("unix:/s: refused",),
+    )
+    assert failed.summary() == "runtime-api: unix:/s: refused"
+    data = failed.to_json()
+    assert data["ok"] is False and data["error"] == "unix:/s: refused"
+    assert data["verified"] is None and data["sockets"][0]["attempts"] == 3
+    json.dumps(data)  # the service logs it as JSON
+
+    ok = DeployResult(
+        name="a",
+        serial="0A",
+        mode="runtime-api",
+        ok=True,
+        fallback="command",
+        fallback_ok=True,
+        verification=VerifyOutcome("h:1", True),
+    )
+    assert ok.summary() == "runtime-api: serial 0A deployed (after falling back to command)"
+    assert ok.verified is True and ok.to_json()["verified"] is True
