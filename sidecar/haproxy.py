@@ -49,6 +49,7 @@ import datetime as dt
 import errno
 import os
 import re
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -416,14 +417,17 @@ class UpdateResult:
 
 
 # One certificate transaction at a time per HAProxy process (see the module docstring); the
-# lock is per address string, shared by every HAProxyRuntime in this process.
-_transaction_locks: dict[str, asyncio.Lock] = {}
+# lock is per address string, shared by every HAProxyRuntime in this process. Kept per event
+# loop: an asyncio.Lock must not be shared between loops (tests run one loop per test).
+_transaction_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
+_transaction_locks = weakref.WeakKeyDictionary()
 
 
 def _transaction_lock(address: str) -> asyncio.Lock:
-    lock = _transaction_locks.get(address)
+    locks = _transaction_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(address)
     if lock is None:
-        lock = _transaction_locks[address] = asyncio.Lock()
+        lock = locks[address] = asyncio.Lock()
     return lock
 
 

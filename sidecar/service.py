@@ -129,17 +129,24 @@ class Service:
     async def _shutdown(self, health: Any, control: Any) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
-        for task in list(self._tasks):
+        # In-flight orders are abandoned: the lock dies with the cancelled task (or the
+        # process), nothing was replaced unless it was complete, and an abandoned ACME order
+        # simply expires at the CA.
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        # In-flight orders are abandoned: the lock dies with the process or the cancelled task,
-        # nothing was replaced unless it was complete, and an abandoned ACME order simply
-        # expires at the CA.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_GRACE):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-                await control.aclose()
-                await self.manager.aclose()
-        await health.aclose()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE)
+        for closer in (control.aclose, self.manager.aclose, health.aclose):
+            try:
+                async with asyncio.timeout(max(0.5, deadline - loop.time())):
+                    await closer()
+            except TimeoutError:
+                log.warning("service_stop_slow", step=getattr(closer, "__qualname__", "?"))
+            except Exception as error:
+                log.warning("service_stop_failed", error=error_text(error))
 
     # -- the CA bundle ------------------------------------------------------------------------
 
@@ -249,7 +256,7 @@ class Service:
         if self._scheduler is None or self._stop.is_set():
             return
         self._scheduler.add_job(
-            self._check,
+            self._fire,
             trigger="date",
             run_date=when,
             args=[name],
@@ -260,6 +267,10 @@ class Service:
             coalesce=True,
             max_instances=1,
         )
+
+    async def _fire(self, name: str) -> None:
+        """The scheduler's job: the check runs as our own task, so shutdown can cancel it."""
+        self._spawn(self._check(name))
 
     def _spec(self, name: str) -> CertificateSpec | None:
         return self.settings.certificate(name)

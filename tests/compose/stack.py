@@ -89,6 +89,7 @@ class ComposeStack:
         self.env = {**scripts_environment(), **env, "COMPOSE_PROJECT_NAME": project}
         self.sidecar_image = self.env["CERT_SIDECAR_TEST_IMAGE"]
         self.up_started = 0.0  # monotonic time of `up`, set by the fixture
+        self.serving = False  # set once every name was served a valid certificate
 
     # -- processes -------------------------------------------------------------------------
 

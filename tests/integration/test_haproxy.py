@@ -64,6 +64,29 @@ async def test_update_of_a_loaded_certificate_is_served_without_restart(
     assert haproxy.restart_count() == 0
 
 
+async def test_measure_update_to_served(
+    haproxy_factory, haproxy_pki: TestPKI, tmp_path: Path
+) -> None:
+    """Time from the update call to a handshake serving the new serial (printed, not asserted:
+    the machine is shared). Every round must still serve exactly the certificate just sent."""
+    certs, haproxy, _ = _start_with(haproxy_factory, tmp_path, haproxy_pki)
+    runtime = HAProxyRuntime(f"unix:{haproxy.socket_path}")
+    path = str(certs / "a.test.pem")
+    pems = [haproxy_pki.issue("a.test") for _ in range(20)]
+    timings = []
+    for data, serial in pems:
+        started = time.perf_counter()
+        await runtime.update_certificate(path, data, crt_list=str(certs))
+        served = haproxy.serial("a.test")
+        timings.append((time.perf_counter() - started) * 1000)
+        assert served == serial
+    timings.sort()
+    print(
+        f"\nupdate -> served over {len(timings)} rounds: median {timings[len(timings) // 2]:.1f} ms,"
+        f" max {timings[-1]:.1f} ms"
+    )
+
+
 async def test_new_certificate_added_to_an_empty_directory(
     haproxy_factory, haproxy_pki: TestPKI, tmp_path: Path
 ) -> None:
