@@ -151,7 +151,9 @@ def _command_kwargs(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str
 
 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[str, Any]) -> int:
-    settings: Settings = load_settings(args, environ)
+    settings: Settings = load_settings(
+        args, environ, require_certificates=args.command != "healthcheck"
+    )
     state["settings"] = settings
     if args.command == "revoke":
         try:
@@ -167,9 +169,11 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
         sys.stdout.write(describe(settings))
         return 0
 
-    from sidecar.logs import configure_logging
+    if args.command != "healthcheck":
+        # healthcheck runs every few seconds in the container and logs nothing: keep it light.
+        from sidecar.logs import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.log_level)
     module_name, function_name = _COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)
     positional, keywords = _command_kwargs(args)

@@ -867,8 +867,16 @@ def _check_unknown_env(environ: Mapping[str, str]) -> None:
             raise ConfigError(name, f"unknown setting; did you mean {ENV_PREFIX}{close[0]}?")
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    require_certificates: bool = True,
+) -> Settings:
     """Build and validate the settings; raises ``ConfigError`` naming the first bad setting.
+
+    ``require_certificates=False`` is for commands that need none (``healthcheck`` only asks
+    the running sidecar).
 
     Reads the config file and an EAB key file if named; checks nothing else on disk (see
     ``check_ca_bundle`` and ``check_directories``).
@@ -951,7 +959,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     certificates: list[CertificateSpec] = []
     names: set[str] = set()
     inputs = _certificate_inputs(sources, file)
-    if not inputs:
+    if not inputs and require_certificates:
         raise ConfigError(
             "--domain",
             f"no certificates configured: give --domain, {_ENV_DOMAINS} or [[certificates]]"

@@ -393,11 +393,16 @@ class Deployer:
         name: str,
         pem_path: Path,
         pem: bytes,
-        *,
         serial_hex: str,
+        *,
         not_after: dt.datetime,
         names: Sequence[str] = (),
     ) -> DeployResult:
+        """Load the PEM (already written at ``pem_path``) into HAProxy, check it, run the hook.
+
+        Never raises for a failed deploy: see ``DeployResult``. ``serial_hex`` in any hex
+        spelling; ``names`` are the certificate's DNS names (SNI for ``--verify-address``).
+        """
         started = self._clock()
         expected = normalize_serial(serial_hex)
         path = self.haproxy_path(pem_path)

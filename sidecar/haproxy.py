@@ -76,6 +76,7 @@ __all__ = [
     "SslCertListing",
     "UpdateResult",
     "check_payload",
+    "cli_word_problem",
     "normalize_serial",
     "parse_haproxy_address",
     "parse_show_proc",
@@ -386,6 +387,19 @@ def check_payload(pem: bytes) -> str:
     return text
 
 
+def cli_word_problem(word: str) -> str | None:
+    """Why ``word`` cannot be one CLI argument, or None if it can.
+
+    The CLI splits arguments on spaces and commands on ``;`` (management guide 9.3); rather
+    than rely on escaping rules that differ between versions, such names are refused.
+    """
+    if not word:
+        return "empty file name"
+    if re.search(r"[\s;\\#]", word) or word.startswith(("*", "@")):
+        return f"HAProxy's CLI cannot take the file name {word!r} (space, ;, \\, # or leading * @)"
+    return None
+
+
 def _same_path(a: str, b: str) -> bool:
     return os.path.normpath(a) == os.path.normpath(b)
 
@@ -488,7 +502,7 @@ class HAProxyRuntime:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await self._open()
                 try:
-                    writer.write(data.encode("ascii"))
+                    writer.write(data.encode("utf-8"))
                     await writer.drain()
                     if writer.can_write_eof():
                         writer.write_eof()
@@ -519,6 +533,12 @@ class HAProxyRuntime:
         """Run any command and return its raw answer (for diagnostics and tests)."""
         return await self._exchange(line)
 
+    def _check_words(self, verb: str, *words: str) -> None:
+        for word in words:
+            problem = cli_word_problem(word)
+            if problem is not None:
+                raise HAProxyCommandError(self._name, verb, problem)
+
     # -- queries
 
     async def list_ssl_certs(self) -> SslCertListing:
@@ -533,6 +553,7 @@ class HAProxyRuntime:
 
     async def show_ssl_cert(self, path: str, *, transaction: bool = False) -> SslCertInfo | None:
         """Details of one store (or of its pending transaction); None if HAProxy has none."""
+        self._check_words("show ssl cert", path)
         text = await self._exchange(f"show ssl cert {'*' if transaction else ''}{path}")
         try:
             return parse_show_ssl_cert(text)
@@ -563,6 +584,7 @@ class HAProxyRuntime:
         the transaction aborts it, so the previous certificate keeps being served.
         """
         payload = check_payload(pem)
+        self._check_words("set ssl cert", path, crt_list)
         async with _transaction_lock(self._name):
             listing = await self.list_ssl_certs()
             if listing.transaction is not None and not _same_path(listing.transaction, path):
@@ -632,6 +654,7 @@ class HAProxyRuntime:
 
     async def remove_certificate(self, path: str, crt_list: str) -> bool:
         """Unload ``path``: ``del ssl crt-list`` then ``del ssl cert``. False if not loaded."""
+        self._check_words("del ssl cert", path, crt_list)
         async with _transaction_lock(self._name):
             name = _find_name(await self.show_ssl_certs(), path)
             if name is None:
@@ -663,10 +686,14 @@ class HAProxyRuntime:
         """
         self._require_master("reload")
         before = await self.show_proc()
+        answer = ""
         with contextlib.suppress(HAProxyUnreachable):
-            # The master closes CLI connections while it re-executes itself; whether the
-            # reload happened is read from "show proc" below, not from this exchange.
-            await self._exchange("reload", to_master=True)
+            # 2.6 closes CLI connections while it re-executes itself, so whether the reload
+            # happened is read from "show proc" below. Newer versions (2.9+) answer
+            # "Success=1" / "Success=0" and their start-up messages: a 0 fails fast.
+            answer = await self._exchange("reload", to_master=True)
+        if answer.startswith("Success=0"):
+            raise HAProxyReloadFailed(self._name, "reload", answer.removeprefix("Success=0"))
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         while True:

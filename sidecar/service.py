@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -74,9 +74,7 @@ class Service:
         from sidecar.health import HealthServer
         from sidecar.storage import clean_stale_temp_files
 
-        health = HealthServer(
-            *self.settings.health_listen, self._snapshot, liveness=self._liveness
-        )
+        health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
         control = ControlServer(socket_path(self.settings.state_dir), self._handle_control)
         try:
             await health.start()
@@ -115,8 +113,8 @@ class Service:
             for future in (waiter, stopper):
                 future.cancel()
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

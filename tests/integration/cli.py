@@ -3,6 +3,7 @@ stdout and stderr."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -103,7 +104,7 @@ def verify_chain(leaf: x509.Certificate, chain: list[x509.Certificate], root_pem
     """The leaf chains up to the given root by signatures (raises when it does not)."""
     root = x509.load_pem_x509_certificate(root_pem)
     certificates = [leaf, *chain]
-    for child, parent in zip(certificates, certificates[1:], strict=False):
+    for child, parent in itertools.pairwise(certificates):
         child.verify_directly_issued_by(parent)
     certificates[-1].verify_directly_issued_by(root)
 
@@ -122,7 +123,7 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read().decode()
@@ -133,16 +134,29 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 class Sidecar:
     """A `cert-sidecar run` process with its JSON log in a file."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, *, health_port: int,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        health_port: int,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         import time
 
         self.health_port = health_port
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", *args,
-             "--health-listen", f"127.0.0.1:{health_port}"],
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "run",
+                *args,
+                "--health-listen",
+                f"127.0.0.1:{health_port}",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=clean_env(env),
@@ -167,8 +181,9 @@ class Sidecar:
     def event_names(self) -> list[str]:
         return [str(e.get("event")) for e in self.events()]
 
-    def wait_for(self, predicate: object, what: str, timeout: float = 120.0,
-                 interval: float = 0.2) -> None:
+    def wait_for(
+        self, predicate: object, what: str, timeout: float = 120.0, interval: float = 0.2
+    ) -> None:
         import time
 
         deadline = time.monotonic() + timeout

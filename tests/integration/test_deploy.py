@@ -89,6 +89,29 @@ async def test_runtime_api_on_several_sockets_with_verification(
     assert await deployer.deployed_serial("b.test") is None
 
 
+async def test_deployed_serial_is_none_when_sockets_disagree(
+    haproxy_factory, haproxy_pki: TestPKI, tmp_path: Path
+) -> None:
+    certs, serial = _certs_with_one(tmp_path, haproxy_pki)
+    first: HAProxyInstance = haproxy_factory(certs, master_worker=False)
+    second: HAProxyInstance = haproxy_factory(certs, master_worker=False)
+    both = Deployer(
+        DeployConfig.build(
+            sockets=[f"unix:{first.socket_path}", f"unix:{second.socket_path}"], certs_dir=certs
+        )
+    )
+    assert await both.deployed_serial("a.test") == normalize_serial(serial)
+    only_first = Deployer(
+        DeployConfig.build(sockets=[f"unix:{first.socket_path}"], certs_dir=certs)
+    )
+    result, new_serial = await _deploy(only_first, certs, haproxy_pki)
+    assert result.ok
+    # So that a caller comparing with the file's serial redeploys to both.
+    assert await both.deployed_serial("a.test") is None
+    assert await only_first.deployed_serial("a.test") == normalize_serial(new_serial)
+    assert await both.deployed_serial("missing.test") is None
+
+
 async def test_missing_socket_falls_back_to_the_reload_command(
     haproxy_factory, haproxy_pki: TestPKI, tmp_path: Path
 ) -> None:
@@ -296,3 +319,27 @@ async def test_deploy_hook_gets_the_environment_and_never_undoes(
     )
     result, _ = await _deploy(hanging, certs, haproxy_pki)
     assert result.ok and result.hook is not None and "timed out" in (result.hook.error or "")
+
+
+async def test_haproxy_sees_the_certs_dir_under_another_path(
+    haproxy_factory, haproxy_pki: TestPKI, tmp_path: Path
+) -> None:
+    """--haproxy-certs-dir: HAProxy's view of the directory (a volume mounted elsewhere)."""
+    certs, _ = _certs_with_one(tmp_path, haproxy_pki)
+    mounted = tmp_path / "mounted-elsewhere"
+    mounted.symlink_to(certs)
+    haproxy: HAProxyInstance = haproxy_factory(mounted, master_worker=False)
+    deployer = Deployer(
+        DeployConfig.build(
+            sockets=[f"unix:{haproxy.socket_path}"], certs_dir=certs, haproxy_certs_dir=mounted
+        )
+    )
+    result, serial = await _deploy(deployer, certs, haproxy_pki)
+    assert result.ok, result.errors
+    assert result.sockets[0].action == "updated"
+    added, serial_b = await _deploy(deployer, certs, haproxy_pki, "b.test")
+    assert added.ok and added.sockets[0].action == "added"
+    assert sorted(haproxy.cli("show ssl cert").split()) == sorted(
+        ["#", "filename", f"{mounted}/a.test.pem", f"{mounted}/b.test.pem"]
+    )
+    assert haproxy.serial("a.test") == serial and haproxy.serial("b.test") == serial_b

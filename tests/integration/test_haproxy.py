@@ -81,10 +81,8 @@ async def test_measure_update_to_served(
         timings.append((time.perf_counter() - started) * 1000)
         assert served == serial
     timings.sort()
-    print(
-        f"\nupdate -> served over {len(timings)} rounds: median {timings[len(timings) // 2]:.1f} ms,"
-        f" max {timings[-1]:.1f} ms"
-    )
+    median, worst = timings[len(timings) // 2], timings[-1]
+    print(f"\nupdate -> served, {len(timings)} rounds: median {median:.1f} ms, max {worst:.1f} ms")
 
 
 async def test_new_certificate_added_to_an_empty_directory(
@@ -167,6 +165,27 @@ async def test_missing_and_refused_sockets(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
         with pytest.raises(HAProxyConnectionRefused):
             await HAProxyRuntime(f"tcp:127.0.0.1:{port}").show_ssl_certs()
+
+
+async def test_silent_socket_times_out(tmp_path: Path) -> None:
+    """A listener that accepts and never answers (a wedged process): a fault a real HAProxy
+    will not produce on demand, so a bare asyncio server stands in for it."""
+    import asyncio
+
+    from sidecar.haproxy import HAProxyTimeout
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    path = tmp_path / "silent.sock"
+    server = await asyncio.start_unix_server(accept, path=str(path))
+    async with server:
+        with pytest.raises(HAProxyTimeout, match=r"no answer within 0\.2 s"):
+            await HAProxyRuntime(f"unix:{path}", timeout=0.2).show_ssl_certs()
+        for writer in held:
+            writer.close()
 
 
 async def test_operator_level_socket_is_access_denied(

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from sidecar import pem
-from tests.integration.cli import Sidecar, base_args, free_port, run_cli, clean_env, REPO
+from tests.integration.cli import REPO, Sidecar, base_args, clean_env, free_port, run_cli
 from tests.peers.haproxy import handshake
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
@@ -97,16 +97,24 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
     haproxy = haproxy_factory(certs)  # type: ignore[operator]
     haproxy_pid = haproxy.pid
     args = [
-        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
-        "--haproxy-socket", f"unix:{haproxy.socket_path}",
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
+        "--haproxy-socket",
+        f"unix:{haproxy.socket_path}",
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     try:
         pem_path = certs / f"{loopback.name}.pem"
-        sidecar.wait_for(lambda: "cert_placeholder_written" in sidecar.event_names(),
-                         "the placeholder")
+        sidecar.wait_for(
+            lambda: "cert_placeholder_written" in sidecar.event_names(), "the placeholder"
+        )
         root = ca.root_pem.encode()
 
         def served_real() -> bool:
@@ -121,8 +129,12 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
         watcher = Handshaker(haproxy.port, loopback.name, root)
         watcher.start()
         try:
-            sidecar.wait_for(lambda: len(watcher.serials) >= 4,
-                             "three renewals served by HAProxy", timeout=180, interval=1.0)
+            sidecar.wait_for(
+                lambda: len(watcher.serials) >= 4,
+                "three renewals served by HAProxy",
+                timeout=180,
+                interval=1.0,
+            )
         finally:
             watcher.stop_event.set()
             watcher.join()
@@ -151,9 +163,15 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
     bundle = tmp_path / "root_ca" / "root_ca.crt"
     certs = tmp_path / "certs"
     args = [
-        *base_args(ca1.directory_url, bundle, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
+        *base_args(
+            ca1.directory_url,
+            bundle,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -184,7 +202,7 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
             try:
                 bundle_pem = pem.parse_combined(pem_path.read_bytes())
                 bundle_pem.chain[-1].verify_directly_issued_by(root2)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return False
             return True
 
@@ -201,9 +219,15 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
     ca = step_ca_factory(default_duration="60s")
     certs = tmp_path / "certs"
     args = [
-        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -214,8 +238,10 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
 
         def failed_once() -> bool:
             status, text = sidecar.get("/metrics")
-            return status == 200 and (
-                _metric(text, "cert_sidecar_renewals_total", result="failure") or 0) >= 1
+            return (
+                status == 200
+                and (_metric(text, "cert_sidecar_renewals_total", result="failure") or 0) >= 1
+            )
 
         sidecar.wait_for(failed_once, "a failed renewal in /metrics", timeout=90, interval=0.5)
         # The old certificate is still there and still counts as ready (CA errors alone do
@@ -228,8 +254,12 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
             assert status == 200, body
         assert "cert_renewal_failed" in sidecar.event_names()
         ca.start()
-        sidecar.wait_for(lambda: _real_serial(pem_path) not in (None, first),
-                         "renewal after the CA is back", timeout=120, interval=0.5)
+        sidecar.wait_for(
+            lambda: _real_serial(pem_path) not in (None, first),
+            "renewal after the CA is back",
+            timeout=120,
+            interval=0.5,
+        )
     finally:
         code, _ = sidecar.stop()
     assert code == 0
@@ -247,10 +277,17 @@ def test_haproxy_missing_then_back(
     haproxy = haproxy_factory(certs)  # type: ignore[operator]
     haproxy.stop()
     args = [
-        *base_args(ca.directory_url, ca.root_path, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
-        "--haproxy-socket", f"unix:{haproxy.socket_path}",
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
+        "--haproxy-socket",
+        f"unix:{haproxy.socket_path}",
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -258,7 +295,7 @@ def test_haproxy_missing_then_back(
         sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the PEM written anyway")
 
         def deploy_failed() -> bool:
-            status, text = sidecar.get("/metrics")
+            _, text = sidecar.get("/metrics")
             return any(
                 line.startswith("cert_sidecar_haproxy_deploys_total") and 'result="failure"' in line
                 for line in text.splitlines()
@@ -287,9 +324,15 @@ def test_renew_force_is_handed_to_the_running_sidecar(
 ) -> None:
     certs = tmp_path / "certs"
     args = [
-        *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
+        *base_args(
+            step_ca.directory_url,
+            step_ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -315,9 +358,12 @@ def test_sigterm_during_an_order_stops_cleanly(
     hook = f'{sys.executable} -c "import time; time.sleep(60)"'
     args = [
         *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state"),
-        "--domain", loopback.name,
-        "--challenge", "dns-01",
-        "--dns-hook", hook,
+        "--domain",
+        loopback.name,
+        "--challenge",
+        "dns-01",
+        "--dns-hook",
+        hook,
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -336,9 +382,15 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(
 ) -> None:
     certs = tmp_path / "certs"
     args = [
-        *base_args(step_ca.directory_url, step_ca.root_path, certs, tmp_path / "state",
-                   http_listen=f"{loopback.address}:80"),
-        "--domain", loopback.name,
+        *base_args(
+            step_ca.directory_url,
+            step_ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
     ]
     pem_path = certs / f"{loopback.name}.pem"
     assert run_cli(["issue", *args]).code == 0
@@ -347,15 +399,20 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(
     for _ in range(12):
         process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "issue", "--force", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+            cwd=REPO,
         )
         # Kill somewhere between start-up and the write (issuance takes a few tenths here).
         time.sleep(rng.uniform(0.2, 1.2))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        bundle = pem.validate_for_deploy(pem_path.read_bytes(), [loopback.name],
-                                         pem.describe_cert(pem.parse_combined(
-                                             pem_path.read_bytes()).leaf).not_before)
+        bundle = pem.validate_for_deploy(
+            pem_path.read_bytes(),
+            [loopback.name],
+            pem.describe_cert(pem.parse_combined(pem_path.read_bytes()).leaf).not_before,
+        )
         assert bundle.leaf is not None
         serials.add(_real_serial(pem_path))
         # Only dot-files (which HAProxy skips) may be left beside the PEM.

@@ -243,7 +243,7 @@ def haproxy_factory() -> Iterator[HAProxyFactory]:
     """``haproxy_factory(certs_dir, strict_sni=True, master_worker=True, extra_frontend=(),
     extra_global=(), socket_level="admin", crt=None) -> HAProxyInstance`` (started)."""
     if not Path(HAPROXY_BINARY).exists():
-        pytest.skip("haproxy is not installed")
+        pytest.fail("haproxy is not installed: run scripts/install-deps.sh", pytrace=False)
     started: list[HAProxyInstance] = []
     workdirs: list[Path] = []
 

@@ -11,9 +11,11 @@ from sidecar.haproxy import (
     HAProxyAddress,
     HAProxyCommandError,
     HAProxyError,
+    HAProxyRuntime,
     HAProxySocketMissing,
     InvalidPayload,
     check_payload,
+    cli_word_problem,
     normalize_serial,
     parse_haproxy_address,
     parse_show_proc,
@@ -206,3 +208,30 @@ def test_errors_are_one_line_operation_errors() -> None:
     assert isinstance(HAProxySocketMissing("unix:/s", "x"), OperationError)
     long = HAProxyCommandError("a", "b", "x" * 1000)
     assert len(str(long)) < 400
+
+
+@pytest.mark.parametrize(
+    ("word", "bad"),
+    [
+        ("/etc/haproxy/certs/a.example.pem", False),
+        ("/etc/haproxy/certs/_wildcard.x.org.pem", False),
+        ("/etc/ha proxy/a.pem", True),
+        ("/c/a.pem;show info", True),
+        ("/c/a\\b.pem", True),
+        ("*/c/a.pem", True),
+        ("@1", True),
+        ("", True),
+    ],
+)
+def test_cli_word_problem(word: str, bad: bool) -> None:
+    assert (cli_word_problem(word) is not None) is bad
+
+
+@pytest.mark.anyio
+async def test_unsendable_names_are_refused_before_connecting(tmp_path: object) -> None:
+    # The socket does not exist: reaching it would raise HAProxySocketMissing instead.
+    runtime = HAProxyRuntime("unix:/nonexistent/admin.sock")
+    with pytest.raises(HAProxyCommandError, match="cannot take the file name"):
+        await runtime.update_certificate("/c/a b.pem", PEM, crt_list="/c")
+    with pytest.raises(HAProxyCommandError, match="cannot take the file name"):
+        await runtime.remove_certificate("/c/a.pem", "/c;x")
