@@ -48,8 +48,13 @@ stop() {
     if [[ -s "$pidfile" ]]; then
         pid="$(cat "$pidfile")"
         # Only our own service: check the command line before signalling the pid.
-        if grep -q 'system.service' "/proc/$pid/cmdline" 2>/dev/null; then
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'podman system service'; then
             kill "$pid"
+            # It finishes open API requests first; wait so a following start finds it gone.
+            for _ in $(seq 1 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
         fi
         rm -f "$pidfile"
     fi

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tests.integration.cli import base_args, read_pem_blocks, run_cli, verify_chain
+from tests.integration.cli import base_args, free_port, read_pem_blocks, run_cli, verify_chain
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA
 
@@ -247,3 +247,36 @@ def test_one_failing_certificate_does_not_stop_the_others(
     assert "Traceback" not in result.stderr
     meta = json.loads((tmp_path / "state" / "certs" / "nowhere.invalid" / "meta.json").read_text())
     assert meta["failures"] == 1 and meta["last_error"] and meta["next_retry_at"]
+
+
+def test_haproxy_loads_the_pem_and_serves_a_verified_chain_for_each_name(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path, haproxy_factory: object
+) -> None:
+    from tests.peers.haproxy import handshake, haproxy_check_config
+
+    domains = ",".join(loopback.names)
+    result = run_cli(["issue", *_args(step_ca, tmp_path, loopback), "--domain", domains])
+    assert result.code == 0, result.stderr
+    pem_path = tmp_path / "certs" / f"{loopback.name}.pem"
+    check = haproxy_check_config(
+        "\n".join(
+            [
+                "defaults",
+                "  mode http",
+                "  timeout client 5s",
+                "  timeout server 5s",
+                "  timeout connect 5s",
+                "frontend tls",
+                f"  bind 127.0.0.1:{free_port()} ssl crt {pem_path}",
+                "",
+            ]
+        ),
+        tmp_path,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    haproxy = haproxy_factory(tmp_path / "certs")  # type: ignore[operator]
+    root = step_ca.root_pem.encode()
+    serial = _leaf(pem_path).serial_number
+    for name in loopback.names:
+        # Verified against the step-ca root only, with the name checked (SNI = name).
+        assert handshake("127.0.0.1", haproxy.port, name, root).serial_number == serial

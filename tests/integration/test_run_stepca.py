@@ -427,3 +427,54 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(
     finally:
         sidecar.stop()
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def test_config_file_change_adds_and_removes_certificates(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    config = tmp_path / "conf" / "cert-sidecar.toml"
+
+    def write_config(names: list[str]) -> None:
+        text = "\n".join(
+            [
+                "[acme]",
+                f'directory = "{step_ca.directory_url}"',
+                f'ca_bundle = "{step_ca.root_path}"',
+                f'http_listen = "{loopback.address}:80"',
+                "[files]",
+                f'certs_dir = "{certs}"',
+                f'state_dir = "{tmp_path / "state"}"',
+                *(f'[[certificates]]\nname = "{n}"\ndomains = ["{n}"]' for n in names),
+                "",
+            ]
+        )
+        _write_atomically(config, text.encode())
+
+    first, second = loopback.names[0], loopback.names[1]
+    write_config([first])
+    sidecar = Sidecar(["--config", str(config)], tmp_path / "run.log", health_port=free_port())
+    try:
+        sidecar.wait_for(lambda: _real_serial(certs / f"{first}.pem") is not None, "first")
+        write_config([first, second])
+        sidecar.wait_for(lambda: _real_serial(certs / f"{second}.pem") is not None, "added")
+        kept = (certs / f"{first}.pem").read_bytes()
+        write_config([second])
+        sidecar.wait_for(
+            lambda: any(
+                e.get("event") == "config_reloaded" and e.get("removed") == [first]
+                for e in sidecar.events()
+            ),
+            "the removal",
+        )
+        # A removed certificate stays on disk (and loaded); `revoke --remove` deletes it.
+        assert (certs / f"{first}.pem").read_bytes() == kept
+        # A broken file is reported and the running configuration kept.
+        _write_atomically(config, b"[acme\n")
+        sidecar.wait_for(
+            lambda: "config_reload_failed" in sidecar.event_names(), "the reload failure"
+        )
+        assert sidecar.get("/healthz")[0] == 200
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
