@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,6 +168,8 @@ class Manager:
         keep_responders: bool = False,
         rng: random.Random | None = None,
         create_state: bool = True,
+        client_options: Mapping[str, Any] | None = None,
+        solvers: Mapping[str, ChallengeSolver] | None = None,
     ) -> None:
         self.settings = settings
         self.store = storage.StateStore(settings.state_dir, create=create_state)
@@ -180,6 +182,9 @@ class Manager:
         self._client: AcmeClient | None = None
         self._client_lock = asyncio.Lock()
         self._solvers: dict[str, ChallengeSolver] = {}
+        # Given solvers belong to the caller (tests, embedders): used, never closed.
+        self._given_solvers = dict(solvers or {})
+        self._client_options = dict(client_options or {})
         self._solver_lock = asyncio.Lock()
         self._deployer: Deployer | None = None
         self._deployer_built = False
@@ -187,6 +192,7 @@ class Manager:
         self.last_ca_error: str | None = None
         self.last_ca_success: datetime | None = None
         self.clock_skew: float | None = None
+        self._ari: dict[str, _AriEntry] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -223,6 +229,19 @@ class Manager:
         return self.settings.haproxy_certs_dir / f"{name}.pem"
 
     def inspect(self, spec: CertificateSpec, now: datetime | None = None) -> CertView:
+        """What is deployed and what the policy says, using the last ARI window fetched."""
+        return self._inspect(spec, now, self._cached_window(spec.name))
+
+    def _cached_window(self, name: str) -> tuple[datetime, datetime] | None:
+        cached = self._ari.get(name)
+        return cached.window if cached is not None else None
+
+    def _inspect(
+        self,
+        spec: CertificateSpec,
+        now: datetime | None,
+        ari_window: tuple[datetime, datetime] | None,
+    ) -> CertView:
         """Read the deployed combined PEM and the metadata, and ask the policy about them."""
         now = now or self.now()
         path = self.pem_path(spec.name)
@@ -253,10 +272,15 @@ class Manager:
             renew_at=self.settings.renew_at,
             unreadable=unreadable is not None,
             key_matches=matches,
+            ari_window=_window_for(facts, ari_window, self._ari.get(spec.name)),
         )
         next_renewal: datetime | None = None
         if facts is not None and not facts.is_placeholder:
-            next_renewal = policy.facts_renewal_time(facts, self.settings.renew_at)
+            next_renewal = policy.facts_renewal_time(
+                facts,
+                self.settings.renew_at,
+                _window_for(facts, ari_window, self._ari.get(spec.name)),
+            )
         if due is not None:
             next_renewal = now
         if meta.next_retry_at is not None and meta.failures and due is not None:
@@ -295,7 +319,9 @@ class Manager:
             account_url = None
         else:
             account_key, account_url = loaded
-        client = AcmeClient(settings.directory, account_key, ssl_context=context)
+        client = AcmeClient(
+            settings.directory, account_key, ssl_context=context, **self._client_options
+        )
         try:
             await client.__aenter__()
             contact = [f"mailto:{settings.email}"] if settings.email else []
@@ -320,10 +346,58 @@ class Manager:
             self.store.save_account_url(self.settings.directory, url, contact)
             log.warning("acme_account_reregistered", account_url=url)
 
+    async def _replaces(self, client: AcmeClient, view: CertView) -> str | None:
+        """RFC 9773 §5: name the certificate being renewed, where the CA supports ARI."""
+        if not view.is_real:
+            return None
+        from ca_client.renewal_info import certificate_id
+
+        directory = await client.directory()
+        if directory.renewal_info is None:
+            return None
+        try:
+            return certificate_id(view.path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    async def refresh_renewal_info(self, spec: CertificateSpec, view: CertView) -> None:
+        """Fetch the CA's suggested window for the deployed certificate, when it is stale.
+
+        RFC 9773 §4.3: poll no sooner than the CA's Retry-After; without one, a few times a
+        lifetime. A CA without ``renewalInfo`` costs nothing after the first (cached) look at
+        its directory.
+        """
+        if view.facts is None:
+            return
+        now = self.now()
+        cached = self._ari.get(spec.name)
+        if cached is not None and cached.serial == view.facts.serial and now < cached.next_fetch:
+            return
+        lifetime = view.facts.not_after - view.facts.not_before
+        try:
+            client = await self.client()
+            info = await client.renewal_info(view.path.read_bytes())
+        except (SidecarError, OSError, _acme_errors()) as error:
+            log.info("renewal_info_unavailable", cert=spec.name, error=error_text(error))
+            info = None
+        if info is None:
+            self._ari[spec.name] = _AriEntry(view.facts.serial, None, now + lifetime / 4)
+            return
+        wait = timedelta(seconds=info.retry_after) if info.retry_after else lifetime / 10
+        self._ari[spec.name] = _AriEntry(
+            view.facts.serial, (info.start, info.end), now + max(wait, timedelta(seconds=60))
+        )
+        log.info(
+            "renewal_info_window",
+            cert=spec.name,
+            start=info.start.isoformat(),
+            end=info.end.isoformat(),
+        )
+
     async def solver(self, challenge: str) -> ChallengeSolver:
         """The responder for a challenge type, started on first use."""
         async with self._solver_lock:
-            existing = self._solvers.get(challenge)
+            existing = self._given_solvers.get(challenge) or self._solvers.get(challenge)
             if existing is not None:
                 return existing
             solver = await self._start_solver(challenge)
@@ -411,6 +485,10 @@ class Manager:
     ) -> Outcome:
         now = self.now()
         view = self.inspect(spec, now)
+        if respect_backoff and view.is_real and view.due is None:
+            # `run` follows the CA's renewal window (RFC 9773) where the CA offers one.
+            await self.refresh_renewal_info(spec, view)
+            view = self.inspect(spec, now)
         reason = view.due or (policy.DueReason.FORCED if force else None)
         if reason is None:
             assert view.facts is not None  # a certificate that is not due exists
@@ -527,6 +605,7 @@ class Manager:
         client = await self.client()
         solver = await self.solver(spec.challenge)
         identifiers = [Identifier.from_string(name) for name in spec.domains]
+        replaces = await self._replaces(client, view)
         try:
             issued = await client.obtain(
                 identifiers,
@@ -534,6 +613,7 @@ class Manager:
                 solvers={spec.challenge: solver},
                 preferred=(spec.challenge,),
                 timeout=ORDER_TIMEOUT,
+                replaces=replaces,
             )
         except BaseException as error:
             if isinstance(error, _acme_errors()):
@@ -728,6 +808,26 @@ class Manager:
                 *(self.ensure(spec, force=force, dry_run=dry_run) for spec in specs)
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _AriEntry:
+    """The last renewal-info answer for one certificate (by serial)."""
+
+    serial: int
+    window: tuple[datetime, datetime] | None
+    next_fetch: datetime
+
+
+def _window_for(
+    facts: pem.CertFacts | None,
+    window: tuple[datetime, datetime] | None,
+    entry: _AriEntry | None,
+) -> tuple[datetime, datetime] | None:
+    """A window only applies to the certificate it was fetched for."""
+    if facts is None or window is None or entry is None or entry.serial != facts.serial:
+        return None
+    return window
 
 
 def _make_certs_dir(path: Path) -> None:

@@ -1,0 +1,68 @@
+"""The sidecar's Manager follows a CA's renewal window (RFC 9773) and names the certificate it
+replaces. Neither step-ca 0.19 nor Pebble 2.4 offers ARI, so this runs against the in-process
+fake CA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+
+from ca_client.renewal_info import certificate_id
+from sidecar.cli import build_parser
+from sidecar.config import load_settings
+from sidecar.manager import Manager
+from tests.protocol.conftest import RecordingSolver
+from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme
+
+pytestmark = pytest.mark.anyio
+
+
+def _manager(tmp_path: Path, ca: FakeAcme) -> Manager:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes())
+    args = build_parser().parse_args(
+        [
+            "issue",
+            "--directory",
+            DIRECTORY_URL,
+            "--ca-bundle",
+            str(bundle),
+            "--certs-dir",
+            str(tmp_path / "certs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--domain",
+            "ari.example",
+        ]
+    )
+    settings = load_settings(args, {})
+    return Manager(
+        settings,
+        client_options={"transport": ca.transport()},
+        solvers={"http-01": RecordingSolver()},
+    )
+
+
+@pytest.mark.parametrize("offers_ari", [True, False])
+async def test_renewal_window_decides_and_replaces_is_sent(
+    tmp_path: Path, offers_ari: bool
+) -> None:
+    ca = FakeAcme(renewal_info=offers_ari, validate_on_response=True)
+    async with _manager(tmp_path, ca) as manager:
+        (spec,) = manager.settings.certificates
+        first = await manager.ensure(spec)
+        assert first.action == "issued", first
+        pem_path = manager.pem_path(spec.name)
+        old_id = certificate_id(pem_path.read_bytes())
+        # The fake CA's window lies in the past: a CA that offers it makes the fresh
+        # certificate due at once; without ARI it waits for 2/3 of its lifetime.
+        second = await manager.ensure(spec, respect_backoff=True)
+        if offers_ari:
+            assert second.action == "issued", second
+            assert second.reason == "scheduled time passed"
+            assert ca.new_order_payloads[-1].get("replaces") == old_id
+        else:
+            assert second.action == "unchanged", second
+            assert all("replaces" not in payload for payload in ca.new_order_payloads)
