@@ -28,10 +28,10 @@ FROM ${BASE_IMAGE}
 # PEM files it writes (0640) are readable by HAProxy and HAProxy's admin socket (660) is usable.
 ARG UID=10001
 ARG HAPROXY_GID=99
-# The mount points belong to the runtime user (not under /run: that is a tmpfs in builds and
-# containers, so nothing created there stays in the image): an empty named volume mounted over one of them
-# by this image takes this ownership, so the non-root process can write there. The setgid bit
-# on the certs directory keeps new files in HAProxy's group.
+# The mount points belong to the runtime user: an empty named volume mounted over one of them by
+# this image takes this ownership, so the non-root process can write there. None is under /run,
+# a tmpfs in builds and containers (nothing made there stays in the image). The setgid bit on
+# the certs directory keeps new files in HAProxy's group.
 RUN (getent group "${HAPROXY_GID}" >/dev/null || groupadd --system --gid "${HAPROXY_GID}" haproxy) \
     && useradd --no-log-init --uid "${UID}" --gid "${HAPROXY_GID}" --no-create-home \
         --home-dir /var/lib/cert-sidecar --shell /usr/sbin/nologin cert-sidecar \

@@ -47,6 +47,7 @@ __all__ = [
     "StepCA",
     "bench_lock",
     "bench_names",
+    "ca_cpu_seconds",
     "check_certificate",
     "fmt_ratio",
     "machine_summary",
@@ -92,6 +93,17 @@ def step_ca(name: str, **kwargs: str) -> Iterator[StepCA]:
         yield ca
     finally:
         ca.stop()
+
+
+def ca_cpu_seconds(ca: StepCA) -> float:
+    """step-ca's user+sys CPU so far: on 2 cores the CA's own work bounds any client."""
+    process = ca._process  # the peer fixture exposes no public pid
+    pid = process.pid if process is not None else None
+    if pid is None:
+        return float("nan")
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_names(count: int) -> tuple[str, ...]:
@@ -224,10 +236,15 @@ def _first_line(argv: Sequence[str]) -> str:
 
 def tool_versions() -> dict[str, str]:
     """Versions of everything compared, for the results file."""
+    # Debian's lego binary calls itself "dev"; the package version is the real one.
+    packages = _first_line(
+        ["dpkg-query", "-W", "-f", "${Package}=${Version} ", "lego", "certbot", "haproxy"]
+    )
     return {
         "cert-sidecar": _first_line([str(SIDECAR), "--version"]),
         "lego": _first_line(["lego", "--version"]),
         "certbot": _first_line(["certbot", "--version"]),
+        "debian packages": packages,
         "python": platform.python_version(),
     }
 

@@ -141,9 +141,11 @@ async def rotate(
         # The deployer already saw the serial in ``show ssl cert``; a client handshake is the
         # proof that counts. Poll briefly in case the first handshake still races the commit.
         deadline = deployed + 10.0
+        handshakes = 1
         while await served_serial(port, name) != certificate.serial_number:
             if time.perf_counter() > deadline:
                 break
+            handshakes += 1
             await asyncio.sleep(0.001)
         served = time.perf_counter()
         if served > deadline:
@@ -154,7 +156,8 @@ async def rotate(
         deploy_times.append(deployed - written)
         print(
             f"  rotation {index:2}: deploy() {1000 * (deployed - written):6.1f} ms, "
-            f"served after {1000 * (served - written):6.1f} ms"
+            f"served after {1000 * (served - written):6.1f} ms ({handshakes} handshake"
+            f"{'s' if handshakes > 1 else ''})"
         )
     return latencies, deploy_times, failures
 

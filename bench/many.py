@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/many.py [--counts 1,10,100] [--repeats 3] [--json 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -26,6 +27,7 @@ from _common import (
     StepCA,
     bench_lock,
     bench_names,
+    ca_cpu_seconds,
     check_certificate,
     fmt_ratio,
     machine_summary,
@@ -47,6 +49,7 @@ class Batch:
     cpu: float
     maxrss_mib: float
     detail: str = ""
+    ca_cpu: float = float("nan")  # step-ca's CPU during the batch
 
 
 def sidecar_batch(ca: StepCA, names: tuple[str, ...], work: Path) -> Batch:
@@ -130,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
                 order = ("cert-sidecar", "lego") if repeat % 2 else ("lego", "cert-sidecar")
                 for client in order:
                     work = base / f"{client}-{count}-{repeat}"
+                    ca_cpu = ca_cpu_seconds(ca)
                     if client == "lego":
                         batch = lego_batch(ca, names, work)
                     else:
                         batch = sidecar_batch(ca, names, work)
+                    batch = dataclasses.replace(batch, ca_cpu=ca_cpu_seconds(ca) - ca_cpu)
                     results[count][client].append(batch)
                     status = "ok" if batch.ok else f"FAILED: {batch.detail}"
                     print(
                         f"  repeat {repeat} N={count:<4} {client:12} wall {batch.wall:7.3f} s  "
-                        f"cpu {batch.cpu:7.3f} s  peak rss {batch.maxrss_mib:6.1f} MiB  {status}",
+                        f"cpu {batch.cpu:7.3f} s  step-ca cpu {batch.ca_cpu:6.3f} s  "
+                        f"peak rss {batch.maxrss_mib:6.1f} MiB  {status}",
                         flush=True,
                     )
 

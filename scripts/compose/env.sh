@@ -6,7 +6,7 @@ export REPO_ROOT="$repo_root"
 export CACHE_DIR="${CACHE_DIR:-$repo_root/.cache/compose}"
 mkdir -p "$CACHE_DIR"
 
-# Podman's own settings (runc, ulimits within the sandbox's hard limits): see podman-service.sh.
+# Podman's own settings, written once: podman reads the file CONTAINERS_CONF names.
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$CACHE_DIR/containers.conf}"
 if [[ ! -s "$CONTAINERS_CONF" ]]; then
     # runc: crun fails on this sandbox's cgroup hybrid mode. ulimits: podman's defaults exceed

@@ -166,6 +166,15 @@ class ComposeStack:
             found[kind] = self.podman(*args, "--filter", label).stdout.split()
         return found
 
+    def force_down(self) -> None:
+        """Remove the project whatever its state. `down -v` alone can miss a container that
+        is between two restarts of a crash loop, and then cannot remove its network."""
+        self.compose("down", "-v", "--remove-orphans", check=False)
+        containers = self.leftovers()["containers"]
+        if containers:
+            self.podman("rm", "--force", *containers, check=False)
+            self.compose("down", "-v", "--remove-orphans", check=False)
+
     # -- TLS from the host -----------------------------------------------------------------
 
     def served(self, name: str, root_pem: bytes) -> Served:
