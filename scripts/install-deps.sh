@@ -20,10 +20,11 @@ TEST_PACKAGES=(
     golang-go golang-github-smallstep-certificates-dev gcc libc6-dev libzstd-dev
     # Pebble + pebble-challtestsrv, HAProxy 2.6.
     pebble haproxy
-    # The compose tests: podman serving the Docker API to docker-compose 1.29 and the docker
-    # client; runc because crun fails on this sandbox's cgroup mode; the dnsname plugin gives
-    # service-name DNS on podman networks; debootstrap builds the local base image.
-    podman docker.io docker-compose runc uidmap slirp4netns fuse-overlayfs
+    # The compose tests: podman serving the Docker API to docker-compose 1.29; runc because
+    # crun fails on this sandbox's cgroup mode; netavark + aardvark-dns (and the CNI dnsname
+    # plugin) give service-name DNS on podman networks; debootstrap builds the local base image.
+    # No docker.io: nothing here needs the Docker CLI or engine.
+    podman docker-compose runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
     containernetworking-plugins golang-github-containernetworking-plugin-dnsname debootstrap
     # setpriv/runuser, to run a case as an unprivileged user (root ignores file modes).
     util-linux

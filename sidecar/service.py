@@ -183,6 +183,7 @@ class Service:
                 async for _changes in watchfiles.awatch(
                     watched,
                     stop_event=self._stop,
+                    watch_filter=lambda _change, changed: _leads_to(Path(changed), path),
                     debounce=200,
                     rust_timeout=int(BUNDLE_RECHECK * 1000) if data is None else 30_000,
                     yield_on_timeout=True,
@@ -211,8 +212,15 @@ class Service:
     async def _watch_config(self, path: Path) -> None:
         import watchfiles
 
+        # The directory is watched (editors and config management replace files by rename),
+        # but only events for the file itself count: a log file or anything else beside it
+        # must not trigger reloads.
         async for _changes in watchfiles.awatch(
-            path.parent, stop_event=self._stop, debounce=300, recursive=False
+            path.parent,
+            stop_event=self._stop,
+            debounce=300,
+            recursive=False,
+            watch_filter=lambda _change, changed: Path(changed).name == path.name,
         ):
             if not path.exists():  # noqa: ASYNC240 - one stat of a local file
                 continue
@@ -222,6 +230,8 @@ class Service:
             except SidecarError as error:
                 log.error("config_reload_failed", error=error_text(error))
                 continue
+            if new == self.settings:
+                continue  # touched, not changed
             self._apply_settings(new)
 
     def _apply_settings(self, new: Settings) -> None:
@@ -453,6 +463,11 @@ class Service:
             return await self._check_locked(
                 spec, force=force, dry_run=dry_run, respect_backoff=False
             )
+
+
+def _leads_to(changed: Path, target: Path) -> bool:
+    """Whether a change matters for ``target``: the file itself, or a directory on its way."""
+    return changed == target or changed in target.parents
 
 
 def _existing_parent(path: Path) -> Path:

@@ -469,6 +469,12 @@ def test_config_file_change_adds_and_removes_certificates(
         )
         # A removed certificate stays on disk (and loaded); `revoke --remove` deletes it.
         assert (certs / f"{first}.pem").read_bytes() == kept
+        # Other files in the same directory, and a rewrite with the same content, are ignored.
+        reloads = sidecar.event_names().count("config_reloaded")
+        (config.parent / "unrelated.log").write_text("noise\n")
+        write_config([second])
+        time.sleep(1.5)
+        assert sidecar.event_names().count("config_reloaded") == reloads
         # A broken file is reported and the running configuration kept.
         _write_atomically(config, b"[acme\n")
         sidecar.wait_for(
