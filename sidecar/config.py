@@ -28,7 +28,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -722,6 +721,8 @@ def _read_config_file(path: Path, label: str) -> _FileConfig:
         raise ConfigError(label, f"{path} is a directory, not a TOML file") from None
     except OSError as exc:
         raise ConfigError(label, f"cannot read {path}: {exc.strerror}") from None
+    import tomllib  # only when there is a file: most containers configure by environment
+
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -46,6 +46,7 @@ ORDER_TIMEOUT = 300.0
 # How many orders run at once in one pass: enough to fill the CA's pipeline over one connection
 # pool, few enough not to look like a flood to a CA or to a DNS hook.
 MAX_CONCURRENT_ORDERS = 16
+MAX_CA_CONNECTIONS = 8
 
 
 def parse_revocation_reason(text: str | None) -> int | None:
@@ -319,9 +320,10 @@ class Manager:
             account_url = None
         else:
             account_key, account_url = loaded
-        client = AcmeClient(
-            settings.directory, account_key, ssl_context=context, **self._client_options
-        )
+        # A few connections carry all concurrent orders: step-ca answers in milliseconds, and
+        # httpcore scans its whole pool on every request, so a large pool costs CPU, not time.
+        options: dict[str, Any] = {"max_connections": MAX_CA_CONNECTIONS, **self._client_options}
+        client = AcmeClient(settings.directory, account_key, ssl_context=context, **options)
         try:
             await client.__aenter__()
             contact = [f"mailto:{settings.email}"] if settings.email else []
@@ -434,6 +436,15 @@ class Manager:
     # -- the HAProxy side ---------------------------------------------------------------------
 
     def deployer(self) -> Deployer | None:
+        """None when there is nothing to tell: no HAProxy, no reload, no hook, no check."""
+        settings = self.settings
+        if not (
+            settings.haproxy_sockets
+            or settings.reload != "none"
+            or settings.deploy_hook
+            or settings.verify_address
+        ):
+            return None
         if not self._deployer_built:
             from sidecar.deploy import deployer_from_settings
 
