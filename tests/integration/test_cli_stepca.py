@@ -280,3 +280,23 @@ def test_haproxy_loads_the_pem_and_serves_a_verified_chain_for_each_name(
     for name in loopback.names:
         # Verified against the step-ca root only, with the name checked (SNI = name).
         assert handshake("127.0.0.1", haproxy.port, name, root).serial_number == serial
+
+
+def test_renew_dry_run_does_the_exchange_but_writes_nothing(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    args = [*_args(step_ca, tmp_path, loopback), "--domain", loopback.name]
+    assert run_cli(["issue", *args]).code == 0
+    pem_path = tmp_path / "certs" / f"{loopback.name}.pem"
+    state = tmp_path / "state" / "certs" / loopback.name
+    before = {p.name: p.read_bytes() for p in [pem_path, *state.iterdir()]}
+
+    result = run_cli(["renew", "--force", "--dry-run", *args])
+    assert result.code == 0, result.stderr
+    assert f"{loopback.name}: dry-run serial" in result.stdout
+    after = {p.name: p.read_bytes() for p in [pem_path, *state.iterdir()]}
+    assert after == before
+    # Not due and not forced: nothing to do, nothing ordered.
+    plain = run_cli(["renew", *args])
+    assert plain.code == 0
+    assert f"{loopback.name}: unchanged" in plain.stdout
