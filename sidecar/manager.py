@@ -166,7 +166,6 @@ class Manager:
         *,
         holder: str | None = None,
         now: Callable[[], datetime] = utc_now,
-        keep_responders: bool = False,
         rng: random.Random | None = None,
         create_state: bool = True,
         client_options: Mapping[str, Any] | None = None,
@@ -179,7 +178,6 @@ class Manager:
         self.holder = holder or f"pid {os.getpid()}"
         self.now = now
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-        self._keep_responders = keep_responders
         self._client: AcmeClient | None = None
         self._client_lock = asyncio.Lock()
         self._solvers: dict[str, ChallengeSolver] = {}
@@ -429,11 +427,6 @@ class Manager:
             return Dns01HookSolver(settings.dns_hook)
         raise OperationError(f"--challenge: unknown challenge type {challenge!r}")
 
-    async def start_responders(self) -> None:
-        """Bind the listeners of every configured challenge type now (for `run`)."""
-        for challenge in sorted({spec.challenge for spec in self.settings.certificates}):
-            await self.solver(challenge)
-
     # -- the HAProxy side ---------------------------------------------------------------------
 
     def deployer(self) -> Deployer | None:
@@ -642,17 +635,17 @@ class Manager:
         from ca_client.keys import private_key_to_pem
 
         return pem.combined_pem(
-            issued.leaf_pem.encode() if isinstance(issued.leaf_pem, str) else issued.leaf_pem,
-            [c.encode() if isinstance(c, str) else c for c in issued.chain_pems],
+            issued.leaf_pem.encode(),
+            [c.encode() for c in issued.chain_pems],
             private_key_to_pem(key),
         )
 
     def _store_and_write(
         self, spec: CertificateSpec, issued: IssuedCertificate, combined: bytes
     ) -> None:
-        leaf = issued.leaf_pem.encode() if isinstance(issued.leaf_pem, str) else issued.leaf_pem
-        chain = [c.encode() if isinstance(c, str) else c for c in issued.chain_pems]
-        self.store.save_issued(spec.name, leaf, chain)
+        self.store.save_issued(
+            spec.name, issued.leaf_pem.encode(), [c.encode() for c in issued.chain_pems]
+        )
         storage.atomic_write(
             self.pem_path(spec.name),
             combined,
@@ -723,11 +716,9 @@ class Manager:
         path = self.pem_path(spec.name)
         if path.exists():
             return False
-        from ca_client.keys import private_key_to_pem
         from sidecar.placeholder import make_placeholder
 
-        cert_pem, key = make_placeholder(spec.name, spec.domains, now=self.now())
-        key_pem = key if isinstance(key, bytes) else private_key_to_pem(key)
+        cert_pem, key_pem = make_placeholder(spec.name, spec.domains, now=self.now())
         data = pem.combined_pem(cert_pem, [], key_pem)
         storage.atomic_write(path, data, mode=self.settings.pem_mode, group=self.settings.pem_group)
         log.info("cert_placeholder_written", cert=spec.name, path=str(path))
@@ -811,10 +802,8 @@ class Manager:
         *,
         force: bool = False,
         dry_run: bool = False,
-        due_only: bool = False,
     ) -> list[Outcome]:
         """One pass: every certificate at once (bounded by the order semaphore)."""
-        del due_only  # `issue` and `renew` differ only in wording: both skip what is not due.
         return list(
             await asyncio.gather(
                 *(self.ensure(spec, force=force, dry_run=dry_run) for spec in specs)
