@@ -839,8 +839,10 @@ class AcmeClient:
             else:
                 authorization = await self._poll(
                     lambda: self._fetch_authorization(url, deadline),
-                    lambda found: found.status != "pending"
-                    or _failed_without_retry(found.challenge(challenge.type)),
+                    lambda found: (
+                        found.status != "pending"
+                        or _failed_without_retry(found.challenge(challenge.type))
+                    ),
                     deadline=deadline,
                     what="authorization",
                     url=url,

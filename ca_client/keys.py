@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-import enum
 import hashlib
 import json
 from typing import TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ca_client.key_types import KeyType
 
 
 def b64url(data: bytes) -> str:
@@ -23,16 +24,6 @@ def b64url_decode(text: str) -> bytes:
 
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-
-class KeyType(enum.StrEnum):
-    """The key types a certificate (or an account) can have."""
-
-    EC_P256 = "ec-p256"
-    EC_P384 = "ec-p384"
-    RSA_2048 = "rsa-2048"
-    RSA_3072 = "rsa-3072"
-    RSA_4096 = "rsa-4096"
 
 
 _CURVES: dict[KeyType, ec.EllipticCurve] = {

@@ -39,7 +39,7 @@ from sidecar import domains
 from sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ca_client.keys import KeyType
+    from ca_client.key_types import KeyType
     from sidecar.haproxy import HAProxyAddress
 
 __all__ = [
@@ -640,8 +640,7 @@ def _signal(raw: _Raw) -> signal.Signals | None:
 
 def _key_type(raw: _Raw) -> KeyType:
     text = _choice(raw, KEY_TYPES)
-    # Imported here: ca_client.keys pulls in cryptography, which --help must not pay for.
-    from ca_client.keys import KeyType
+    from ca_client.key_types import KeyType
 
     return KeyType(text)
 

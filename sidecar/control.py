@@ -31,11 +31,11 @@ import struct
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import structlog
 
+from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line
 
 __all__ = [
@@ -153,7 +153,7 @@ def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int] | No
 # --- server ------------------------------------------------------------------------------------
 
 
-class ControlServer:
+class ControlServer(StartStop):
     """Serve the control socket at ``path``, calling ``handler`` once per request.
 
     Start refuses (`ControlSocketBusy`) when another live server answers at ``path`` and removes
@@ -274,18 +274,6 @@ class ControlServer:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
         log.info("control_socket_closed", path=str(self._path))
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

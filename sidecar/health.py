@@ -23,9 +23,9 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line
 from sidecar.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -270,7 +270,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-class HealthServer:
+class HealthServer(StartStop):
     """``GET /healthz``, ``/readyz``, ``/metrics`` on ``host:port`` (port 0: any free port).
 
     ``snapshot`` is called once per ``/readyz`` or ``/metrics`` request, in the event loop, and
@@ -346,18 +346,6 @@ class HealthServer:
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
-
-    async def __aenter__(self) -> HealthServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -18,12 +18,11 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 from urllib.parse import urlsplit
 
 from ca_client.challenges import _listen
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
+from ca_client.lifecycle import StartStop
 from ca_client.models import Identifier
 
 logger = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ def choose_response(request: HttpRequest, tokens: dict[str, str]) -> HttpRespons
     return HttpResponse(200, key_authorization.encode("ascii"))
 
 
-class Http01Responder:
+class Http01Responder(StartStop):
     """Answers ``GET /.well-known/acme-challenge/<token>`` for the tokens it holds.
 
     One long-lived responder serves any number of concurrent orders: `present` adds a token,
@@ -214,18 +213,6 @@ class Http01Responder:
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def present(self, identifier: Identifier, token: str, key_authorization: str) -> None:
         check_key_authorization(token, key_authorization)

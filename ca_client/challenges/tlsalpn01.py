@@ -26,8 +26,6 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +39,7 @@ from ca_client.challenges.base import (
     format_address,
     tls_alpn01_digest,
 )
+from ca_client.lifecycle import StartStop
 from ca_client.models import Identifier
 
 logger = logging.getLogger(__name__)
@@ -294,7 +293,7 @@ class _Presented:
     context: ssl.SSLContext
 
 
-class TlsAlpn01Responder:
+class TlsAlpn01Responder(StartStop):
     """Answers tls-alpn-01 validation handshakes for the identifiers it holds.
 
     One long-lived responder serves any number of concurrent orders. Only one certificate can
@@ -351,18 +350,6 @@ class TlsAlpn01Responder:
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def present(self, identifier: Identifier, token: str, key_authorization: str) -> None:
         check_key_authorization(token, key_authorization)
