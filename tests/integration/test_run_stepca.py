@@ -60,6 +60,21 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _run_args(ca: StepCA, tmp_path: Path, lease: LoopbackLease) -> list[str]:
+    """The common arguments: this CA, certs and state under tmp_path, one certificate."""
+    return [
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            tmp_path / "certs",
+            tmp_path / "state",
+            http_listen=f"{lease.address}:80",
+        ),
+        "--domain",
+        lease.name,
+    ]
+
+
 class Handshaker(threading.Thread):
     """TLS handshakes through HAProxy in a loop, verifying against the CA root only."""
 
@@ -97,15 +112,7 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
     haproxy = haproxy_factory(certs)  # type: ignore[operator]
     haproxy_pid = haproxy.pid
     args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+        *_run_args(ca, tmp_path, loopback),
         "--haproxy-socket",
         f"unix:{haproxy.socket_path}",
     ]
@@ -219,15 +226,7 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
     ca = step_ca_factory(default_duration="60s")
     certs = tmp_path / "certs"
     args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+        *_run_args(ca, tmp_path, loopback),
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -277,15 +276,7 @@ def test_haproxy_missing_then_back(
     haproxy = haproxy_factory(certs)  # type: ignore[operator]
     haproxy.stop()
     args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+        *_run_args(ca, tmp_path, loopback),
         "--haproxy-socket",
         f"unix:{haproxy.socket_path}",
     ]
@@ -324,15 +315,7 @@ def test_renew_force_is_handed_to_the_running_sidecar(
 ) -> None:
     certs = tmp_path / "certs"
     args = [
-        *base_args(
-            step_ca.directory_url,
-            step_ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+        *_run_args(step_ca, tmp_path, loopback),
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
@@ -382,15 +365,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(
 ) -> None:
     certs = tmp_path / "certs"
     args = [
-        *base_args(
-            step_ca.directory_url,
-            step_ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+        *_run_args(step_ca, tmp_path, loopback),
     ]
     pem_path = certs / f"{loopback.name}.pem"
     assert run_cli(["issue", *args]).code == 0
