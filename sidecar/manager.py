@@ -723,11 +723,17 @@ class Manager:
         storage.atomic_write(path, data, mode=self.settings.pem_mode, group=self.settings.pem_group)
         log.info("cert_placeholder_written", cert=spec.name, path=str(path))
         try:
-            await self.deploy(spec, data)
+            result = await self.deploy(spec, data)
         except Exception as error:
             log.warning(
                 "haproxy_placeholder_deploy_failed", cert=spec.name, error=error_text(error)
             )
+            return True
+        if result is not None and result.ok:
+            log.info("haproxy_placeholder_loaded", cert=spec.name, mode=result.mode)
+        elif result is not None:
+            # HAProxy may not be up yet: it loads the file from disk when it starts.
+            log.info("haproxy_placeholder_not_loaded", cert=spec.name, error=result.summary())
         return True
 
     # -- revocation ---------------------------------------------------------------------------

@@ -153,6 +153,8 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
         names = sidecar.event_names()
         assert names.count("cert_issued") >= 4
         assert "haproxy_updated" in names
+        # The placeholder went into the running HAProxy through the runtime API first.
+        assert names.index("haproxy_placeholder_loaded") < names.index("cert_issued")
         status, metrics = sidecar.get("/metrics")
         assert status == 200
         assert (_metric(metrics, "cert_sidecar_renewals_total", result="success") or 0) >= 4
