@@ -43,6 +43,11 @@ log = get_logger("sidecar.manager")
 # How long one order may take before it is abandoned (step-ca answers in milliseconds; Pebble
 # sleeps up to several seconds per validation; a DNS hook may wait for propagation).
 ORDER_TIMEOUT = 300.0
+# While a valid certificate is deployed, one attempt may use at most this share of its time
+# left (never less than MIN_ORDER_TIMEOUT): a CA that hangs must not eat the whole remaining
+# validity in one attempt when a retry could still succeed before expiry.
+ORDER_SHARE_OF_TIME_LEFT = 0.25
+MIN_ORDER_TIMEOUT = 15.0
 # How many orders run at once in one pass: enough to fill the CA's pipeline over one connection
 # pool, few enough not to look like a flood to a CA or to a DNS hook.
 MAX_CONCURRENT_ORDERS = 16
@@ -63,6 +68,14 @@ def parse_revocation_reason(text: str | None) -> int | None:
         return int(key)
     names = ", ".join(REVOCATION_REASONS)
     raise OperationError(f"--reason: unknown revocation reason {text!r} (one of: {names})")
+
+
+def order_timeout(view: CertView, now: datetime) -> float:
+    """How long one attempt may take; see ORDER_SHARE_OF_TIME_LEFT."""
+    if not view.is_real or view.facts is None or view.facts.not_after <= now:
+        return ORDER_TIMEOUT
+    left = (view.facts.not_after - now).total_seconds()
+    return max(MIN_ORDER_TIMEOUT, min(ORDER_TIMEOUT, left * ORDER_SHARE_OF_TIME_LEFT))
 
 
 def utc_now() -> datetime:
@@ -617,7 +630,7 @@ class Manager:
                 key,
                 solvers={spec.challenge: solver},
                 preferred=(spec.challenge,),
-                timeout=ORDER_TIMEOUT,
+                timeout=order_timeout(view, self.now()),
                 replaces=replaces,
             )
         except BaseException as error:
