@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from ca_client.challenges.base import ResponderBindError, format_address
+from ca_client.lifecycle import StartStop
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -70,3 +71,36 @@ def bound_port(server: asyncio.Server | None) -> int:
         raise RuntimeError("responder is not listening; call start() first")
     port: int = server.sockets[0].getsockname()[1]
     return port
+
+
+class Listener(StartStop):
+    """What the responders share: one listening socket, its connection tasks, and closing."""
+
+    challenge_type: str
+
+    def __init__(self, host: str, port: int, *, max_connections: int) -> None:
+        self.host = host
+        self.port = port
+        self._max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        return format_address(normalize_host(self.host) or "*", self.port)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on; differs from ``port`` when that was 0."""
+        return bound_port(self._server)
+
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        # Python 3.11's Server.close() leaves accepted connections open: end them here.
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await server.wait_closed()

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from ca_client.challenges import _listen
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
-from ca_client.lifecycle import StartStop
 from ca_client.models import Identifier
 
 logger = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ def choose_response(request: HttpRequest, tokens: dict[str, str]) -> HttpRespons
     return HttpResponse(200, key_authorization.encode("ascii"))
 
 
-class Http01Responder(StartStop):
+class Http01Responder(_listen.Listener):
     """Answers ``GET /.well-known/acme-challenge/<token>`` for the tokens it holds.
 
     One long-lived responder serves any number of concurrent orders: `present` adds a token,
@@ -170,23 +169,10 @@ class Http01Responder(StartStop):
         read_timeout: float = 10.0,
         max_connections: int = 512,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, max_connections=max_connections)
         self._max_request_bytes = max_request_bytes
         self._read_timeout = read_timeout
-        self._max_connections = max_connections
         self._tokens: dict[str, str] = {}
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def address(self) -> str:
-        return format_address(_listen.normalize_host(self.host) or "*", self.port)
-
-    @property
-    def bound_port(self) -> int:
-        """The port actually listened on; differs from ``port`` when that was 0."""
-        return _listen.bound_port(self._server)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -202,17 +188,6 @@ class Http01Responder(StartStop):
             "http-01 responder listening on %s",
             format_address(_listen.normalize_host(self.host) or "*", self.bound_port),
         )
-
-    async def aclose(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        # Python 3.11's Server.close() leaves accepted connections open: end them here.
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
 
     async def present(self, identifier: Identifier, token: str, key_authorization: str) -> None:
         check_key_authorization(token, key_authorization)

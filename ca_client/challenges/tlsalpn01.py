@@ -39,7 +39,6 @@ from ca_client.challenges.base import (
     format_address,
     tls_alpn01_digest,
 )
-from ca_client.lifecycle import StartStop
 from ca_client.models import Identifier
 
 logger = logging.getLogger(__name__)
@@ -293,7 +292,7 @@ class _Presented:
     context: ssl.SSLContext
 
 
-class TlsAlpn01Responder(StartStop):
+class TlsAlpn01Responder(_listen.Listener):
     """Answers tls-alpn-01 validation handshakes for the identifiers it holds.
 
     One long-lived responder serves any number of concurrent orders. Only one certificate can
@@ -311,24 +310,11 @@ class TlsAlpn01Responder(StartStop):
         handshake_timeout: float = 10.0,
         max_connections: int = 512,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, max_connections=max_connections)
         self._handshake_timeout = handshake_timeout
-        self._max_connections = max_connections
         self._presented: dict[str, list[_Presented]] = {}
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
         self._context = _base_context()
         self._context.sni_callback = self._select_context
-
-    @property
-    def address(self) -> str:
-        return format_address(_listen.normalize_host(self.host) or "*", self.port)
-
-    @property
-    def bound_port(self) -> int:
-        """The port actually listened on; differs from ``port`` when that was 0."""
-        return _listen.bound_port(self._server)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -340,16 +326,6 @@ class TlsAlpn01Responder(StartStop):
             "tls-alpn-01 responder listening on %s",
             format_address(_listen.normalize_host(self.host) or "*", self.bound_port),
         )
-
-    async def aclose(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await server.wait_closed()
 
     async def present(self, identifier: Identifier, token: str, key_authorization: str) -> None:
         check_key_authorization(token, key_authorization)
