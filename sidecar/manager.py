@@ -205,6 +205,9 @@ class Manager:
         self.last_ca_success: datetime | None = None
         self.clock_skew: float | None = None
         self._ari: dict[str, _AriEntry] = {}
+        self._deployed_cache: dict[
+            Path, tuple[tuple[int, int, int], tuple[pem.CertFacts | None, str | None, bool]]
+        ] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -257,24 +260,7 @@ class Manager:
         """Read the deployed combined PEM and the metadata, and ask the policy about them."""
         now = now or self.now()
         path = self.pem_path(spec.name)
-        facts: pem.CertFacts | None = None
-        unreadable: str | None = None
-        matches = True
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            data = None
-        except OSError as error:
-            unreadable = f"cannot read {path}: {error.strerror or error}"
-            data = None
-        if data is not None:
-            try:
-                bundle = pem.parse_combined(data)
-            except pem.PemError as error:
-                unreadable = f"{path}: {error}"
-            else:
-                facts = pem.describe_cert(bundle.leaf)
-                matches = pem.key_matches(bundle.leaf, bundle.key)
+        facts, unreadable, matches = self._read_deployed(path)
         meta = self._load_meta(spec.name)
         due = policy.due_reason(
             now,
@@ -298,6 +284,42 @@ class Manager:
         if meta.next_retry_at is not None and meta.failures and due is not None:
             next_renewal = max(now, meta.next_retry_at)
         return CertView(spec, path, facts, unreadable, matches, meta, due, next_renewal)
+
+    def _read_deployed(self, path: Path) -> tuple[pem.CertFacts | None, str | None, bool]:
+        """(facts, why unreadable, key matches) of a deployed combined PEM.
+
+        `/readyz`, `/metrics` and every scheduled check look at every certificate; parsing
+        a thousand PEMs per scrape would dominate an idle sidecar. The file is only ever
+        replaced by rename, so (inode, mtime, size) changes whenever its content does.
+        """
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            self._deployed_cache.pop(path, None)
+            return None, None, True
+        except OSError as error:
+            return None, f"cannot read {path}: {error.strerror or error}", True
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._deployed_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            return None, f"cannot read {path}: {error.strerror or error}", True
+        result: tuple[pem.CertFacts | None, str | None, bool]
+        try:
+            bundle = pem.parse_combined(data)
+        except pem.PemError as error:
+            result = (None, f"{path}: {error}", True)
+        else:
+            result = (
+                pem.describe_cert(bundle.leaf),
+                None,
+                pem.key_matches(bundle.leaf, bundle.key),
+            )
+        self._deployed_cache[path] = (key, result)
+        return result
 
     def _load_meta(self, name: str) -> storage.CertMeta:
         try:
