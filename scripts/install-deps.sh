@@ -23,7 +23,11 @@ TEST_PACKAGES=(
     # The compose tests: podman serving the Docker API to docker-compose 1.29; runc because
     # crun fails on this sandbox's cgroup mode; netavark + aardvark-dns (and the CNI dnsname
     # plugin) give service-name DNS on podman networks; debootstrap builds the local base image.
-    # No docker.io: nothing here needs the Docker CLI or engine.
+    # docker.io: a real Docker Engine (dockerd), started on its own socket by the compose tests,
+    # because Docker's volume copy-up rules differ from podman's (TEST-PEERS.md).
+    docker.io
+    # promtool checks the Prometheus alerting rules in docker/prometheus/.
+    prometheus
     podman docker-compose runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns
     containernetworking-plugins golang-github-containernetworking-plugin-dnsname debootstrap
     # setpriv/runuser, to run a case as an unprivileged user (root ignores file modes).
