@@ -1,0 +1,361 @@
+"""The operators' alerting rules (docker/prometheus/) checked with the real promtool, and
+against what a real `cert-sidecar run` exports.
+
+- ``promtool check rules`` / ``check config``: the rules and the example configuration load.
+- ``promtool test rules`` on tests/integration/prometheus/cert-sidecar.rules.test.yml: every
+  alert fires on its input series with the expected labels and text, and stays quiet where it
+  must; each mutation below (a broken threshold, ``for:``, matcher or branch) makes it fail, so
+  the cases are known to be able to fail.
+- A real scrape (``run`` against the real step-ca and HAProxy): ``promtool check metrics`` finds
+  no problem, every metric the rules use is exported, the test cases' label names are the real
+  ones, and replayed into promtool the healthy sidecar's series raise no alert.
+
+promtool comes from Debian's ``prometheus`` package (scripts/install-deps.sh); without it these
+tests fail, like the other peers' tests, rather than skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli import REPO, Sidecar, base_args, free_port
+from tests.peers.haproxy import handshake
+from tests.peers.loopback import LoopbackLease
+from tests.peers.stepca import StepCAFactory
+
+RULES = REPO / "docker" / "prometheus" / "cert-sidecar.rules.yml"
+CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
+RULE_TESTS = Path(__file__).parent / "prometheus" / "cert-sidecar.rules.test.yml"
+
+_METRIC_NAME = re.compile(r"\bcert_sidecar_[a-z0-9_]+")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+# Prometheus adds these to every scraped series; the sidecar does not export them.
+_TARGET_LABELS = frozenset({"job", "instance"})
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool is not installed: run scripts/install-deps.sh (Debian package prometheus)",
+            pytrace=False,
+        )
+    return path
+
+
+def _run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_promtool(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _alert_blocks(rules_text: str) -> dict[str, str]:
+    """Each alerting rule's text, by alert name (the file is ours: one rule per ``- alert:``)."""
+    parts = re.split(r"^\s*- alert: ", rules_text, flags=re.MULTILINE)[1:]
+    return {part.split("\n", 1)[0].strip(): part for part in parts}
+
+
+def _expressions(rules_text: str) -> str:
+    """The ``expr`` values only (single-line or ``|`` blocks), without comments."""
+    exprs: list[str] = []
+    lines = rules_text.splitlines()
+    for index, line in enumerate(lines):
+        match = re.match(r"^(\s*)expr:\s*(.*)$", line)
+        if not match:
+            continue
+        indent, rest = len(match.group(1)), match.group(2)
+        if rest not in ("|", "|-", ">", ">-"):
+            exprs.append(rest)
+            continue
+        for following in lines[index + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            exprs.append(following.split("#", 1)[0])
+    return "\n".join(exprs)
+
+
+def _parse_series(text: str) -> list[tuple[str, dict[str, str], str]]:
+    """(name, labels, value) of each sample in exposition text."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, brace, label_text = head.partition("{")
+        labels = dict(_LABEL.findall(label_text)) if brace else {}
+        samples.append((name, labels, value))
+    return samples
+
+
+def _series_text(name: str, labels: dict[str, str]) -> str:
+    inner = ",".join(
+        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for key, value in sorted(labels.items())
+    )
+    return f"{name}{{{inner}}}"
+
+
+# --- the rules themselves ----------------------------------------------------------------------
+
+
+def test_rules_and_example_config_load() -> None:
+    rules_text = RULES.read_text()
+    alerts = _alert_blocks(rules_text)
+    checked = _run_promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(alerts)} rules found" in checked.stdout
+    config = _run_promtool("check", "config", str(CONFIG))
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_every_alert_has_for_severity_text_and_a_runbook() -> None:
+    alerts = _alert_blocks(RULES.read_text())
+    assert len(alerts) >= 8
+    for name, block in alerts.items():
+        assert re.search(r"^\s+for: \d+m$", block, re.MULTILINE), f"{name}: no for:"
+        assert re.search(r"^\s+severity: (critical|warning)$", block, re.MULTILINE), name
+        for annotation in ("summary", "description", "runbook"):
+            assert re.search(rf"^\s+{annotation}: ", block, re.MULTILINE), f"{name}: {annotation}"
+        if "cert_sidecar_" in _expressions(block):
+            # A certificate alert must say which certificate.
+            assert "$labels.name" in block, name
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    """Each alert has at least one case where it fires and one where it must not."""
+    text = RULE_TESTS.read_text()
+    cases = re.findall(r"alertname: (\w+)\n\s+exp_alerts:( \[\])?", text)
+    firing = {name for name, empty in cases if not empty}
+    quiet = {name for name, empty in cases if empty}
+    alerts = set(_alert_blocks(RULES.read_text()))
+    assert alerts - firing == set()
+    assert alerts - quiet == set()
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    result = _run_promtool("test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+# (alert, text in that alert's rule, replacement): each breaks the rule in a way the unit tests
+# must notice, reported as a failure of that alert.
+MUTATIONS = [
+    ("CertSidecarDown", 'up{job="cert-sidecar"} == 0', 'up{job="cert-sidecar"} == 1'),
+    ("CertSidecarDown", "for: 5m", "for: 1m"),
+    ("CertSidecarDown", "severity: critical", "severity: warning"),
+    ("CertSidecarAbsent", "for: 15m", "for: 5m"),
+    (
+        "CertSidecarCertificateNotIssued",
+        'max without (state) (cert_sidecar_certificate_state{state=~"missing|placeholder"})',
+        'cert_sidecar_certificate_state{state=~"missing|placeholder"}',
+    ),
+    ("CertSidecarCertificateNotIssued", "missing|placeholder", "placeholder"),
+    ("CertSidecarCertificateRenewalOverdue", "< 0.25 *", "< 0.4 *"),
+    (
+        "CertSidecarCertificateRenewalOverdue",
+        "unless cert_sidecar_certificate_is_placeholder == 1",
+        "",
+    ),
+    ("CertSidecarCertificateExpiresSoon", "< 0.1 *", "< 0.2 *"),
+    ("CertSidecarCertificateExpiresSoon", "< 7 * 86400", "< 8 * 86400"),
+    ("CertSidecarCertificateExpiresSoon", "0 < (", "-86400 < ("),
+    (
+        "CertSidecarCertificateExpiresSoon",
+        "unless cert_sidecar_certificate_is_placeholder == 1",
+        "",
+    ),
+    ("CertSidecarCertificateExpired", "unless cert_sidecar_certificate_is_placeholder == 1", ""),
+    ("CertSidecarCertificateExpired", "for: 1m", "for: 5m"),
+    ("CertSidecarRenewalFailing", "for: 30m", "for: 10m"),
+    ("CertSidecarRenewalFailing", "> 0", "> 1"),
+    (
+        "CertSidecarHAProxyNotServingCurrent",
+        "cert_sidecar_certificate_served_matches == 0\n            or\n",
+        "",
+    ),
+    (
+        "CertSidecarHAProxyNotServingCurrent",
+        "\n            or\n              (cert_sidecar_certificate_info unless "
+        "cert_sidecar_certificate_deployed_info)",
+        "",
+    ),
+    ("CertSidecarHAProxyNotServingCurrent", "max without (serial) (", "max without () ("),
+    (
+        "CertSidecarHAProxyNotServingCurrent",
+        "cert_sidecar_certificate_deployed_info{instance=",
+        "cert_sidecar_certificate_info{instance=",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("alert", "old", "new"),
+    MUTATIONS,
+    ids=[f"{alert}-{index}" for index, (alert, _, _) in enumerate(MUTATIONS)],
+)
+def test_a_broken_rule_fails_the_unit_tests(alert: str, old: str, new: str, tmp_path: Path) -> None:
+    rules_text = RULES.read_text()
+    block = _alert_blocks(rules_text)[alert]
+    assert block.count(old) == 1, f"mutation text not found once in {alert}: {old!r}"
+    mutated_rules = rules_text.replace(block, block.replace(old, new))
+    assert mutated_rules != rules_text
+    (tmp_path / "rules.yml").write_text(mutated_rules)
+    tests_text = RULE_TESTS.read_text().replace(
+        "../../../docker/prometheus/cert-sidecar.rules.yml", str(tmp_path / "rules.yml")
+    )
+    (tmp_path / "tests.yml").write_text(tests_text)
+    result = _run_promtool("test", "rules", str(tmp_path / "tests.yml"))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"promtool test rules passed with a broken {alert}"
+    assert f"alertname: {alert}," in output, output[-3000:]
+
+
+# --- a real scrape ---------------------------------------------------------------------------
+
+
+def _scrape_running_sidecar(
+    step_ca_factory: StepCAFactory,
+    haproxy_factory: Callable[..., object],
+    loopback: LoopbackLease,
+    tmp_path: Path,
+) -> tuple[str, float]:
+    """/metrics of `run` once HAProxy serves its first real certificate, and the scrape time."""
+    ca = step_ca_factory()  # the CA's default: 24 h certificates
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    haproxy = haproxy_factory(certs)
+    args = [
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
+        "--haproxy-socket",
+        f"unix:{haproxy.socket_path}",  # type: ignore[attr-defined]
+    ]
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    root = ca.root_pem.encode()
+    try:
+
+        def served_and_checked() -> bool:
+            try:
+                handshake("127.0.0.1", haproxy.port, loopback.name, root)  # type: ignore[attr-defined]
+            except (OSError, ssl.SSLError, ValueError):
+                return False
+            status, text = sidecar.get("/metrics")
+            return status == 200 and (
+                f'cert_sidecar_certificate_served_matches{{name="{loopback.name}"}} 1' in text
+            )
+
+        sidecar.wait_for(served_and_checked, "HAProxy serving the issued certificate", timeout=90)
+        status, text = sidecar.get("/metrics")
+        scraped_at = time.time()
+        assert status == 200
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+    return text, scraped_at
+
+
+@pytest.mark.stepca
+@pytest.mark.haproxy
+def test_real_scrape_passes_promtool_and_has_what_the_rules_use(
+    step_ca_factory: StepCAFactory,
+    haproxy_factory: Callable[..., object],
+    loopback: LoopbackLease,
+    tmp_path: Path,
+) -> None:
+    _promtool()  # fail before starting peers when it is missing
+    text, scraped_at = _scrape_running_sidecar(step_ca_factory, haproxy_factory, loopback, tmp_path)
+    (tmp_path / "metrics.prom").write_text(text)
+
+    # 1. The exposition passes promtool's parser and linter (no output at all).
+    checked = _run_promtool("check", "metrics", stdin=text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == checked.stderr.strip() == "", checked.stdout + checked.stderr
+
+    # 2. Every metric the rules name is exported; those in expressions have samples.
+    samples = _parse_series(text)
+    with_samples = {name for name, _, _ in samples}
+    declared = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    rules_text = RULES.read_text()
+    in_expressions = set(_METRIC_NAME.findall(_expressions(rules_text)))
+    anywhere = set(_METRIC_NAME.findall(rules_text))
+    assert len(in_expressions) >= 7
+    assert in_expressions - with_samples == set()
+    assert anywhere - declared == set()
+
+    # 3. The unit tests' input series use the real label names.
+    real_labels: dict[str, set[frozenset[str]]] = {}
+    for name, labels, _ in samples:
+        real_labels.setdefault(name, set()).add(frozenset(labels))
+    test_series = re.findall(
+        r"series: '(cert_sidecar_[a-z0-9_]+)\{([^}]*)\}'", RULE_TESTS.read_text()
+    )
+    assert test_series
+    for name, label_text in test_series:
+        names = frozenset(dict(_LABEL.findall(label_text))) - _TARGET_LABELS
+        assert names in real_labels.get(name, set()), (
+            f"{name}{{{label_text}}} vs {real_labels.get(name)}"
+        )
+
+    # 4. Replayed into promtool for an hour (timestamps kept relative to the scrape), the
+    # healthy sidecar raises no alert.
+    input_series = [
+        {
+            "series": _series_text("up", {"job": "cert-sidecar", "instance": "sc:9102"}),
+            "values": "1x70",
+        }
+    ]
+    for name, labels, value in samples:
+        number = float(value)
+        if name.endswith("_timestamp_seconds"):
+            number -= scraped_at
+        input_series.append(
+            {
+                "series": _series_text(
+                    name, {**labels, "job": "cert-sidecar", "instance": "sc:9102"}
+                ),
+                "values": f"{number!r}x70",
+            }
+        )
+    alerts = sorted(_alert_blocks(rules_text))
+    replay = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "name": "a real, healthy cert-sidecar",
+                "interval": "1m",
+                "input_series": input_series,
+                "alert_rule_test": [
+                    {"eval_time": eval_time, "alertname": alert, "exp_alerts": []}
+                    for eval_time in ("5m", "65m")
+                    for alert in alerts
+                ],
+            }
+        ],
+    }
+    # JSON is YAML: no YAML library needed.
+    (tmp_path / "replay.yml").write_text(json.dumps(replay, indent=1))
+    replayed = _run_promtool("test", "rules", str(tmp_path / "replay.yml"))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
