@@ -87,6 +87,11 @@ def _expressions(rules_text: str) -> str:
     return "\n".join(exprs)
 
 
+def _unescape(raw: str) -> str:
+    """A label value as written in exposition text (``\\\\``, ``\\"``, ``\\n``), unescaped."""
+    return re.sub(r"\\(.)", lambda match: "\n" if match.group(1) == "n" else match.group(1), raw)
+
+
 def _parse_series(text: str) -> list[tuple[str, dict[str, str], str]]:
     """(name, labels, value) of each sample in exposition text."""
     samples = []
@@ -95,16 +100,19 @@ def _parse_series(text: str) -> list[tuple[str, dict[str, str], str]]:
             continue
         head, _, value = line.rpartition(" ")
         name, brace, label_text = head.partition("{")
-        labels = dict(_LABEL.findall(label_text)) if brace else {}
+        labels = {key: _unescape(raw) for key, raw in _LABEL.findall(label_text)} if brace else {}
         samples.append((name, labels, value))
     return samples
 
 
 def _series_text(name: str, labels: dict[str, str]) -> str:
-    inner = ",".join(
-        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for key, value in sorted(labels.items())
-    )
+    """A promtool input series: ``name{label="value",...}`` with PromQL string escapes."""
+
+    def quoted(value: str) -> str:
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+
+    inner = ",".join(f"{key}={quoted(value)}" for key, value in sorted(labels.items()))
     return f"{name}{{{inner}}}"
 
 
