@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ca_client.challenges import _listen
+from ca_client.challenges import _http, _listen
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
 from ca_client.models import Identifier
 
@@ -156,6 +156,13 @@ class Http01Responder(_listen.Listener):
 
     One long-lived responder serves any number of concurrent orders: `present` adds a token,
     `cleanup` removes it. Use as ``async with Http01Responder(host, port) as responder:``.
+
+    Anyone can connect, so each connection is bounded: ``first_byte_timeout`` to start the
+    request, ``read_timeout`` (from the accept) for the whole head, ``max_request_bytes`` for its
+    size, at most ``max_per_source`` connections from one address (an IPv6 /64), and at most
+    ``max_connections`` in all, where a newcomer is let in by closing the oldest connection of
+    the busiest source (see `ca_client.challenges._limits`). A CA validating hundreds of names
+    at once from one address still fits: 128 per source.
     """
 
     challenge_type = "http-01"
@@ -166,12 +173,15 @@ class Http01Responder(_listen.Listener):
         port: int,
         *,
         max_request_bytes: int = 8192,
-        read_timeout: float = 10.0,
+        read_timeout: float = 5.0,
+        first_byte_timeout: float = 3.0,
         max_connections: int = 512,
+        max_per_source: int = 128,
     ) -> None:
-        super().__init__(host, port, max_connections=max_connections)
+        super().__init__(host, port, max_connections=max_connections, max_per_source=max_per_source)
         self._max_request_bytes = max_request_bytes
         self._read_timeout = read_timeout
+        self._first_byte_timeout = first_byte_timeout
         self._tokens: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -181,7 +191,7 @@ class Http01Responder(_listen.Listener):
             self.challenge_type,
             self.host,
             self.port,
-            self._handle_connection,
+            self._on_connection,
             limit=self._max_request_bytes,
         )
         logger.info(
@@ -198,41 +208,23 @@ class Http01Responder(_listen.Listener):
         self._tokens.pop(token, None)
         logger.debug("http-01 token %s removed for %s", token, identifier.value)
 
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= self._max_connections or task is None:
-            writer.close()  # shed load rather than queue: the CA retries a failed fetch
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        response, include_body = await self._read_and_answer(reader)
+        if response is None:
             return
-        self._connections.add(task)
-        try:
-            response, include_body = await self._read_and_answer(reader)
-            if response is not None:
-                writer.write(response.render(include_body=include_body))
-                async with asyncio.timeout(self._read_timeout):
-                    await writer.drain()
-                if response.status >= 400:
-                    await self._linger(reader, writer)
-        except (OSError, TimeoutError):
-            pass  # the peer went away or stalled; nothing to answer
-        except asyncio.CancelledError:
-            # aclose() cancels open connections. Nobody awaits this task, and asyncio's stream
-            # callback logs an error for a handler task that ends cancelled, so end quietly.
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(self._read_timeout):
-                    await writer.wait_closed()
+        writer.write(response.render(include_body=include_body))
+        async with asyncio.timeout(self._read_timeout):
+            await writer.drain()
+        if response.status >= 400 and response.status != 408:
+            await self._linger(reader, writer)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then drain what the client still sends, before closing.
 
         Closing a socket with unread input makes the kernel send a reset, which can destroy the
         error response before the client reads it (RFC 9112 §9.6 "tear-down"). A refused request
-        may well have unread input: an oversized head, a body.
+        may well have unread input: an oversized head, a body. (Not after a 408: that client
+        has stopped sending.)
         """
         if writer.can_write_eof():
             writer.write_eof()
@@ -246,14 +238,15 @@ class Http01Responder(_listen.Listener):
         self, reader: asyncio.StreamReader
     ) -> tuple[HttpResponse | None, bool]:
         try:
-            async with asyncio.timeout(self._read_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            return HttpResponse(408, b"request timeout\n"), True
-        except asyncio.LimitOverrunError:
-            return HttpResponse(431, b"request head too large\n"), True
-        except asyncio.IncompleteReadError:
-            return None, False  # closed before a whole head arrived
+            head = await _http.read_request_head(
+                reader,
+                first_byte_timeout=self._first_byte_timeout,
+                head_timeout=self._read_timeout,
+            )
+        except _http.HeadNotRead as exc:
+            if exc.status is None:
+                return None, False
+            return HttpResponse(exc.status, f"{exc}\n".encode("ascii")), True
         try:
             request = parse_request_head(head)
         except HttpRequestError as exc:
