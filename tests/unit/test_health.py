@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator, Callable
