@@ -36,7 +36,7 @@ async def read_request_head(
         raise HeadNotRead(None, "closed before sending anything")
     try:
         async with asyncio.timeout_at(deadline):
-            return first + await reader.readuntil(b"\r\n\r\n")
+            head = first + await reader.readuntil(b"\r\n\r\n")
     except TimeoutError:
         raise HeadNotRead(408, "request timeout") from None
     except asyncio.LimitOverrunError:
@@ -46,3 +46,6 @@ async def read_request_head(
         if not (first + exc.partial).strip():
             raise HeadNotRead(None, "closed before a request") from None
         raise HeadNotRead(400, "incomplete request") from None
+    # The first byte was taken apart from the search: a "\r" followed by "\n\r\n" ended the
+    # head already (the bytes after it belong to no request this server answers).
+    return head[: head.find(b"\r\n\r\n") + 4]
