@@ -24,11 +24,12 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from ca_client.challenges._http import HeadNotRead, read_request_head
+from ca_client.challenges import _http
+from ca_client.challenges._http import HeadNotRead, HttpRequest, HttpRequestError, read_request_head
 from ca_client.challenges._limits import ConnectionLimits
 from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line
@@ -61,7 +62,6 @@ logger = logging.getLogger(__name__)
 HEALTHCHECK_TIMEOUT = 3.0
 
 MAX_HEAD_BYTES = 8 * 1024  # request line + headers; probes send a few hundred bytes
-MAX_TARGET_LENGTH = 2048
 MAX_HEADERS = 64
 FIRST_BYTE_TIMEOUT = 2.0  # probes and Prometheus write their request as soon as they connect
 READ_TIMEOUT = 5.0  # from accepting a connection to having the whole request head
@@ -70,9 +70,6 @@ MAX_CONNECTIONS = 64  # Prometheus and a probe or two need a handful
 MAX_PER_SOURCE = 16  # one address (all local probes share 127.0.0.1: eviction keeps them going)
 _MAX_PROBE_ANSWER = 4 * 1024 * 1024
 
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -116,86 +113,12 @@ def _os_error_text(exc: OSError) -> str:
 # --- pure: request parsing and answers ---------------------------------------------------------
 
 
-class HttpRequestError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    path: str  # without the query string
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...] = field(default=())  # names lower-cased
-
-
-def _is_token(text: str) -> bool:
-    return bool(text) and all(char in _TOKEN_CHARS for char in text)
-
-
 def parse_request_head(head: bytes) -> HttpRequest:
-    """Parse a request line and header fields (RFC 9112 §3, §5), ending with an empty line.
+    """Parse a request head strictly (the parser shared with the http-01 responder).
 
-    Only origin-form targets (``/path?query``): a probe never needs the absolute form. A body is
-    refused (RFC 9112 §6.3: its length would come from Content-Length or Transfer-Encoding), so
-    the end of the head is the end of the request and nothing can be smuggled after it.
+    Only origin-form targets (``/path?query``): a probe never needs the absolute form.
     """
-    if not head.endswith(b"\r\n\r\n"):
-        raise HttpRequestError(400, "request head must end with an empty line (CRLF)")
-    try:
-        text = head[:-4].decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise HttpRequestError(400, "request head is not ASCII") from exc
-    request_line, *field_lines = text.split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3:
-        raise HttpRequestError(400, "malformed request line")
-    method, target, version_text = parts
-    if not _is_token(method):
-        raise HttpRequestError(400, "malformed method")
-    if (
-        len(version_text) != 8
-        or not version_text.startswith("HTTP/")
-        or version_text[6] != "."
-        or not version_text[5].isdigit()
-        or not version_text[7].isdigit()
-    ):
-        raise HttpRequestError(400, "malformed HTTP version")
-    version = (int(version_text[5]), int(version_text[7]))
-    if version not in ((1, 0), (1, 1)):
-        raise HttpRequestError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    if len(target) > MAX_TARGET_LENGTH:
-        raise HttpRequestError(414, "request target too long")
-    if not target.startswith("/") or any(ord(char) <= 0x20 or char == "\x7f" for char in target):
-        raise HttpRequestError(400, "request target must be an absolute path")
-    if len(field_lines) > MAX_HEADERS:
-        raise HttpRequestError(431, "too many header fields")
-    headers: list[tuple[str, str]] = []
-    for line in field_lines:
-        name, colon, value = line.partition(":")
-        # RFC 9112 §5.1: no whitespace between name and colon; §5.2: obs-fold is rejected.
-        if not colon or not _is_token(name):
-            raise HttpRequestError(400, "malformed header field")
-        value = value.strip(" \t")
-        if any((ord(char) < 0x20 and char != "\t") or char == "\x7f" for char in value):
-            raise HttpRequestError(400, "control character in a header field")
-        headers.append((name.lower(), value))
-    names = [name for name, _ in headers]
-    # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
-    # request message that lacks a Host header field and to any request message that contains
-    # more than one Host header field".
-    if names.count("host") > 1 or (version == (1, 1) and "host" not in names):
-        raise HttpRequestError(400, "exactly one Host header is required")
-    if "transfer-encoding" in names:
-        raise HttpRequestError(400, "a request body is not accepted")
-    for name, value in headers:
-        if name == "content-length" and value != "0":
-            raise HttpRequestError(400, "a request body is not accepted")
-    path = target.partition("?")[0]
-    return HttpRequest(method=method, path=path, version=version, headers=tuple(headers))
+    return _http.parse_request_head(head, max_headers=MAX_HEADERS)
 
 
 def readyz_body(snapshot: HealthSnapshot, now: datetime) -> tuple[bool, dict[str, Any]]:

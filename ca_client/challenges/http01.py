@@ -7,8 +7,9 @@ request head (size- and time-limited), answers it and closes the connection. Onl
 responder currently holds are answered; every other request is refused, so the port leaks
 nothing and serves nothing an attacker could use.
 
-The parsing and the choice of the response are pure functions (`parse_request_head`,
-`choose_response`); `Http01Responder` only moves bytes.
+The parsing and the choice of the response are pure functions (`parse_request_head`, the
+parser shared with the health server in ``_http``, and `choose_response`); `Http01Responder`
+only moves bytes.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from ca_client.challenges import _http, _listen
+from ca_client.challenges._http import HttpRequest, HttpRequestError
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
 from ca_client.models import Identifier
 
@@ -38,26 +38,7 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _MAX_HEADER_LINES = 100
-
-
-class HttpRequestError(Exception):
-    """A request this server will not answer normally; ``status`` is the response to send."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    path: str  # the path of the request target, without query
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...]  # names lower-cased, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,60 +62,12 @@ class HttpResponse:
 
 
 def parse_request_head(head: bytes) -> HttpRequest:
-    """Parse a request line and header fields ending in CRLF CRLF (RFC 9112 §2-§5), strictly.
+    """Parse a request head strictly (`ca_client.challenges._http`), absolute-form allowed.
 
-    Anything ambiguous is refused with 400 rather than guessed at: obsolete line folding,
-    whitespace before a colon, a missing or repeated Host in HTTP/1.1, bare CR or LF.
+    RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests", and a validator
+    could send one; everything else ambiguous is refused with 400.
     """
-    if not head.endswith(b"\r\n\r\n"):
-        raise HttpRequestError(400, "request head not terminated by CRLF CRLF")
-    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
-    text_lines = head[:-4].lstrip(b"\r\n").split(b"\r\n")
-    if any(b"\r" in line or b"\n" in line for line in text_lines):
-        raise HttpRequestError(400, "bare CR or LF in request head")
-    if len(text_lines) - 1 > _MAX_HEADER_LINES:
-        raise HttpRequestError(431, "too many header fields")
-    try:
-        request_line = text_lines[0].decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpRequestError(400, "request line is not ASCII") from None
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise HttpRequestError(400, "request line is not 'method SP target SP version'")
-    method, target, version_text = parts
-    if not _TOKEN.fullmatch(method):
-        raise HttpRequestError(400, "invalid method")
-    version_match = _VERSION.fullmatch(version_text)
-    if version_match is None:
-        raise HttpRequestError(400, "invalid HTTP version")
-    version = (int(version_match[1]), int(version_match[2]))
-    if version[0] != 1:
-        raise HttpRequestError(505, "only HTTP/1.x is served")
-
-    headers: list[tuple[str, str]] = []
-    for raw in text_lines[1:]:
-        if raw[:1] in (b" ", b"\t"):
-            raise HttpRequestError(400, "obsolete line folding")  # RFC 9112 §5.2
-        name_bytes, colon, value_bytes = raw.partition(b":")
-        name = name_bytes.decode("latin-1")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HttpRequestError(400, "malformed header field")  # RFC 9112 §5.1
-        headers.append((name.lower(), value_bytes.decode("latin-1").strip(" \t")))
-
-    hosts = [value for name, value in headers if name == "host"]
-    if version >= (1, 1) and len(hosts) != 1:
-        raise HttpRequestError(400, "HTTP/1.1 needs exactly one Host header")  # RFC 9112 §3.2
-    return HttpRequest(method, _target_path(target), version, tuple(headers))
-
-
-def _target_path(target: str) -> str:
-    """The path of an origin-form or absolute-form target (RFC 9112 §3.2.1-§3.2.2)."""
-    if target.startswith("/"):
-        return target.partition("?")[0]
-    if target[:7].lower() == "http://":
-        path = urlsplit(target).path
-        return path or "/"
-    raise HttpRequestError(400, "unsupported request target form")
+    return _http.parse_request_head(head, max_headers=_MAX_HEADER_LINES, absolute_form=True)
 
 
 def choose_response(request: HttpRequest, tokens: dict[str, str]) -> HttpResponse:
