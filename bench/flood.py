@@ -180,6 +180,10 @@ async def flood_cost(
         "worst_loop_lag_ms": round(lag.worst * 1000, 1),
         "mean_loop_lag_ms": round(lag.mean * 1000, 1),
         "attacker_cpu_s": stats.get("cpu_seconds"),
+        "attacker_kib_sent": round(int(stats.get("bytes_sent", 0)) / 1024, 1),
+        "cpu_per_attacker_kib_ms": (
+            round(1000 * cpu * 1024 / stats["bytes_sent"], 3) if stats.get("bytes_sent") else None
+        ),
     }
 
 
