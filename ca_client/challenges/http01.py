@@ -24,6 +24,16 @@ from ca_client.challenges._http import HttpRequest, HttpRequestError
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
 from ca_client.models import Identifier
 
+__all__ = [
+    "CHALLENGE_PATH_PREFIX",
+    "Http01Responder",
+    "HttpRequest",
+    "HttpRequestError",
+    "HttpResponse",
+    "choose_response",
+    "parse_request_head",
+]
+
 logger = logging.getLogger(__name__)
 
 CHALLENGE_PATH_PREFIX = "/.well-known/acme-challenge/"

@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = ["MODES", "FloodStats", "main", "payload_chunks"]
 
@@ -135,12 +136,10 @@ async def flood(
         for index in range(connections)
     ]
     try:
-        ready = asyncio.ensure_future(asyncio.gather(*(event.wait() for event in events)))
-        await asyncio.wait(
-            {ready, asyncio.ensure_future(stop.wait())},
-            timeout=60,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        ready: asyncio.Future[Any] = asyncio.gather(*(event.wait() for event in events))
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopped}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         print(json.dumps({"ready": ready.done()}), flush=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
