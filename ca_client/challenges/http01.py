@@ -158,7 +158,7 @@ class Http01Responder(_listen.Listener):
         writer.write(response.render(include_body=include_body))
         async with asyncio.timeout(self._read_timeout):
             await writer.drain()
-        if response.status >= 400 and response.status != 408:
+        if response.status >= 400:
             await self._linger(reader, writer)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -166,8 +166,8 @@ class Http01Responder(_listen.Listener):
 
         Closing a socket with unread input makes the kernel send a reset, which can destroy the
         error response before the client reads it (RFC 9112 §9.6 "tear-down"). A refused request
-        may well have unread input: an oversized head, a body. (Not after a 408: that client
-        has stopped sending.)
+        may well have unread input: an oversized head, a body, or a dribbler still sending
+        after its 408. The connection keeps its slot meanwhile, so it can still be evicted.
         """
         if writer.can_write_eof():
             writer.write_eof()
