@@ -34,6 +34,8 @@ NAME = Identifier.dns("a.example")
 ATTACKER = "127.0.3.200"
 HALF_HTTP = b"GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: a\r\n"
 HALF_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+# Deadlines far beyond the test: only the limits may close the held connections.
+PATIENT = {"read_timeout": 60.0}
 
 
 # --- pure: the accounting ----------------------------------------------------------------------
@@ -152,7 +154,9 @@ async def _http_get(port: int, path: str) -> bytes:
 
 
 async def test_http01_full_of_one_source_still_answers_another() -> None:
-    async with Http01Responder("127.0.0.1", 0, max_connections=8, max_per_source=8) as responder:
+    async with Http01Responder(
+        "127.0.0.1", 0, max_connections=8, max_per_source=8, **PATIENT
+    ) as responder:
         await responder.present(NAME, TOKEN, KEY_AUTHORIZATION)
         port = responder.bound_port
         async with holding(port, 8, HALF_HTTP):
@@ -164,7 +168,9 @@ async def test_http01_full_of_one_source_still_answers_another() -> None:
 
 
 async def test_http01_per_source_cap() -> None:
-    async with Http01Responder("127.0.0.1", 0, max_connections=64, max_per_source=4) as responder:
+    async with Http01Responder(
+        "127.0.0.1", 0, max_connections=64, max_per_source=4, **PATIENT
+    ) as responder:
         port = responder.bound_port
         async with holding(port, 10, HALF_HTTP) as connections:
             await _until(lambda: responder.evictions == 6)
@@ -215,7 +221,9 @@ def _client_context() -> ssl.SSLContext:
 
 
 async def test_tls_alpn01_full_of_one_source_still_serves_another() -> None:
-    async with TlsAlpn01Responder("127.0.0.1", 0, max_connections=8, max_per_source=8) as responder:
+    async with TlsAlpn01Responder(
+        "127.0.0.1", 0, max_connections=8, max_per_source=8, handshake_timeout=60, hello_timeout=60
+    ) as responder:
         await responder.present(NAME, TOKEN, KEY_AUTHORIZATION)
         port = responder.bound_port
         async with holding(port, 8, HALF_HELLO):
@@ -255,6 +263,14 @@ async def test_tls_alpn01_one_byte_records_are_cut_off() -> None:
 # --- the health server -------------------------------------------------------------------------
 
 
+@pytest.fixture
+def patient_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deadlines far beyond the test: only the limits may close the held connections."""
+    monkeypatch.setattr(health, "FIRST_BYTE_TIMEOUT", 60.0)
+    monkeypatch.setattr(health, "READ_TIMEOUT", 60.0)
+
+
+@pytest.mark.usefixtures("patient_health")
 async def test_healthcheck_passes_with_70_idle_local_sockets() -> None:
     # The finding: 70 idle connections to the health port made `healthcheck` fail.
     async with serving(Snapshots()) as server:
@@ -265,6 +281,7 @@ async def test_healthcheck_passes_with_70_idle_local_sockets() -> None:
             assert await cmd_healthcheck(settings, stderr=err) == 0, err.getvalue()
 
 
+@pytest.mark.usefixtures("patient_health")
 async def test_health_server_keeps_room_for_other_sources() -> None:
     half = b"GET /healthz HTTP/1.1\r\n"
     async with serving(Snapshots()) as server:
