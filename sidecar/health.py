@@ -3,9 +3,12 @@
 The server is a deliberately small HTTP/1.1 implementation on asyncio streams (no framework: three
 read-only endpoints do not earn a dependency). It is strict rather than forgiving, because the
 only clients are probes, Prometheus and curl: one request per connection (``Connection: close``),
-GET and HEAD only, no request body, bounded request head, a deadline for reading the request and
-for writing the answer, and a cap on simultaneous connections, so a slow or hostile client cannot
-pin the service's event loop or memory.
+GET and HEAD only, no request body, bounded request head, a short wait for the first byte, a
+deadline for reading the request and for writing the answer, and a cap on simultaneous
+connections, per source and in all, so a slow or hostile client cannot pin the service's event
+loop or memory. The cap never refuses a newcomer: when it is reached, the oldest connection of the
+busiest source is closed instead (``ca_client.challenges._limits``, shared with the challenge
+responders), so a pile of idle local sockets cannot make ``healthcheck`` fail.
 
 ``cmd_healthcheck`` runs every few seconds inside the container (Docker/compose ``HEALTHCHECK``):
 it uses asyncio streams and imports nothing heavy (``sidecar.metrics`` is pure and light).
@@ -21,10 +24,13 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
+from ca_client.challenges import _http
+from ca_client.challenges._http import HeadNotRead, HttpRequest, HttpRequestError, read_request_head
+from ca_client.challenges._limits import ConnectionLimits
 from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line
 from sidecar.metrics import (
@@ -56,16 +62,14 @@ logger = logging.getLogger(__name__)
 HEALTHCHECK_TIMEOUT = 3.0
 
 MAX_HEAD_BYTES = 8 * 1024  # request line + headers; probes send a few hundred bytes
-MAX_TARGET_LENGTH = 2048
 MAX_HEADERS = 64
+FIRST_BYTE_TIMEOUT = 2.0  # probes and Prometheus write their request as soon as they connect
 READ_TIMEOUT = 5.0  # from accepting a connection to having the whole request head
 WRITE_TIMEOUT = 10.0  # a /metrics answer for 1,000 certificates is a few hundred KiB
 MAX_CONNECTIONS = 64  # Prometheus and a probe or two need a handful
+MAX_PER_SOURCE = 16  # one address (all local probes share 127.0.0.1: eviction keeps them going)
 _MAX_PROBE_ANSWER = 4 * 1024 * 1024
 
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -109,86 +113,12 @@ def _os_error_text(exc: OSError) -> str:
 # --- pure: request parsing and answers ---------------------------------------------------------
 
 
-class HttpRequestError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    path: str  # without the query string
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...] = field(default=())  # names lower-cased
-
-
-def _is_token(text: str) -> bool:
-    return bool(text) and all(char in _TOKEN_CHARS for char in text)
-
-
 def parse_request_head(head: bytes) -> HttpRequest:
-    """Parse a request line and header fields (RFC 9112 §3, §5), ending with an empty line.
+    """Parse a request head strictly (the parser shared with the http-01 responder).
 
-    Only origin-form targets (``/path?query``): a probe never needs the absolute form. A body is
-    refused (RFC 9112 §6.3: its length would come from Content-Length or Transfer-Encoding), so
-    the end of the head is the end of the request and nothing can be smuggled after it.
+    Only origin-form targets (``/path?query``): a probe never needs the absolute form.
     """
-    if not head.endswith(b"\r\n\r\n"):
-        raise HttpRequestError(400, "request head must end with an empty line (CRLF)")
-    try:
-        text = head[:-4].decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise HttpRequestError(400, "request head is not ASCII") from exc
-    request_line, *field_lines = text.split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3:
-        raise HttpRequestError(400, "malformed request line")
-    method, target, version_text = parts
-    if not _is_token(method):
-        raise HttpRequestError(400, "malformed method")
-    if (
-        len(version_text) != 8
-        or not version_text.startswith("HTTP/")
-        or version_text[6] != "."
-        or not version_text[5].isdigit()
-        or not version_text[7].isdigit()
-    ):
-        raise HttpRequestError(400, "malformed HTTP version")
-    version = (int(version_text[5]), int(version_text[7]))
-    if version not in ((1, 0), (1, 1)):
-        raise HttpRequestError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    if len(target) > MAX_TARGET_LENGTH:
-        raise HttpRequestError(414, "request target too long")
-    if not target.startswith("/") or any(ord(char) <= 0x20 or char == "\x7f" for char in target):
-        raise HttpRequestError(400, "request target must be an absolute path")
-    if len(field_lines) > MAX_HEADERS:
-        raise HttpRequestError(431, "too many header fields")
-    headers: list[tuple[str, str]] = []
-    for line in field_lines:
-        name, colon, value = line.partition(":")
-        # RFC 9112 §5.1: no whitespace between name and colon; §5.2: obs-fold is rejected.
-        if not colon or not _is_token(name):
-            raise HttpRequestError(400, "malformed header field")
-        value = value.strip(" \t")
-        if any((ord(char) < 0x20 and char != "\t") or char == "\x7f" for char in value):
-            raise HttpRequestError(400, "control character in a header field")
-        headers.append((name.lower(), value))
-    names = [name for name, _ in headers]
-    # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
-    # request message that lacks a Host header field and to any request message that contains
-    # more than one Host header field".
-    if names.count("host") > 1 or (version == (1, 1) and "host" not in names):
-        raise HttpRequestError(400, "exactly one Host header is required")
-    if "transfer-encoding" in names:
-        raise HttpRequestError(400, "a request body is not accepted")
-    for name, value in headers:
-        if name == "content-length" and value != "0":
-            raise HttpRequestError(400, "a request body is not accepted")
-    path = target.partition("?")[0]
-    return HttpRequest(method=method, path=path, version=version, headers=tuple(headers))
+    return _http.parse_request_head(head, max_headers=MAX_HEADERS)
 
 
 def readyz_body(snapshot: HealthSnapshot, now: datetime) -> tuple[bool, dict[str, Any]]:
@@ -295,6 +225,7 @@ class HealthServer(StartStop):
         self._liveness = liveness
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._limits = ConnectionLimits(total=MAX_CONNECTIONS, per_source=MAX_PER_SOURCE)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -313,6 +244,8 @@ class HealthServer(StartStop):
     async def start(self) -> None:
         if self._server is not None:
             return
+        # Read at start, not import, so that tests can lower them.
+        self._limits = ConnectionLimits(total=MAX_CONNECTIONS, per_source=MAX_PER_SOURCE)
         try:
             if self._host == "::":
                 self._server = await asyncio.start_server(
@@ -351,9 +284,12 @@ class HealthServer(StartStop):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
-        if len(self._connections) >= MAX_CONNECTIONS or task is None:
+        if task is None:  # pragma: no cover - asyncio always runs handlers in a task
             writer.transport.abort()
             return
+        # When full, the oldest connection of the busiest source is aborted to make room: its
+        # pending read then sees end-of-stream and its handler returns.
+        slot = self._limits.admit(writer.get_extra_info("peername"), writer.transport.abort)
         self._connections[task] = writer
         try:
             answer = await self._answer(reader)
@@ -364,6 +300,7 @@ class HealthServer(StartStop):
         except (TimeoutError, ConnectionError):
             pass  # the client went away or stalled: nothing to tell it
         finally:
+            self._limits.release(slot)
             del self._connections[task]
             writer.close()
 
@@ -375,15 +312,12 @@ class HealthServer(StartStop):
 
     async def _answer(self, reader: asyncio.StreamReader) -> bytes | None:
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            return _text(408, "request timeout")
-        except asyncio.LimitOverrunError:
-            return _text(431, "request head too large")
-        except asyncio.IncompleteReadError as exc:
-            # A connection opened and closed without a request (a TCP probe): answer nothing.
-            return None if not exc.partial.strip() else _text(400, "incomplete request")
+            head = await read_request_head(
+                reader, first_byte_timeout=FIRST_BYTE_TIMEOUT, head_timeout=READ_TIMEOUT
+            )
+        except HeadNotRead as exc:
+            # Nothing sent, or a TCP probe that connected and closed: answer nothing.
+            return None if exc.status is None else _text(exc.status, str(exc))
         try:
             request = parse_request_head(head)
         except HttpRequestError as exc:
@@ -435,6 +369,10 @@ def connect_host(listen_host: str) -> str:
     return host
 
 
+class _NoAnswer(Exception):
+    """Connected, but the server closed or reset the connection before answering anything."""
+
+
 async def _probe(host: str, port: int) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -442,21 +380,29 @@ async def _probe(host: str, port: int) -> tuple[int, bytes]:
             f"GET /readyz HTTP/1.1\r\nHost: {_url_host(host)}:{port}\r\n"
             "User-Agent: cert-sidecar-healthcheck\r\nConnection: close\r\n\r\n"
         )
-        writer.write(request.encode("ascii"))
-        await writer.drain()
         # The server closes after one answer; /readyz is small, so cap what we accept.
         chunks: list[bytes] = []
         size = 0
-        while chunk := await reader.read(65536):
-            size += len(chunk)
-            if size > _MAX_PROBE_ANSWER:
-                raise ValueError("answer too large")
-            chunks.append(chunk)
+        try:
+            writer.write(request.encode("ascii"))
+            await writer.drain()
+            while chunk := await reader.read(65536):
+                size += len(chunk)
+                if size > _MAX_PROBE_ANSWER:
+                    raise ValueError("answer too large")
+                chunks.append(chunk)
+        except ConnectionError as exc:
+            if chunks:
+                raise
+            # A reset before any byte is not "unreachable": something accepted, then dropped us.
+            raise _NoAnswer(_os_error_text(exc)) from exc
         response = b"".join(chunks)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+    if not response:
+        raise _NoAnswer("closed without answering")
     status_line, _, rest = response.partition(b"\r\n")
     parts = status_line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
@@ -499,6 +445,14 @@ async def cmd_healthcheck(
             status, body = await _probe(host, port)
     except TimeoutError:
         print(f"healthcheck: no answer from {url} within {timeout:g} s", file=out)
+        return 1
+    except _NoAnswer as exc:
+        # Saturated (too many connections), restarting, or not the health server on that port.
+        print(
+            f"healthcheck: {url} accepted the connection but {exc} (connection dropped before "
+            "any answer: the server may be overloaded or restarting)",
+            file=out,
+        )
         return 1
     except OSError as exc:
         reason = _os_error_text(exc)

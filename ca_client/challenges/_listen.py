@@ -9,16 +9,22 @@ socket it creates, and a user who writes ``[::]:80`` expects IPv4 clients to rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
 
+from ca_client.challenges._limits import ConnectionLimits
 from ca_client.challenges.base import ResponderBindError, format_address
 from ca_client.lifecycle import StartStop
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+logger = logging.getLogger(__name__)
+
 _BACKLOG = 128
+_CLOSE_TIMEOUT = 2.0  # for the last bytes to leave; an evicted or stalled peer gets an abort
 
 
 def normalize_host(host: str) -> str:
@@ -74,14 +80,19 @@ def bound_port(server: asyncio.Server | None) -> int:
 
 
 class Listener(StartStop):
-    """What the responders share: one listening socket, its connection tasks, and closing."""
+    """What the responders share: one listening socket, its connections, limits and closing.
+
+    Every accepted connection is admitted through `ConnectionLimits` (a cap per source, room
+    kept for newcomers by closing the oldest connection of the heaviest source), then handed to
+    the subclass's `_serve`; whatever `_serve` leaves, the socket is closed here.
+    """
 
     challenge_type: str
 
-    def __init__(self, host: str, port: int, *, max_connections: int) -> None:
+    def __init__(self, host: str, port: int, *, max_connections: int, max_per_source: int) -> None:
         self.host = host
         self.port = port
-        self._max_connections = max_connections
+        self._limits = ConnectionLimits(total=max_connections, per_source=max_per_source)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -93,6 +104,44 @@ class Listener(StartStop):
     def bound_port(self) -> int:
         """The port actually listened on; differs from ``port`` when that was 0."""
         return bound_port(self._server)
+
+    @property
+    def evictions(self) -> int:
+        """Connections closed so far to make room for newer ones."""
+        return self._limits.evictions
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - asyncio always runs handlers in a task
+            writer.close()
+            return
+        # Aborting makes this connection's pending read see end-of-stream, so `_serve` returns.
+        slot = self._limits.admit(writer.get_extra_info("peername"), writer.transport.abort)
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            logger.debug("%s connection ended: %s", self.challenge_type, exc)
+        except asyncio.CancelledError:
+            # aclose() cancels open connections. Nobody awaits this task, and asyncio's stream
+            # callback logs an error for a handler task that ends cancelled, so end quietly.
+            pass
+        finally:
+            try:
+                if not slot.evicted:
+                    writer.close()
+                    with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
+                        async with asyncio.timeout(_CLOSE_TIMEOUT):
+                            await writer.wait_closed()
+            finally:
+                writer.transport.abort()  # a no-op once closed; else the peer stalled the close
+                self._limits.release(slot)
+                self._connections.discard(task)
 
     async def aclose(self) -> None:
         server, self._server = self._server, None

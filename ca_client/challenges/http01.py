@@ -7,8 +7,9 @@ request head (size- and time-limited), answers it and closes the connection. Onl
 responder currently holds are answered; every other request is refused, so the port leaks
 nothing and serves nothing an attacker could use.
 
-The parsing and the choice of the response are pure functions (`parse_request_head`,
-`choose_response`); `Http01Responder` only moves bytes.
+The parsing and the choice of the response are pure functions (`parse_request_head`, the
+parser shared with the health server in ``_http``, and `choose_response`); `Http01Responder`
+only moves bytes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from ca_client.challenges import _listen
+from ca_client.challenges import _http, _listen
+from ca_client.challenges._http import HttpRequest, HttpRequestError
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
 from ca_client.models import Identifier
+
+__all__ = [
+    "CHALLENGE_PATH_PREFIX",
+    "Http01Responder",
+    "HttpRequest",
+    "HttpRequestError",
+    "HttpResponse",
+    "choose_response",
+    "parse_request_head",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +48,7 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-# RFC 9110 §5.6.2: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 _MAX_HEADER_LINES = 100
-
-
-class HttpRequestError(Exception):
-    """A request this server will not answer normally; ``status`` is the response to send."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    path: str  # the path of the request target, without query
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...]  # names lower-cased, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,60 +72,12 @@ class HttpResponse:
 
 
 def parse_request_head(head: bytes) -> HttpRequest:
-    """Parse a request line and header fields ending in CRLF CRLF (RFC 9112 §2-§5), strictly.
+    """Parse a request head strictly (`ca_client.challenges._http`), absolute-form allowed.
 
-    Anything ambiguous is refused with 400 rather than guessed at: obsolete line folding,
-    whitespace before a colon, a missing or repeated Host in HTTP/1.1, bare CR or LF.
+    RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests", and a validator
+    could send one; everything else ambiguous is refused with 400.
     """
-    if not head.endswith(b"\r\n\r\n"):
-        raise HttpRequestError(400, "request head not terminated by CRLF CRLF")
-    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line.
-    text_lines = head[:-4].lstrip(b"\r\n").split(b"\r\n")
-    if any(b"\r" in line or b"\n" in line for line in text_lines):
-        raise HttpRequestError(400, "bare CR or LF in request head")
-    if len(text_lines) - 1 > _MAX_HEADER_LINES:
-        raise HttpRequestError(431, "too many header fields")
-    try:
-        request_line = text_lines[0].decode("ascii")
-    except UnicodeDecodeError:
-        raise HttpRequestError(400, "request line is not ASCII") from None
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise HttpRequestError(400, "request line is not 'method SP target SP version'")
-    method, target, version_text = parts
-    if not _TOKEN.fullmatch(method):
-        raise HttpRequestError(400, "invalid method")
-    version_match = _VERSION.fullmatch(version_text)
-    if version_match is None:
-        raise HttpRequestError(400, "invalid HTTP version")
-    version = (int(version_match[1]), int(version_match[2]))
-    if version[0] != 1:
-        raise HttpRequestError(505, "only HTTP/1.x is served")
-
-    headers: list[tuple[str, str]] = []
-    for raw in text_lines[1:]:
-        if raw[:1] in (b" ", b"\t"):
-            raise HttpRequestError(400, "obsolete line folding")  # RFC 9112 §5.2
-        name_bytes, colon, value_bytes = raw.partition(b":")
-        name = name_bytes.decode("latin-1")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HttpRequestError(400, "malformed header field")  # RFC 9112 §5.1
-        headers.append((name.lower(), value_bytes.decode("latin-1").strip(" \t")))
-
-    hosts = [value for name, value in headers if name == "host"]
-    if version >= (1, 1) and len(hosts) != 1:
-        raise HttpRequestError(400, "HTTP/1.1 needs exactly one Host header")  # RFC 9112 §3.2
-    return HttpRequest(method, _target_path(target), version, tuple(headers))
-
-
-def _target_path(target: str) -> str:
-    """The path of an origin-form or absolute-form target (RFC 9112 §3.2.1-§3.2.2)."""
-    if target.startswith("/"):
-        return target.partition("?")[0]
-    if target[:7].lower() == "http://":
-        path = urlsplit(target).path
-        return path or "/"
-    raise HttpRequestError(400, "unsupported request target form")
+    return _http.parse_request_head(head, max_headers=_MAX_HEADER_LINES, absolute_form=True)
 
 
 def choose_response(request: HttpRequest, tokens: dict[str, str]) -> HttpResponse:
@@ -156,6 +99,13 @@ class Http01Responder(_listen.Listener):
 
     One long-lived responder serves any number of concurrent orders: `present` adds a token,
     `cleanup` removes it. Use as ``async with Http01Responder(host, port) as responder:``.
+
+    Anyone can connect, so each connection is bounded: ``first_byte_timeout`` to start the
+    request, ``read_timeout`` (from the accept) for the whole head, ``max_request_bytes`` for its
+    size, at most ``max_per_source`` connections from one address (an IPv6 /64), and at most
+    ``max_connections`` in all, where a newcomer is let in by closing the oldest connection of
+    the busiest source (see `ca_client.challenges._limits`). A CA validating hundreds of names
+    at once from one address still fits: 128 per source.
     """
 
     challenge_type = "http-01"
@@ -166,12 +116,15 @@ class Http01Responder(_listen.Listener):
         port: int,
         *,
         max_request_bytes: int = 8192,
-        read_timeout: float = 10.0,
+        read_timeout: float = 5.0,
+        first_byte_timeout: float = 3.0,
         max_connections: int = 512,
+        max_per_source: int = 128,
     ) -> None:
-        super().__init__(host, port, max_connections=max_connections)
+        super().__init__(host, port, max_connections=max_connections, max_per_source=max_per_source)
         self._max_request_bytes = max_request_bytes
         self._read_timeout = read_timeout
+        self._first_byte_timeout = first_byte_timeout
         self._tokens: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -181,7 +134,7 @@ class Http01Responder(_listen.Listener):
             self.challenge_type,
             self.host,
             self.port,
-            self._handle_connection,
+            self._on_connection,
             limit=self._max_request_bytes,
         )
         logger.info(
@@ -198,41 +151,23 @@ class Http01Responder(_listen.Listener):
         self._tokens.pop(token, None)
         logger.debug("http-01 token %s removed for %s", token, identifier.value)
 
-    async def _handle_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= self._max_connections or task is None:
-            writer.close()  # shed load rather than queue: the CA retries a failed fetch
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        response, include_body = await self._read_and_answer(reader)
+        if response is None:
             return
-        self._connections.add(task)
-        try:
-            response, include_body = await self._read_and_answer(reader)
-            if response is not None:
-                writer.write(response.render(include_body=include_body))
-                async with asyncio.timeout(self._read_timeout):
-                    await writer.drain()
-                if response.status >= 400:
-                    await self._linger(reader, writer)
-        except (OSError, TimeoutError):
-            pass  # the peer went away or stalled; nothing to answer
-        except asyncio.CancelledError:
-            # aclose() cancels open connections. Nobody awaits this task, and asyncio's stream
-            # callback logs an error for a handler task that ends cancelled, so end quietly.
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(self._read_timeout):
-                    await writer.wait_closed()
+        writer.write(response.render(include_body=include_body))
+        async with asyncio.timeout(self._read_timeout):
+            await writer.drain()
+        if response.status >= 400:
+            await self._linger(reader, writer)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then drain what the client still sends, before closing.
 
         Closing a socket with unread input makes the kernel send a reset, which can destroy the
         error response before the client reads it (RFC 9112 §9.6 "tear-down"). A refused request
-        may well have unread input: an oversized head, a body.
+        may well have unread input: an oversized head, a body, or a dribbler still sending
+        after its 408. The connection keeps its slot meanwhile, so it can still be evicted.
         """
         if writer.can_write_eof():
             writer.write_eof()
@@ -246,14 +181,15 @@ class Http01Responder(_listen.Listener):
         self, reader: asyncio.StreamReader
     ) -> tuple[HttpResponse | None, bool]:
         try:
-            async with asyncio.timeout(self._read_timeout):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            return HttpResponse(408, b"request timeout\n"), True
-        except asyncio.LimitOverrunError:
-            return HttpResponse(431, b"request head too large\n"), True
-        except asyncio.IncompleteReadError:
-            return None, False  # closed before a whole head arrived
+            head = await _http.read_request_head(
+                reader,
+                first_byte_timeout=self._first_byte_timeout,
+                head_timeout=self._read_timeout,
+            )
+        except _http.HeadNotRead as exc:
+            if exc.status is None:
+                return None, False
+            return HttpResponse(exc.status, f"{exc}\n".encode("ascii")), True
         try:
             request = parse_request_head(head)
         except HttpRequestError as exc:

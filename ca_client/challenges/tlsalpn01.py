@@ -10,9 +10,10 @@ reverse-DNS name ("in-addr.arpa" / "ip6.arpa") and the SAN "a single iPAddress".
 
 Python's ``ssl`` module cannot refuse a handshake whose ClientHello lacks ``acme-tls/1`` (its
 ALPN callback silently negotiates nothing instead), so the responder reads the ClientHello
-itself first (`parse_client_hello`, pure), refuses with a TLS alert when the ALPN or SNI is not
-one it serves, and only then runs the handshake through memory BIOs. The certificate is still
-chosen in the ``sni_callback``, per identifier, so a name cleaned up mid-handshake is refused.
+itself first (`ClientHelloReader` in ``_client_hello``: pure, incremental, bounded), refuses
+with a TLS alert when the ALPN or SNI is not one it serves, and only then runs the handshake
+through memory BIOs. The certificate is still chosen in the ``sni_callback``, per identifier, so
+a name cleaned up mid-handshake is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ca_client.challenges import _listen
+from ca_client.challenges._client_hello import (
+    ClientHello,
+    ClientHelloReader,
+    IncompleteClientHello,
+    MalformedClientHello,
+    parse_client_hello,
+)
 from ca_client.challenges.base import (
     ChallengeSetupError,
     check_key_authorization,
@@ -41,155 +49,30 @@ from ca_client.challenges.base import (
 )
 from ca_client.models import Identifier
 
+__all__ = [
+    "ACME_IDENTIFIER_OID",
+    "ACME_TLS_ALPN_PROTOCOL",
+    "ClientHello",
+    "IncompleteClientHello",
+    "MalformedClientHello",
+    "TlsAlpn01Responder",
+    "alert_record",
+    "build_validation_certificate",
+    "normalize_server_name",
+    "parse_client_hello",
+    "sni_name",
+]
+
 logger = logging.getLogger(__name__)
 
 ACME_TLS_ALPN_PROTOCOL = "acme-tls/1"
 # RFC 8737 §6.1: id-pe-acmeIdentifier OBJECT IDENTIFIER ::= { id-pe 31 }
 ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 
-_HANDSHAKE_RECORD = 22
-_CLIENT_HELLO = 1
-_EXT_SERVER_NAME = 0
-_EXT_ALPN = 16
-_MAX_CLIENT_HELLO = 1 << 16
-_MAX_RECORD = (1 << 14) + 2048  # RFC 8446 §5.1/§5.2 plaintext limit plus expansion slack
-
 # RFC 8446 §6.2 alert descriptions used to refuse a connection.
 ALERT_DECODE_ERROR = 50
 ALERT_UNRECOGNIZED_NAME = 112
 ALERT_NO_APPLICATION_PROTOCOL = 120
-
-
-class IncompleteClientHello(Exception):
-    """More bytes are needed before the ClientHello can be parsed."""
-
-
-class MalformedClientHello(Exception):
-    """The bytes are not a TLS ClientHello this responder understands."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientHello:
-    server_name: str | None  # host_name from server_name (RFC 6066 §3), as sent
-    alpn_protocols: tuple[str, ...] | None  # None when the extension is absent (RFC 7301)
-
-
-class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def take(self, length: int) -> bytes:
-        if length > self.remaining:
-            raise MalformedClientHello("field runs past the end of its container")
-        chunk = self._data[self._pos : self._pos + length]
-        self._pos += length
-        return chunk
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def vector(self, length_size: int) -> bytes:
-        return self.take(self.uint(length_size))
-
-
-def parse_client_hello(data: bytes) -> ClientHello:
-    """Read SNI and ALPN from the first handshake message in ``data`` (TLS records).
-
-    Raises `IncompleteClientHello` when ``data`` ends before the message does, and
-    `MalformedClientHello` for anything else that is not a well-formed ClientHello
-    (RFC 8446 §4.1.2, §5.1; RFC 5246 §7.4.1.2 has the same layout).
-    """
-    handshake = bytearray()
-    offset = 0
-    while True:
-        if len(handshake) >= 4:
-            if handshake[0] != _CLIENT_HELLO:
-                raise MalformedClientHello("first handshake message is not a ClientHello")
-            length = int.from_bytes(handshake[1:4], "big")
-            if length > _MAX_CLIENT_HELLO:
-                raise MalformedClientHello("ClientHello too large")
-            if len(handshake) >= 4 + length:
-                return _parse_client_hello_body(bytes(handshake[4 : 4 + length]))
-        if len(data) - offset < 5:
-            raise IncompleteClientHello
-        # A ClientHello may be split over several records (RFC 8446 §5.1), so reassemble.
-        record_type = data[offset]
-        record_length = int.from_bytes(data[offset + 3 : offset + 5], "big")
-        if record_type != _HANDSHAKE_RECORD or data[offset + 1] != 3:
-            raise MalformedClientHello("not a TLS handshake record")
-        if record_length == 0 or record_length > _MAX_RECORD:
-            raise MalformedClientHello("bad TLS record length")
-        if len(data) - offset - 5 < record_length:
-            raise IncompleteClientHello
-        handshake += data[offset + 5 : offset + 5 + record_length]
-        offset += 5 + record_length
-
-
-def _parse_client_hello_body(body: bytes) -> ClientHello:
-    cursor = _Cursor(body)
-    cursor.take(2 + 32)  # legacy_version, random
-    cursor.vector(1)  # legacy_session_id
-    cursor.vector(2)  # cipher_suites
-    cursor.vector(1)  # legacy_compression_methods
-    if cursor.remaining == 0:
-        return ClientHello(None, None)  # RFC 5246 §7.4.1.2: extensions may be absent
-    extensions = _Cursor(cursor.vector(2))
-    if cursor.remaining:
-        raise MalformedClientHello("bytes after the extensions")
-    server_name: str | None = None
-    alpn: tuple[str, ...] | None = None
-    seen: set[int] = set()
-    while extensions.remaining:
-        extension_type = extensions.uint(2)
-        extension_data = extensions.vector(2)
-        if extension_type in seen:  # RFC 8446 §4.2: at most one of each type
-            raise MalformedClientHello("repeated extension")
-        seen.add(extension_type)
-        if extension_type == _EXT_SERVER_NAME:
-            server_name = _parse_server_name(extension_data)
-        elif extension_type == _EXT_ALPN:
-            alpn = _parse_alpn(extension_data)
-    return ClientHello(server_name, alpn)
-
-
-def _parse_server_name(data: bytes) -> str | None:
-    outer = _Cursor(data)
-    names = _Cursor(outer.vector(2))
-    if outer.remaining:
-        raise MalformedClientHello("bytes after server_name list")
-    host_name: str | None = None
-    while names.remaining:
-        name_type = names.uint(1)
-        name = names.vector(2)
-        if name_type == 0:  # RFC 6066 §3: host_name(0); at most one per type
-            if host_name is not None:
-                raise MalformedClientHello("two host_name entries")
-            try:
-                host_name = name.decode("ascii")
-            except UnicodeDecodeError:
-                raise MalformedClientHello("host_name is not ASCII") from None
-    return host_name
-
-
-def _parse_alpn(data: bytes) -> tuple[str, ...]:
-    outer = _Cursor(data)
-    protocols = _Cursor(outer.vector(2))
-    if outer.remaining:
-        raise MalformedClientHello("bytes after ALPN list")
-    names: list[str] = []
-    while protocols.remaining:
-        name = protocols.vector(1)
-        if not name:  # RFC 7301 §3.1: empty strings MUST NOT be included
-            raise MalformedClientHello("empty ALPN protocol name")
-        names.append(name.decode("latin-1"))
-    if not names:
-        raise MalformedClientHello("empty ALPN list")
-    return tuple(names)
 
 
 def alert_record(description: int) -> bytes:
@@ -308,10 +191,15 @@ class TlsAlpn01Responder(_listen.Listener):
         port: int,
         *,
         handshake_timeout: float = 10.0,
+        hello_timeout: float = 5.0,
+        first_byte_timeout: float = 3.0,
         max_connections: int = 512,
+        max_per_source: int = 128,
     ) -> None:
-        super().__init__(host, port, max_connections=max_connections)
+        super().__init__(host, port, max_connections=max_connections, max_per_source=max_per_source)
         self._handshake_timeout = handshake_timeout
+        self._hello_timeout = min(hello_timeout, handshake_timeout)
+        self._first_byte_timeout = min(first_byte_timeout, self._hello_timeout)
         self._presented: dict[str, list[_Presented]] = {}
         self._context = _base_context()
         self._context.sni_callback = self._select_context
@@ -320,7 +208,7 @@ class TlsAlpn01Responder(_listen.Listener):
         if self._server is not None:
             raise RuntimeError("tls-alpn-01 responder already started")
         self._server = await _listen.start_listener(
-            self.challenge_type, self.host, self.port, self._handle_connection
+            self.challenge_type, self.host, self.port, self._on_connection
         )
         logger.info(
             "tls-alpn-01 responder listening on %s",
@@ -375,46 +263,40 @@ class TlsAlpn01Responder(_listen.Listener):
             return ALERT_UNRECOGNIZED_NAME
         return None
 
-    async def _handle_connection(
+    async def _read_client_hello(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if len(self._connections) >= self._max_connections or task is None:
-            writer.close()
-            return
-        self._connections.add(task)
+    ) -> tuple[ClientHello | None, bytes]:
+        """The ClientHello and every byte read so far (for OpenSSL), or None after an alert.
+
+        Deadlines: the first byte within ``first_byte_timeout``, the whole ClientHello within
+        ``hello_timeout`` of the accept; each byte is parsed once (`ClientHelloReader`).
+        """
+        parser = ClientHelloReader()
+        received = bytearray()
+        deadline = asyncio.get_running_loop().time() + self._hello_timeout
+        async with asyncio.timeout(self._first_byte_timeout):
+            chunk = await reader.read(65536)
         try:
-            async with asyncio.timeout(self._handshake_timeout):
-                await self._serve(reader, writer)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            logger.debug("tls-alpn-01 handshake ended: %s", exc)
-        except asyncio.CancelledError:
-            pass  # aclose(): end quietly (asyncio logs handler tasks that end cancelled)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(self._handshake_timeout):
-                    await writer.wait_closed()
+            while chunk:
+                received += chunk
+                hello = parser.feed(chunk)
+                if hello is not None:
+                    return hello, bytes(received)
+                async with asyncio.timeout_at(deadline):
+                    chunk = await reader.read(65536)
+        except MalformedClientHello as exc:
+            logger.debug("tls-alpn-01 refused a connection: %s", exc)
+            writer.write(alert_record(ALERT_DECODE_ERROR))
+        return None, b""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received = b""
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return
-            received += chunk
-            try:
-                hello = parse_client_hello(received)
-                break
-            except IncompleteClientHello:
-                if len(received) > _MAX_CLIENT_HELLO + 4096:
-                    writer.write(alert_record(ALERT_DECODE_ERROR))
-                    return
-            except MalformedClientHello as exc:
-                logger.debug("tls-alpn-01 refused a connection: %s", exc)
-                writer.write(alert_record(ALERT_DECODE_ERROR))
-                return
+        async with asyncio.timeout(self._handshake_timeout):
+            await self._handshake(reader, writer)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello, received = await self._read_client_hello(reader, writer)
+        if hello is None:
+            return
         refusal = self._refusal(hello)
         if refusal is not None:
             logger.debug(
