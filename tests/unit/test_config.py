@@ -858,7 +858,8 @@ def test_describe_masks_secrets_and_round_trips(tmp_path: Path) -> None:
     again = load([], env, text, tmp_path)
     assert again.config_file == tmp_path / "sidecar.toml"
     assert again.deploy_hook == ("true", "***")
-    assert dataclasses.replace(again, config_file=None, deploy_hook=settings.deploy_hook) == settings
+    unmasked = dataclasses.replace(again, config_file=None, deploy_hook=settings.deploy_hook)
+    assert unmasked == settings
 
 
 def test_setting_labels_record_where_values_came_from(tmp_path: Path) -> None:
