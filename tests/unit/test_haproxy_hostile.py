@@ -75,7 +75,7 @@ async def test_a_store_locked_for_good_is_one_clear_error(
 ) -> None:
     address, received, answers = fake_cli
     answers.append(fixed(LOCKED))
-    with pytest.raises(HAProxyCommandError, match="stayed locked by another command for 0.5 s"):
+    with pytest.raises(HAProxyCommandError, match=r"stayed locked by another command for 0\.5 s"):
         await HAProxyRuntime(address, timeout=0.5).show_ssl_cert("/c/a.pem")
     assert len(received) > 1
 
