@@ -115,7 +115,9 @@ class AcmeResponse:
         if not self._json_cache:
             try:
                 self._json_cache.append(json.loads(self.content))
-            except (ValueError, UnicodeDecodeError) as exc:
+            # RecursionError: "[[[[..." nested past the parser's recursion limit (a 1 MiB
+            # body holds a million levels); not JSON any ACME server sends.
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise MalformedResponse(
                     f"invalid JSON from the CA ({self.content_type or 'no content type'}, "
                     f"HTTP {self.status})",
