@@ -175,7 +175,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "acme",
         "dns_hook",
         "CMD",
-        "dns-01 hook, run as CMD present|cleanup <record.> <value>",
+        "dns-01 hook, run as CMD present|cleanup <record.> <value>; the same in its environment"
+        " as ACME_DNS_ACTION, ACME_DNS_RECORD, ACME_DNS_VALUE (a value may start with '-')",
     ),
     Option("certs_dir", "files", "certs_dir", "DIR", "where <name>.pem files are written"),
     Option("state_dir", "files", "state_dir", "DIR", "account, keys and metadata"),
