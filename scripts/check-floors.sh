@@ -8,8 +8,9 @@
 # Also fails when a pin in constraints/floors.txt and the ">=" in pyproject.toml disagree, so
 # the two cannot drift apart. The venv lives in a temporary directory removed on exit.
 #
-# Time on the shared 2-core machine: 4 min 54 s under load (load average ~13: pip ~2.5 min,
-# 863 tests 150 s); about 2 min when quiet. Needs the package index (PyPI) for the old pins.
+# Time on the shared 2-core machine, measured under load (load average ~13): 4 min 54 s (pip
+# about 2.5 min, 863 tests 150 s). On a quieter machine the same tests took 56 s and the install
+# about a minute, so expect about 2 min. Needs the package index (PyPI) for the old pins.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
