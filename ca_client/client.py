@@ -178,9 +178,11 @@ class AcmeClient:
     """An async RFC 8555 client for one CA directory and one account key.
 
     ``ssl_context`` is the only trust for the CA's TLS (the caller builds it from the CA
-    bundle); ``timeout`` bounds each HTTP request and is the default deadline of single
-    operations; ``clock`` (POSIX seconds) and ``sleep`` are injectable for tests; ``transport``
-    replaces the network (``httpx.MockTransport`` in protocol tests).
+    bundle); without one nothing is trusted, not even the system store. ``directory_url``
+    must be ``https://`` (RFC 8555 §6.1), as must every URL the CA hands out; ``timeout``
+    bounds each HTTP request and is the default deadline of single operations; ``clock``
+    (POSIX seconds) and ``sleep`` are injectable for tests; ``transport`` replaces the network
+    (``httpx.MockTransport`` in protocol tests).
     """
 
     def __init__(
@@ -195,6 +197,10 @@ class AcmeClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 32,
     ) -> None:
+        if not directory_url.lower().startswith("https://"):
+            raise ValueError(
+                f"ACME directory URL must be https:// (RFC 8555 §6.1): {directory_url}"
+            )
         self.directory_url = directory_url
         self._key = account_key
         self._timeout = timeout

@@ -14,8 +14,13 @@ concurrent order), the nonce pool, request signing and the retry rules:
 * every httpx/ssl exception is converted, in :meth:`AcmeTransport._send`, into the error tree
   of :mod:`ca_client.errors`.
 
-Trust comes only from the ``ssl.SSLContext`` given; ``trust_env=False`` keeps ``HTTPS_PROXY``,
+Trust comes only from the ``ssl.SSLContext`` given; without one nothing is trusted (not the
+system store: the CA bundle is the only trust). ``trust_env=False`` keeps ``HTTPS_PROXY``,
 ``SSL_CERT_FILE`` and ``.netrc`` out of it. Verification is never disabled.
+
+Hostile or broken peers are bounded: only ``https://`` URLs are fetched (RFC 8555 §6.1, and
+plain http would bypass the trust above), and a body larger than :data:`MAX_RESPONSE_BYTES`
+(after decompression) is cut off and raised as :class:`MalformedResponse`.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ MAX_SERVER_ERROR_RETRIES = 3
 DEFAULT_UNAVAILABLE_DELAY = 1.0
 #: The nonce pool keeps at most this many; older ones would only be refused as stale.
 NONCE_POOL_SIZE = 64
+#: Largest body read from the CA. The biggest ACME answers are certificate chains and orders
+#: with many identifiers, a few tens of kB; anything near this is not an ACME server.
+MAX_RESPONSE_BYTES = 1024 * 1024
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -107,7 +115,9 @@ class AcmeResponse:
         if not self._json_cache:
             try:
                 self._json_cache.append(json.loads(self.content))
-            except (ValueError, UnicodeDecodeError) as exc:
+            # RecursionError: "[[[[..." nested past the parser's recursion limit (a 1 MiB
+            # body holds a million levels); not JSON any ACME server sends.
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise MalformedResponse(
                     f"invalid JSON from the CA ({self.content_type or 'no content type'}, "
                     f"HTTP {self.status})",
@@ -158,6 +168,34 @@ def _has_cause(exc: BaseException, kind: type[BaseException]) -> BaseException |
     return None
 
 
+def _trust_nothing() -> ssl.SSLContext:
+    """Verification on, no root loaded: what "the given bundle is the only trust" means
+    when no bundle was given. Every handshake fails with a verification error."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def _read_capped(response: httpx.Response, url: str) -> bytes:
+    """The (decoded) body, refused past :data:`MAX_RESPONSE_BYTES` without reading it all."""
+    too_large = MalformedResponse(
+        f"answer larger than {MAX_RESPONSE_BYTES} bytes from {url}: not an ACME server",
+        url=url,
+        status=response.status_code,
+    )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class AcmeTransport:
     """One connection pool to one CA, with nonces, signing and retries.
 
@@ -184,11 +222,9 @@ class AcmeTransport:
         self.new_nonce_url: str | None = None
         #: server Date minus our clock, seconds, from the latest answer with a Date header
         self.last_server_date_skew: float | None = None
-        verify: ssl.SSLContext | bool = (
-            ssl_context if ssl_context is not None else ssl.create_default_context()
-        )
+        self._trust_given = ssl_context is not None
         self._http = httpx.AsyncClient(
-            verify=verify,
+            verify=ssl_context if ssl_context is not None else _trust_nothing(),
             trust_env=False,
             transport=transport,
             timeout=timeout,
@@ -216,11 +252,21 @@ class AcmeTransport:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise ACMETimeout(f"deadline passed before {method} {url}", url=url)
+        if not url.lower().startswith("https://"):
+            # RFC 8555 §6.1: "Each ACME function is accomplished by the client sending a
+            # sequence of HTTPS requests to the server". A directory or Location naming http
+            # would send the account's signed requests in clear and skip the trust check.
+            raise NotACME(f"refusing a URL that is not https://: {url}", url=url)
         timeout = min(self._timeout, remaining)
         try:
-            response = await self._http.request(
+            request = self._http.build_request(
                 method, url, headers=headers, content=content, timeout=timeout
             )
+            response = await self._http.send(request, stream=True)
+            try:
+                body = await _read_capped(response, url)
+            finally:
+                await response.aclose()
         except httpx.ConnectTimeout as exc:
             raise CAUnreachable(
                 f"timed out connecting to {url}", url=url, connect_failed=True
@@ -237,6 +283,8 @@ class AcmeTransport:
             verify_error = _has_cause(exc, ssl.SSLCertVerificationError)
             if verify_error is not None:
                 reason = getattr(verify_error, "verify_message", None) or str(verify_error)
+                if not self._trust_given:
+                    reason += "; no ssl_context was given, so nothing is trusted"
                 raise TLSVerificationFailed(
                     f"the CA's TLS certificate is not trusted ({reason}): {url}", url=url
                 ) from exc
@@ -247,9 +295,9 @@ class AcmeTransport:
                 url=url,
                 connect_failed=isinstance(exc, httpx.ConnectError),
             ) from exc
-        return self._record(response)
+        return self._record(response, body)
 
-    def _record(self, response: httpx.Response) -> AcmeResponse:
+    def _record(self, response: httpx.Response, body: bytes) -> AcmeResponse:
         url = str(response.request.url)
         headers = {name.lower(): value for name, value in response.headers.items()}
         nonce = response.headers.get("replay-nonce")
@@ -271,7 +319,7 @@ class AcmeTransport:
             url=url,
             status=response.status_code,
             headers=headers,
-            content=response.content,
+            content=body,
             links=parse_link_headers(response.headers.get_list("link"), url),
             retry_after=parse_retry_after(response.headers.get("retry-after"), now),
         )

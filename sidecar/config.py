@@ -102,6 +102,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "reload_pid_file": None,
         "verify_address": None,
         "deploy_hook": None,
+        "hook_env": (),
         "health_listen": "127.0.0.1:9102",
         "placeholder": None,
         "log_format": None,
@@ -174,7 +175,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "acme",
         "dns_hook",
         "CMD",
-        "dns-01 hook, run as CMD present|cleanup <record.> <value>",
+        "dns-01 hook, run as CMD present|cleanup <record.> <value>; the same in its environment"
+        " as ACME_DNS_ACTION, ACME_DNS_RECORD, ACME_DNS_VALUE (a value may start with '-')",
     ),
     Option("certs_dir", "files", "certs_dir", "DIR", "where <name>.pem files are written"),
     Option("state_dir", "files", "state_dir", "DIR", "account, keys and metadata"),
@@ -222,6 +224,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "after a deploy, check the served certificate here",
     ),
     Option("deploy_hook", "haproxy", "deploy_hook", "CMD", "command run after each deploy"),
+    Option(
+        "hook_env",
+        "service",
+        "hook_env",
+        "NAME",
+        "environment variable passed to the dns-01 hook, the deploy hook and the reload command"
+        " beyond PATH, HOME, locale, TZ, TMPDIR, USER (repeatable)",
+        kind="list",
+    ),
     Option(
         "health_listen",
         "service",
@@ -305,6 +316,8 @@ class Settings:
     )
     # The socket addresses as written, for describe() and messages.
     haproxy_socket_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # Environment variables passed to child processes beyond ca_client.childenv's allow-list.
+    hook_env: tuple[str, ...] = ()
 
     def label(self, name: str) -> str:
         """The spelling of setting ``name`` to use in a message."""
@@ -946,6 +959,7 @@ def load_settings(
     _check_reload(reload, reload_raw.label, haproxy_sockets, reload_command, reload_pid_file)
     verify_address = _optional_host_port(get("verify_address"))
     deploy_hook = _command(get("deploy_hook"))
+    hook_env = _hook_env(get("hook_env"))
     health_listen = _host_port(get("health_listen"))
     placeholder = _bool(get("placeholder"))
     format_raw = get("log_format")
@@ -1009,7 +1023,26 @@ def load_settings(
         config_file=file.path if file else None,
         setting_labels=MappingProxyType(dict(sources.labels)),
         haproxy_socket_texts=socket_texts,
+        hook_env=hook_env,
     )
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _hook_env(raw: _Raw) -> tuple[str, ...]:
+    """Names of variables a child process may see; never one of the sidecar's own."""
+    value = raw.value
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(raw.label, "must be a list of environment variable names")
+    names = tuple(v.strip() for v in value)
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(raw.label, f"{name!r} is not an environment variable name")
+        # The sidecar's settings are for the sidecar; one of them is the EAB HMAC key.
+        if name.upper().startswith(ENV_PREFIX):
+            raise ConfigError(raw.label, f"{name}: the sidecar's own settings never reach a hook")
+    return tuple(dict.fromkeys(names))
 
 
 def _haproxy_sockets(raw: _Raw) -> tuple[tuple[str, ...], tuple[HAProxyAddress, ...]]:
@@ -1118,6 +1151,18 @@ def _host_port_text(value: tuple[str, int] | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def mask_command(argv: Sequence[str] | None) -> str | None:
+    """A command for display: the program, and ``***`` for every argument after it.
+
+    Arguments are where hook commands carry credentials (``--auth-token=...``, a bare token,
+    a URL with a password), and no pattern recognises them all; the program's name is enough
+    to check that the right hook is configured. The count of masked arguments stays visible.
+    """
+    if not argv:
+        return None
+    return shlex.join([argv[0], *("***" for _ in argv[1:])])
+
+
 def describe(settings: Settings) -> str:
     """The effective settings as TOML-like text, for ``check-config``; secrets masked."""
     values: dict[str, object] = {
@@ -1130,7 +1175,7 @@ def describe(settings: Settings) -> str:
         "challenge": settings.challenge,
         "http_listen": _host_port_text(settings.http_listen),
         "tls_alpn_listen": _host_port_text(settings.tls_alpn_listen),
-        "dns_hook": shlex.join(settings.dns_hook) if settings.dns_hook else None,
+        "dns_hook": mask_command(settings.dns_hook),
         "certs_dir": settings.certs_dir,
         "state_dir": settings.state_dir,
         "pem_mode": f"{settings.pem_mode:04o}",
@@ -1139,11 +1184,12 @@ def describe(settings: Settings) -> str:
         "haproxy_sockets": list(settings.haproxy_socket_texts),
         "haproxy_certs_dir": settings.haproxy_certs_dir,
         "reload": settings.reload,
-        "reload_command": shlex.join(settings.reload_command) if settings.reload_command else None,
+        "reload_command": mask_command(settings.reload_command),
         "reload_signal": settings.reload_signal.name if settings.reload_signal else None,
         "reload_pid_file": settings.reload_pid_file,
         "verify_address": _host_port_text(settings.verify_address),
-        "deploy_hook": shlex.join(settings.deploy_hook) if settings.deploy_hook else None,
+        "deploy_hook": mask_command(settings.deploy_hook),
+        "hook_env": list(settings.hook_env),
         "health_listen": _host_port_text(settings.health_listen),
         "placeholder": settings.placeholder,
         "log_format": settings.log_format,

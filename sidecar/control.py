@@ -14,7 +14,12 @@ Commands are ``renew`` (``force``, ``dry_run``), ``issue`` (``force``), ``revoke
 ``peer_pid`` (from ``SO_PEERCRED``, so the client cannot forge them) before calling the handler.
 
 Access: the socket is mode 0600, so only the sidecar's user (and root) can connect; the server
-also refuses peers with another uid, in case the state directory's permissions are loose.
+also refuses peers with another uid, in case the state directory's permissions are loose, and
+refuses every peer whose credentials it cannot read (no ``SO_PEERCRED``): it fails closed.
+
+Input is bounded before it is trusted: one line of at most ``MAX_REQUEST_BYTES``, JSON nested at
+most ``MAX_JSON_DEPTH`` deep (deeper input would exhaust the parser's recursion), and the
+options typed strictly: ``"force": "false"`` is an error, not a true value.
 The socket file is bound in a private directory, given its mode, then renamed into place, so it
 is never reachable with a looser mode (no process-wide ``umask`` juggling while threads run).
 """
@@ -31,7 +36,7 @@ import struct
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -67,6 +72,16 @@ ANSWER_KEYS = ("ok", "exit_code", "results", "error")
 _MAX_SOCKET_PATH = 107
 _BIND_DIR_PREFIX = ".ctl"  # a dot-file, like every temporary file the sidecar makes
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Deepest nesting of arrays and objects accepted in a message; requests use 1.
+MAX_JSON_DEPTH = 32
+#: Request options: their JSON types and how to name them; absent or null is allowed for each.
+_OPTION_TYPES: Final[Mapping[str, tuple[type | tuple[type, ...], str]]] = {
+    "force": (bool, "true or false"),
+    "dry_run": (bool, "true or false"),
+    "remove": (bool, "true or false"),
+    "name": (str, "a string"),
+    "reason": ((int, str), "a number or a reason name"),
+}
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -132,19 +147,72 @@ def _validate_answer(answer: object) -> dict[str, Any]:
     return {**answer, "results": results, "error": error}
 
 
+def _json_too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``data`` nests arrays/objects deeper than ``limit`` (strings skipped).
+
+    ``json.loads`` recurses once per level and raises ``RecursionError`` (not ``ValueError``)
+    near a thousand levels, so the depth is checked before parsing.
+    """
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def _decode(line: bytes) -> object:
+    """One JSON message; ``ValueError`` for anything that is not bounded, valid JSON."""
+    if _json_too_deep(line):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(line)
+    except RecursionError:  # belt and braces: the depth check should make this unreachable
+        raise ValueError("nested too deeply") from None
+
+
+def _option_error(payload: Mapping[str, Any]) -> str | None:
+    """Why a request's options are mistyped, or None. Strict: ``"false"`` is not a boolean."""
+    for key, (kind, wanted) in _OPTION_TYPES.items():
+        value = payload.get(key)
+        if value is None:
+            continue
+        # bool is an int in Python: true must not pass as a reason code.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            return f"'{key}' must be {wanted}, not {json.dumps(value)[:40]}"
+    return None
+
+
 def _encode(message: Mapping[str, Any]) -> bytes:
     # default=str: results may carry datetimes or paths; a readable string beats a failed answer.
     return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int] | None:
-    """(pid, uid, gid) of the connecting process, from the kernel (``SO_PEERCRED``)."""
+    """(pid, uid, gid) of the connecting process, from the kernel (``SO_PEERCRED``); None
+    when the platform or the socket cannot tell (the caller then refuses the peer)."""
     sock = writer.get_extra_info("socket")
-    if sock is None:
+    option = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or option is None:
         return None
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size)
     except OSError:
+        return None
+    if len(raw) != _PEERCRED.size:
         return None
     pid, uid, gid = _PEERCRED.unpack(raw)
     return pid, uid, gid
@@ -318,21 +386,28 @@ class ControlServer(StartStop):
         if not line.endswith(b"\n"):
             return make_answer(False, 2, error="request must end with a newline")
         try:
-            payload = json.loads(line)
-        except ValueError:
-            return make_answer(False, 2, error="request is not JSON")
+            payload = _decode(line)
+        except ValueError as exc:
+            detail = str(exc) if "nested" in str(exc) else "not JSON"
+            return make_answer(False, 2, error=f"request is {detail}")
         if not isinstance(payload, dict) or not isinstance(payload.get("command"), str):
             return make_answer(False, 2, error="request must be an object with a 'command'")
+        mistyped = _option_error(payload)
+        if mistyped is not None:
+            return make_answer(False, 2, error=mistyped)
 
         credentials = _peer_credentials(writer)
         # Never trust peer_* keys from the client: they are the kernel's word only.
         request = {key: value for key, value in payload.items() if not key.startswith("peer_")}
-        if credentials is not None:
-            pid, uid, gid = credentials
-            request.update(peer_pid=pid, peer_uid=uid, peer_gid=gid)
-            if uid not in (0, os.geteuid()):
-                log.warning("control_request_refused", command=request["command"], peer_uid=uid)
-                return make_answer(False, 1, error=f"uid {uid} may not control this sidecar")
+        if credentials is None:
+            # Fail closed: a peer whose uid cannot be read may be anyone.
+            log.warning("control_request_refused", command=request["command"], peer_uid=None)
+            return make_answer(False, 1, error="cannot check the peer's uid (no SO_PEERCRED)")
+        pid, uid, gid = credentials
+        request.update(peer_pid=pid, peer_uid=uid, peer_gid=gid)
+        if uid not in (0, os.geteuid()):
+            log.warning("control_request_refused", command=request["command"], peer_uid=uid)
+            return make_answer(False, 1, error=f"uid {uid} may not control this sidecar")
         # debug: the service's handler logs the request with its own context at info.
         log.debug(
             "control_request",
@@ -406,7 +481,7 @@ async def request(
     if not line.endswith(b"\n"):
         raise ControlError("the running sidecar closed the connection before answering")
     try:
-        answer = json.loads(line)
+        answer = _decode(line)
     except ValueError as exc:
         raise ControlProtocolError("malformed answer from the running sidecar: not JSON") from exc
     try:

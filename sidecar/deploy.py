@@ -25,7 +25,8 @@ later HAProxy start or reload loads the right file. ``Deployer.deploy`` then:
 
 3. runs ``--deploy-hook`` after a successful deploy, with ``CERT_NAME``, ``CERT_PEM``,
    ``CERT_SERIAL``, ``CERT_NOT_AFTER`` (and ``CERT_DOMAINS``). A failing hook is reported but
-   never undoes the deploy.
+   never undoes the deploy. The hook and the reload command get the environment of
+   :func:`ca_client.childenv.child_environment`, never the sidecar's own (it holds the EAB key).
 
 Nothing raises for a failed deploy: ``DeployResult`` carries the mode, each socket's outcome,
 the fallback, the verification and the hook, so the service can log and count them.
@@ -49,6 +50,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ca_client.childenv import child_environment
 from sidecar.haproxy import (
     HAProxyAddress,
     HAProxyError,
@@ -96,6 +98,9 @@ class DeployConfig:
     reload_pid_file: Path | None = None
     verify_address: tuple[str, int] | None = None
     deploy_hook: tuple[str, ...] | None = None
+    # Variables the operator chose to pass to the hook and the reload command, beyond the
+    # allow-list of ca_client.childenv (a provider token, a proxy).
+    hook_env: tuple[str, ...] = ()
     socket_timeout: float = 5.0
     attempts: int = 3  # runtime-API attempts per socket, and handshakes per name
     retry_delay: float = 0.2  # first delay between attempts; doubles
@@ -177,6 +182,7 @@ def deployer_from_settings(settings: Any) -> Deployer:
             reload_pid_file=settings.reload_pid_file,
             verify_address=_host_port(settings.verify_address),
             deploy_hook=_argv(settings.deploy_hook),
+            hook_env=tuple(getattr(settings, "hook_env", ())),
         )
     )
 
@@ -585,7 +591,8 @@ class Deployer:
         argv = self.config.reload_command
         if not argv:
             return "no reload command configured"
-        outcome = await _run(argv, None, self.config.command_timeout)
+        env = child_environment(passthrough=self.config.hook_env)
+        outcome = await _run(argv, env, self.config.command_timeout)
         return None if outcome.ok else f"reload command {argv[0]}: {outcome.error}"
 
     def _send_signal(self) -> str | None:
@@ -666,13 +673,16 @@ class Deployer:
         names: Sequence[str],
     ) -> HookOutcome:
         assert self.config.deploy_hook is not None
-        env = dict(os.environ)
-        env.update(
-            CERT_NAME=name,
-            CERT_PEM=str(pem_path),
-            CERT_SERIAL=serial,
-            CERT_NOT_AFTER=_iso_utc(not_after),
-            CERT_DOMAINS=",".join(names),
+        # Never dict(os.environ): that holds the EAB HMAC key (ca_client.childenv).
+        env = child_environment(
+            {
+                "CERT_NAME": name,
+                "CERT_PEM": str(pem_path),
+                "CERT_SERIAL": serial,
+                "CERT_NOT_AFTER": _iso_utc(not_after),
+                "CERT_DOMAINS": ",".join(names),
+            },
+            passthrough=self.config.hook_env,
         )
         return await _run(self.config.deploy_hook, env, self.config.hook_timeout)
 
@@ -695,7 +705,7 @@ def _verify_error(verification: VerifyOutcome) -> str:
     return f"verify {verification.address}: " + "; ".join(bad)
 
 
-async def _run(argv: Sequence[str], env: dict[str, str] | None, time_limit: float) -> HookOutcome:
+async def _run(argv: Sequence[str], env: dict[str, str], time_limit: float) -> HookOutcome:
     """Run a command (no shell) with a timeout; the outcome carries one line of error.
 
     stdout is discarded; the last line of stderr goes into the error, cut short, since a hook's

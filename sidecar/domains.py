@@ -13,6 +13,7 @@ from typing import Literal
 
 __all__ = [
     "CERT_NAME_PATTERN",
+    "MAX_CERT_NAME",
     "IdentifierKind",
     "certificate_name",
     "is_wildcard",
@@ -28,6 +29,12 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_LABEL = 63
 _MAX_NAME = 253  # 255 octets on the wire, minus the length octet and the root label
 CERT_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+# A certificate name is part of file names: <name>.pem, <name>.lock, the directory <name>.
+# Linux refuses a file name longer than NAME_MAX (255 bytes) with ENAMETOOLONG, which would
+# only show at the first write; the longest suffix is ".lock". (Temporary files,
+# .<name>.pem.<random>, keep the end of a long name and so fit whatever the name.)
+NAME_MAX = 255
+MAX_CERT_NAME = NAME_MAX - len(".lock")
 _WILDCARD_PREFIX = "*."
 _WILDCARD_FILE_PREFIX = "_wildcard."
 
@@ -119,6 +126,12 @@ def validate_certificate_name(name: str) -> str:
     if name.startswith("."):
         # Dot-files are the sidecar's temporary files, which HAProxy skips and start-up removes.
         raise ValueError(f"certificate name {name!r} must not start with '.'")
+    if len(name) > MAX_CERT_NAME:  # ASCII only (the pattern above), so characters are bytes
+        raise ValueError(
+            f"certificate name {name[:20]}... is {len(name)} characters long, over"
+            f" {MAX_CERT_NAME} (file names are limited to {NAME_MAX} bytes); give a shorter"
+            " name (the TOML [[certificates]] name key)"
+        )
     return name
 
 

@@ -20,6 +20,21 @@ for ``A`` is open silently *updates A's transaction* with B's payload. So before
 that no transaction for another file is open, serialise our own updates per address with a
 lock, and check that the ``set`` response names our file.
 
+The certificate store has a second sharp edge: one lock, which every ``ssl cert`` command takes
+with a *try*-lock and holds until its answer is written (``show ssl cert <file>``) or its work
+is done (``set``, ``commit``). A command arriving meanwhile is not queued but refused::
+
+    Can't show!
+    Operations on certificates are currently locked!
+
+(seen on 2.6.12 with two ``show ssl cert`` at once: two checks of one HAProxy at the same moment
+collided that way). So every conversation with one address is serialised by a per-address lock
+in this process, and an answer saying the store is locked (by another process, an operator's
+``socat``) is retried briefly: HAProxy did nothing, so repeating is safe.
+
+Answers are read up to ``MAX_ANSWER_BYTES``; a peer that sends more is not an HAProxy we
+understand, and its answer is refused rather than held in memory.
+
 Master CLI and several workers: since HAProxy 2.5 (``nbproc`` removed) a master has exactly one
 current worker, ``@1``; threads share one certificate store. Workers left over from a reload
 are draining and accept no new connections, so updating ``@1`` is enough; a reload starts a
@@ -430,19 +445,38 @@ class UpdateResult:
     status: str
 
 
-# One certificate transaction at a time per HAProxy process (see the module docstring); the
-# lock is per address string, shared by every HAProxyRuntime in this process. Kept per event
-# loop: an asyncio.Lock must not be shared between loops (tests run one loop per test).
-_transaction_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
-_transaction_locks = weakref.WeakKeyDictionary()
+# Locks per address string, shared by every HAProxyRuntime in this process (see the module
+# docstring): "transaction" is held across a whole certificate update, "conversation" around
+# each single command, inside it. Kept per event loop: an asyncio.Lock must not be shared
+# between loops (tests run one loop per test).
+_locks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+#: Largest answer read from HAProxy. ``show ssl cert`` lists one line per certificate file, so
+#: this holds tens of thousands of them; a peer sending more is not HAProxy's runtime API.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# HAProxy's answer when another command holds the certificate store's lock (ssl_ckch.c).
+_STORE_LOCKED = "Operations on certificates are currently locked!"
+_LOCKED_RETRY_FIRST_DELAY = 0.005
+
+
+def _store_locked(answer: str) -> bool:
+    """HAProxy refused the command because another one holds the store (first two lines)."""
+    lines = answer.splitlines()
+    return len(lines) >= 2 and lines[0].startswith("Can't") and lines[1] == _STORE_LOCKED
+
+
+def _lock(kind: str, address: str) -> asyncio.Lock:
+    locks = _locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get((kind, address))
+    if lock is None:
+        lock = locks[(kind, address)] = asyncio.Lock()
+    return lock
 
 
 def _transaction_lock(address: str) -> asyncio.Lock:
-    locks = _transaction_locks.setdefault(asyncio.get_running_loop(), {})
-    lock = locks.get(address)
-    if lock is None:
-        lock = locks[address] = asyncio.Lock()
-    return lock
+    return _lock("transaction", address)
 
 
 class HAProxyRuntime:
@@ -498,25 +532,25 @@ class HAProxyRuntime:
             data += " <<\n" + payload + "\n\n"
         else:
             data += "\n"
-        try:
-            async with asyncio.timeout(self.timeout):
-                reader, writer = await self._open()
-                try:
-                    writer.write(data.encode("utf-8"))
-                    await writer.drain()
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    answer = await reader.read()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except TimeoutError:
-            raise HAProxyTimeout(self._name, f"no answer within {self.timeout:g} s") from None
-        except (ConnectionResetError, BrokenPipeError):
-            raise HAProxyUnreachable(self._name, "connection closed by HAProxy") from None
-        text = answer.decode("utf-8", errors="replace")
         verb = " ".join(line.split()[:3])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        delay = _LOCKED_RETRY_FIRST_DELAY
+        async with _lock("conversation", self._name):
+            while True:
+                text = await self._send(data)
+                if not _store_locked(text):
+                    break
+                # Another process's command holds the store; ours was refused, not run.
+                if loop.time() + delay > deadline:
+                    raise HAProxyCommandError(
+                        self._name,
+                        verb,
+                        f"the certificate store stayed locked by another command for"
+                        f" {self.timeout:g} s",
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
         if text.startswith("Permission denied"):
             raise HAProxyAccessDenied(
                 self._name, verb, "permission denied (the socket needs 'level admin')"
@@ -528,6 +562,36 @@ class HAProxyRuntime:
         if text.startswith("Can't find the target PID"):
             raise HAProxyCommandError(self._name, verb, "the master has no worker @1")
         return text
+
+    async def _send(self, data: str) -> str:
+        """One connection: write ``data``, half-close, read the answer until HAProxy closes."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await self._open()
+                try:
+                    writer.write(data.encode("utf-8"))
+                    await writer.drain()
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    answer = await reader.read(MAX_ANSWER_BYTES + 1)
+                    while answer and len(answer) <= MAX_ANSWER_BYTES:
+                        chunk = await reader.read(MAX_ANSWER_BYTES + 1 - len(answer))
+                        if not chunk:
+                            break
+                        answer += chunk
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except TimeoutError:
+            raise HAProxyTimeout(self._name, f"no answer within {self.timeout:g} s") from None
+        except (ConnectionResetError, BrokenPipeError):
+            raise HAProxyUnreachable(self._name, "connection closed by HAProxy") from None
+        if len(answer) > MAX_ANSWER_BYTES:
+            raise HAProxyProtocolError(
+                self._name, f"answer larger than {MAX_ANSWER_BYTES} bytes: not HAProxy's CLI?"
+            )
+        return answer.decode("utf-8", errors="replace")
 
     async def command(self, line: str) -> str:
         """Run any command and return its raw answer (for diagnostics and tests)."""

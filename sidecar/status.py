@@ -78,8 +78,16 @@ async def collect(settings: Settings, manager: Manager) -> list[dict[str, Any]]:
     return records
 
 
+def _printable(text: str) -> str:
+    """One line with no control characters: an error may quote the CA or a hook, and an
+    escape sequence from either must not reach the operator's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+
+
 def render_table(records: list[dict[str, Any]], now: datetime) -> str:
-    headers = ["NAME", "NAMES", "NOT AFTER", "LEFT", "NEXT RENEWAL", "LAST ERROR", "DEPLOYED"]
+    """The table; LAST ERROR is the last column and printed whole: the end of an error
+    ("... connection refused") is usually the part that says what to do."""
+    headers = ["NAME", "NAMES", "NOT AFTER", "LEFT", "NEXT RENEWAL", "DEPLOYED", "LAST ERROR"]
     rows = []
     for record in records:
         not_after = datetime.fromisoformat(record["not_after"]) if record["not_after"] else None
@@ -92,8 +100,8 @@ def render_table(records: list[dict[str, Any]], now: datetime) -> str:
                 _when(not_after),
                 left,
                 _when(renewal),
-                (record["last_error"] or "-")[:60],
                 record["deployed_serial"] or "-",
+                _printable(record["last_error"] or "-"),
             ]
         )
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]

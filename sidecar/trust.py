@@ -2,12 +2,14 @@
 
 The CA is internal (step-ca with its own root), so the system store is not trusted by default:
 a public certificate for ``step-ca`` would otherwise be accepted too. It also costs ~70 ms to
-load, which matters for one-shot commands. Environment variables such as ``SSL_CERT_FILE``
-play no part: the context is built from the named file alone.
+load, which matters for one-shot commands. Environment variables such as ``SSL_CERT_FILE`` and
+``SSL_CERT_DIR`` play no part, with or without ``--system-trust``: the context is built from the
+named file, plus OpenSSL's compiled-in store when asked.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -71,5 +73,19 @@ def build_ssl_context(
     # The file is read once and parsed from memory, so what is checked is what is trusted.
     context = _context_from(_read_bundle(ca_bundle, setting), ca_bundle, setting)
     if system_trust:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        load_system_store(context)
     return context
+
+
+def load_system_store(context: ssl.SSLContext) -> None:
+    """Add OpenSSL's compiled-in system store to ``context``, ignoring the environment.
+
+    ``load_default_certs`` (``set_default_verify_paths``) reads ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` first: whoever can set the sidecar's environment could then add a root.
+    The contract says trust comes from ``--ca-bundle`` plus the system store, nothing else.
+    """
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile is not None or capath is not None:
+        context.load_verify_locations(cafile=cafile, capath=capath)

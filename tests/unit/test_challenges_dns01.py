@@ -21,6 +21,11 @@ from ca_client.models import Identifier
 
 pytestmark = pytest.mark.anyio
 
+
+def _solver(command: list[str], **options: object) -> Dns01HookSolver:
+    """The hook script below reads HOOK_LOG and HOOK_MODE: a hook sees only what it is given."""
+    return Dns01HookSolver(command, passthrough=("HOOK_LOG", "HOOK_MODE"), **options)  # type: ignore[arg-type]
+
 THUMBPRINT = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTHORIZATION = f"{TOKEN}.{THUMBPRINT}"
@@ -87,7 +92,7 @@ async def test_present_and_cleanup_run_the_hook_with_exact_argv(
     hook: tuple[list[str], Path],
 ) -> None:
     command, log = hook
-    solver = Dns01HookSolver(command)
+    solver = _solver(command)
     assert solver.challenge_type == "dns-01"
     identifier = Identifier.dns("a.example")
     await solver.present(identifier, TOKEN, KEY_AUTHORIZATION)
@@ -103,7 +108,7 @@ async def test_arguments_are_not_interpreted_by_a_shell(
 ) -> None:
     command, log = hook
     marker = tmp_path / "injected"
-    await Dns01HookSolver([*command, f"; touch {marker}"]).present(
+    await _solver([*command, f"; touch {marker}"]).present(
         Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION
     )
     assert _calls(log)[0][0] == f"; touch {marker}"
@@ -116,7 +121,7 @@ async def test_failing_hook_is_a_typed_error_with_status_and_stderr(
     command, _ = hook
     monkeypatch.setenv("HOOK_MODE", "fail")
     with pytest.raises(DnsHookError) as caught:
-        await Dns01HookSolver(command).present(
+        await _solver(command).present(
             Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION
         )
     error = caught.value
@@ -137,7 +142,7 @@ async def test_hook_that_hangs_is_killed_at_the_timeout(
     command, _ = hook
     monkeypatch.setenv("HOOK_MODE", "hang")
     with pytest.raises(DnsHookError, match=r"did not finish within 0\.5 s"):
-        await Dns01HookSolver(command, timeout=0.5).present(
+        await _solver(command, timeout=0.5).present(
             Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION
         )
 
@@ -150,7 +155,7 @@ async def test_hook_leaving_a_background_child_does_not_block(
     # The child inherits the hook's stdout/stderr pipes and keeps them open for 600 s; the
     # hook itself exits 0 at once, which is what counts.
     try:
-        await Dns01HookSolver(command, timeout=60).present(
+        await _solver(command, timeout=60).present(
             Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION
         )
     finally:
@@ -175,7 +180,7 @@ async def test_cleanup_failure_is_only_logged(
 ) -> None:
     command, log = hook
     monkeypatch.setenv("HOOK_MODE", "fail-cleanup")
-    solver = Dns01HookSolver(command)
+    solver = _solver(command)
     with caplog.at_level(logging.WARNING, logger="ca_client.challenges.dns01"):
         await solver.cleanup(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
     assert _calls(log) == [["cleanup", "_acme-challenge.a.example.", TXT_VALUE]]
@@ -189,7 +194,7 @@ async def test_propagation_delay_after_present(hook: tuple[list[str], Path]) -> 
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    solver = Dns01HookSolver(command, propagation_delay=7.5, sleep=fake_sleep)
+    solver = _solver(command, propagation_delay=7.5, sleep=fake_sleep)
     await solver.present(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
     await solver.cleanup(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
     assert slept == [7.5]

@@ -849,13 +849,17 @@ def test_describe_masks_secrets_and_round_trips(tmp_path: Path) -> None:
     assert EAB_KEY not in text
     assert 'http_listen = "[::]:8080"' in text
     assert 'pem_mode = "0600"' in text
+    # Command arguments may hold credentials: only the program is shown.
+    assert "deploy_hook = \"true '***'\"" in text
     # The output is a config file: fed back (with the secret from the env), it gives the
-    # same settings.
+    # same settings, but for the masked arguments.
     document = tomllib.loads(text)
     assert document["acme"]["key_type"] == "rsa-2048"
     again = load([], env, text, tmp_path)
     assert again.config_file == tmp_path / "sidecar.toml"
-    assert dataclasses.replace(again, config_file=None) == settings
+    assert again.deploy_hook == ("true", "***")
+    unmasked = dataclasses.replace(again, config_file=None, deploy_hook=settings.deploy_hook)
+    assert unmasked == settings
 
 
 def test_setting_labels_record_where_values_came_from(tmp_path: Path) -> None:
