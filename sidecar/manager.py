@@ -459,7 +459,7 @@ class Manager:
 
             if not settings.dns_hook:
                 raise OperationError("--dns-hook: dns-01 needs a hook command")
-            return Dns01HookSolver(settings.dns_hook)
+            return Dns01HookSolver(settings.dns_hook, passthrough=settings.hook_env)
         raise OperationError(f"--challenge: unknown challenge type {challenge!r}")
 
     # -- the HAProxy side ---------------------------------------------------------------------
