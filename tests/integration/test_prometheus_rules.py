@@ -137,9 +137,12 @@ def test_every_alert_has_for_severity_text_and_a_runbook() -> None:
         assert re.search(r"^\s+severity: (critical|warning)$", block, re.MULTILINE), name
         for annotation in ("summary", "description", "runbook"):
             assert re.search(rf"^\s+{annotation}: ", block, re.MULTILINE), f"{name}: {annotation}"
-        if "cert_sidecar_" in _expressions(block):
-            # A certificate alert must say which certificate.
+        expressions = _expressions(block)
+        if "cert_sidecar_certificate_" in expressions:
+            # A certificate alert must say which certificate, a HAProxy alert which socket.
             assert "$labels.name" in block, name
+        if "cert_sidecar_haproxy_up" in expressions:
+            assert "$labels.socket" in block, name
 
 
 def test_every_alert_is_tested_firing_and_quiet() -> None:
@@ -190,6 +193,8 @@ MUTATIONS = [
     ("CertSidecarCertificateExpired", "for: 1m", "for: 5m"),
     ("CertSidecarRenewalFailing", "for: 30m", "for: 10m"),
     ("CertSidecarRenewalFailing", "> 0", "> 1"),
+    ("CertSidecarRenewalFailing", '| label "kind"', '| label "name"'),
+    ("CertSidecarRenewalFailing", "{{ else }}unknown{{ end }}", "{{ else }}{{ end }}"),
     (
         "CertSidecarHAProxyNotServingCurrent",
         "cert_sidecar_certificate_served_matches == 0\n            or\n",
@@ -207,6 +212,10 @@ MUTATIONS = [
         "cert_sidecar_certificate_deployed_info{instance=",
         "cert_sidecar_certificate_info{instance=",
     ),
+    ("CertSidecarHAProxyUnreachable", "haproxy_up == 0", "haproxy_up == 1"),
+    ("CertSidecarHAProxyUnreachable", "for: 5m", "for: 3m"),
+    ("CertSidecarHAProxyUnreachable", "for: 5m", "for: 7m"),
+    ("CertSidecarHAProxyUnreachable", "{{ $labels.socket }}.", "{{ $labels.instance }}."),
 ]
 
 
