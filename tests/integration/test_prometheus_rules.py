@@ -432,7 +432,8 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
     tmp_path: Path,
 ) -> None:
     """What the new alerts read, from a real `run`: the kind of a real CA's refusal, the time
-    of the failure, and HAProxy's socket turning 0 when HAProxy stops between renewals."""
+    of the failure, and each HAProxy socket turning 0 when its HAProxy stops between renewals
+    (one of two: the other still answers; then both)."""
     _promtool()
     # 10-minute certificates: HAProxy is checked every 6 s (policy.check_interval) and nothing
     # is renewed during the test.
@@ -441,6 +442,8 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
     certs.mkdir()
     haproxy = haproxy_factory(certs)
     socket = f"unix:{haproxy.socket_path}"
+    other = haproxy_factory(certs)
+    other_socket = str(other.socket_path)  # a bare path: the label keeps it as written
     args = [
         *base_args(
             ca.directory_url,
@@ -456,8 +459,11 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
         "nowhere.invalid",
         "--haproxy-socket",
         socket,
+        "--haproxy-socket",
+        other_socket,
     ]
     up = f'cert_sidecar_haproxy_up{{socket="{socket}"}}'
+    other_up = f'cert_sidecar_haproxy_up{{socket="{other_socket}"}}'
     failing = (
         'cert_sidecar_certificate_last_error_info{name="nowhere.invalid",kind="challenge_failed"} 1'
     )
@@ -471,7 +477,7 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
             return status == 200 and set(lines) <= set(body.splitlines())
 
         sidecar.wait_for(
-            lambda: metrics_have(f"{up} 1", failing, f"{served} 1"),
+            lambda: metrics_have(f"{up} 1", f"{other_up} 1", failing, f"{served} 1"),
             "one certificate served, the other failing",
             timeout=120,
         )
@@ -501,8 +507,16 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
         assert errors and all(error not in text for error in errors)
         assert _check_test_series_labels(text, lambda name: name in _FAILURE_ONLY) >= 1
 
-        # HAProxy stops between renewals: its socket turns 0 at the next check, and
-        # served_matches becomes unknown (no sample), which is why the alert reads haproxy_up.
+        # One HAProxy stops between renewals: its socket turns 0 at the next check, while the
+        # other still answers and serves the certificate.
+        other.stop()
+        sidecar.wait_for(
+            lambda: metrics_have(f"{other_up} 0", f"{up} 1", f"{served} 1"),
+            "haproxy_up 0 for the stopped one only",
+            timeout=90,
+        )
+        # Both stopped: served_matches becomes unknown (no sample), which is why the alert
+        # reads haproxy_up.
         haproxy.stop()
         sidecar.wait_for(lambda: metrics_have(f"{up} 0"), "haproxy_up 0", timeout=90)
         status, text = sidecar.get("/metrics")
