@@ -391,9 +391,9 @@ class Service:
                 log.info("haproxy_updated", cert=spec.name, serial=facts.serial_hex)
 
     async def _served_serial(self, deployer: Any, name: str) -> str | None:
-        """`Deployer.deployed_serial`, asked here socket by socket so that each socket's answer
-        is recorded: there, a socket that does not answer is skipped, and a stopped HAProxy
-        would only show when a deploy to it fails (cert_sidecar_haproxy_up)."""
+        """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
+        socket's outcome goes into cert_sidecar_haproxy_up: deployed_serial skips a socket that
+        does not answer, so a stopped HAProxy would go unseen until a deploy to it failed."""
         from sidecar.haproxy import HAProxyError
 
         path = deployer.haproxy_path(name)
