@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from ca_client import errors
+from sidecar.cli import build_parser
+from sidecar.config import load_settings
+from sidecar.manager import Outcome
 from sidecar.metrics import (
     ERROR_KINDS,
     CertStatus,
@@ -23,6 +27,7 @@ from sidecar.metrics import (
     render,
     status_from_facts,
 )
+from sidecar.service import Service
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 _SAMPLE = re.compile(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$")
@@ -268,3 +273,87 @@ def test_the_kinds_are_a_small_fixed_set() -> None:
         "rejected",
         "other",
     )
+
+
+# --- what the service records from a deploy ------------------------------------------------------
+
+
+def _service(tmp_path: Path) -> Service:
+    flags = [
+        "check-config",
+        "--directory",
+        "https://ca.example/acme/directory",
+        "--ca-bundle",
+        str(tmp_path / "root.pem"),
+        "--certs-dir",
+        str(tmp_path / "certs"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--domain",
+        "a.example",
+        # Written bare: HAProxy's address is "unix:/run/haproxy/admin.sock".
+        "--haproxy-socket",
+        "/run/haproxy/admin.sock",
+        "--haproxy-socket",
+        "tcp:127.0.0.1:9999",
+    ]
+    return Service(load_settings(build_parser().parse_args(flags), {}))
+
+
+def _deploy_outcome(*sockets: dict[str, object]) -> Outcome:
+    deploy = {"ok": all(s["ok"] for s in sockets), "mode": "runtime-api", "sockets": list(sockets)}
+    return Outcome("a.example", "issued", ok=True, serial="0A", deploy=deploy)
+
+
+def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    text = render([], service.metrics, NOW)
+    assert of(text, "cert_sidecar_haproxy_up") == {}
+    assert set(of(text, "cert_sidecar_haproxy_deploys_total").values()) == {"0"}
+
+    service._record(
+        _deploy_outcome(
+            {"address": "unix:/run/haproxy/admin.sock", "ok": False, "reachable": False},
+            {"address": "tcp:127.0.0.1:9999", "ok": True, "reachable": True},
+        )
+    )
+    text = render([], service.metrics, NOW)
+    assert of(text, "cert_sidecar_haproxy_up") == {
+        frozenset({("socket", "/run/haproxy/admin.sock")}): "0",
+        frozenset({("socket", "tcp:127.0.0.1:9999")}): "1",
+    }
+    assert of(text, "cert_sidecar_haproxy_deploys_total") == {
+        frozenset({("result", "success"), ("mode", "runtime-api")}): "0",
+        frozenset({("result", "failure"), ("mode", "runtime-api")}): "1",
+    }
+
+    # HAProxy answered but the deploy failed (another serial): reachability is not changed by
+    # it; the next check of HAProxy says.
+    service._record(
+        _deploy_outcome(
+            {"address": "unix:/run/haproxy/admin.sock", "ok": True, "reachable": True},
+            {"address": "tcp:127.0.0.1:9999", "ok": False, "reachable": True},
+        )
+    )
+    assert of(render([], service.metrics, NOW), "cert_sidecar_haproxy_up") == {
+        frozenset({("socket", "/run/haproxy/admin.sock")}): "1",
+        frozenset({("socket", "tcp:127.0.0.1:9999")}): "1",
+    }
+
+
+def test_without_haproxy_or_reload_no_deploy_counter_is_made_up(tmp_path: Path) -> None:
+    flags = [
+        "check-config",
+        "--directory",
+        "https://ca.example/acme/directory",
+        "--ca-bundle",
+        str(tmp_path / "root.pem"),
+        "--certs-dir",
+        str(tmp_path / "certs"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--domain",
+        "a.example",
+    ]
+    service = Service(load_settings(build_parser().parse_args(flags), {}))
+    assert of(render([], service.metrics, NOW), "cert_sidecar_haproxy_deploys_total") == {}
