@@ -30,6 +30,7 @@ from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import OperationError, SidecarError, one_line
 from sidecar.logs import get_logger
+from sidecar.metrics import ErrorKind, error_kind
 
 if TYPE_CHECKING:
     from ca_client.challenges.base import ChallengeSolver
@@ -114,6 +115,8 @@ class Outcome:
     error: str | None = None
     next_retry_at: datetime | None = None
     deploy: dict[str, Any] = field(default_factory=dict)
+    # For /metrics only (a label, never the text); not part of the JSON answer.
+    error_kind: ErrorKind | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -736,6 +739,7 @@ class Manager:
             error=text,
             next_retry_at=next_retry_at if record else None,
             not_after=not_after,
+            error_kind=error_kind(error),
         )
 
     def _save_meta(self, name: str, meta: storage.CertMeta) -> None:

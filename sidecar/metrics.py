@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CERT_STATES",
     "CONTENT_TYPE",
+    "ERROR_KINDS",
     "URGENT_FRACTION",
     "CertState",
     "CertStatus",
+    "ErrorKind",
     "Metrics",
     "certificate_problems",
     "certificate_state",
+    "error_kind",
     "escape_label_value",
     "readiness",
     "render",
@@ -59,6 +62,17 @@ _PREFIX = "cert_sidecar_"
 
 RenewalResult = Literal["success", "failure"]
 
+# Why the last attempt to obtain a certificate failed, as a label: a small fixed set, never the
+# error's text (which carries URLs and the CA's detail, and would make a new series per message).
+ErrorKind = Literal["ca_unreachable", "challenge_failed", "rate_limited", "rejected", "other"]
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    "ca_unreachable",
+    "challenge_failed",
+    "rate_limited",
+    "rejected",
+    "other",
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertStatus:
@@ -68,7 +82,10 @@ class CertStatus:
     hex, as `sidecar.pem.CertFacts.serial_hex`); ``deployed_serial`` is what HAProxy reports
     with ``show ssl cert`` when a socket is configured, else the file's. ``served_matches`` is
     the result of the last check that HAProxy serves this certificate (runtime API or
-    handshake), ``None`` when nothing was checked. `status_from_facts` fills ``state``.
+    handshake), ``None`` when nothing was checked. ``last_failure`` is when an attempt to
+    obtain it last failed; ``last_error_kind`` classifies the current ``last_error``
+    (`error_kind`), ``None`` when there is none or it is not known. `status_from_facts` fills
+    ``state``.
     """
 
     name: str
@@ -84,6 +101,8 @@ class CertStatus:
     is_placeholder: bool = False
     deployed_serial: str | None = None
     served_matches: bool | None = None
+    last_failure: datetime | None = None
+    last_error_kind: ErrorKind | None = None
 
 
 def certificate_state(not_after: datetime | None, is_placeholder: bool, now: datetime) -> CertState:
@@ -109,6 +128,8 @@ def status_from_facts(
     last_success: datetime | None = None,
     deployed_serial: str | None = None,
     served_matches: bool | None = None,
+    last_failure: datetime | None = None,
+    last_error_kind: ErrorKind | None = None,
 ) -> CertStatus:
     """Build a `CertStatus` from a described certificate (``None``: no usable certificate)."""
     if facts is None:
@@ -121,6 +142,8 @@ def status_from_facts(
             last_success=last_success,
             deployed_serial=deployed_serial,
             served_matches=served_matches,
+            last_failure=last_failure,
+            last_error_kind=last_error_kind,
             state="missing",
         )
     return CertStatus(
@@ -136,8 +159,57 @@ def status_from_facts(
         is_placeholder=facts.is_placeholder,
         deployed_serial=deployed_serial,
         served_matches=served_matches,
+        last_failure=last_failure,
+        last_error_kind=last_error_kind,
         state=certificate_state(facts.not_after, facts.is_placeholder, now),
     )
+
+
+# --- why an attempt failed ---------------------------------------------------------------------
+
+
+def error_kind(error: BaseException) -> ErrorKind:
+    """The `ErrorKind` of a failed attempt to obtain a certificate, from the error's type.
+
+    ``ca_client.errors`` is imported here, not at the top: the healthcheck never calls this.
+    """
+    from ca_client import errors
+
+    if isinstance(error, errors.OrderFailed):
+        # An order or authorization became invalid: almost always a failed validation; the
+        # CA's problem, when it names a refusal or a rate limit, says more.
+        kind = _problem_kind(error.problem) if error.problem is not None else None
+        return kind if kind in ("rate_limited", "rejected") else "challenge_failed"
+    if isinstance(error, errors.AcmeProblem):
+        return _problem_kind(error)
+    if isinstance(error, errors.TransportError | errors.ACMETimeout):
+        # Not talked to as an ACME server (refused, reset, TLS, not ACME) or not in time.
+        return "ca_unreachable"
+    if isinstance(error, errors.NoSolver):
+        return "challenge_failed"
+    return "other"  # CertificateMismatch, a bad certificate, the disk, a bug: see the log
+
+
+def _problem_kind(problem: Any) -> ErrorKind:
+    from ca_client import errors
+
+    if isinstance(problem, errors.RateLimited):
+        return "rate_limited"
+    if isinstance(
+        problem,
+        errors.IncorrectResponse
+        | errors.ConnectionProblem
+        | errors.DNSProblem
+        | errors.TLSProblem
+        | errors.Unauthorized,
+    ):
+        return "challenge_failed"  # the CA could not validate a challenge (RFC 8555 §8)
+    if isinstance(problem, errors.CompoundProblem) and problem.subproblems:
+        kinds = {_problem_kind(sub) for sub in problem.subproblems}
+        return kinds.pop() if len(kinds) == 1 else "rejected"
+    if isinstance(problem, errors.ServerInternal):
+        return "other"  # the CA answered, broken: neither unreachable nor a refusal
+    return "rejected"  # any other problem: the CA refused the request (policy, CSR, account)
 
 
 # --- readiness ---------------------------------------------------------------------------------
@@ -218,11 +290,15 @@ class Metrics:
     update ever comes from a worker thread (apscheduler can run jobs in threads).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, deploy_mode: str | None = None) -> None:
         self._lock = threading.Lock()
-        # Both results exist from the start so that rate() sees a 0 before the first event.
+        # Both results exist from the start so that rate() sees a 0 before the first event;
+        # deploys likewise in the configured mode (``None``: the sidecar deploys nowhere).
         self._renewals: dict[str, int] = {"success": 0, "failure": 0}
-        self._deploys: dict[tuple[str, str], int] = {}
+        self._deploys: dict[tuple[str, str], int] = (
+            {("success", deploy_mode): 0, ("failure", deploy_mode): 0} if deploy_mode else {}
+        )
+        self._haproxy_up: dict[str, bool] = {}
         self._ca_reachable: bool | None = None
         self._ca_error: str | None = None
         self._clock_skew: float | None = None
@@ -242,6 +318,14 @@ class Metrics:
         with self._lock:
             key = (result, mode)
             self._deploys[key] = self._deploys.get(key, 0) + 1
+
+    def set_haproxy_up(self, socket: str, up: bool) -> None:
+        """The outcome of the last runtime-API exchange with one HAProxy socket; ``socket`` is
+        the address as configured (a label value: it must never hold a secret)."""
+        if not socket:
+            raise ValueError("socket must not be empty")
+        with self._lock:
+            self._haproxy_up[socket] = up
 
     def set_ca_reachable(self, reachable: bool, error: str | None = None) -> None:
         """The outcome of the last exchange with the CA; ``error`` is a one-line message."""
@@ -263,6 +347,11 @@ class Metrics:
     def deploys(self) -> Mapping[tuple[str, str], int]:
         with self._lock:
             return dict(self._deploys)
+
+    @property
+    def haproxy_up(self) -> Mapping[str, bool]:
+        with self._lock:
+            return dict(self._haproxy_up)
 
     @property
     def ca_reachable(self) -> bool | None:
@@ -395,6 +484,17 @@ def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> s
         "gauge",
         "1 when the last check found HAProxy serving the current certificate, 0 when not.",
     )
+    last_failure = _Family(
+        "certificate_last_failure_timestamp_seconds",
+        "gauge",
+        "When an attempt to obtain the certificate last failed, Unix time.",
+    )
+    last_error = _Family(
+        "certificate_last_error_info",
+        "gauge",
+        "1 while the certificate's renewal is failing; the kind of its last error is in a label "
+        "(" + ", ".join(ERROR_KINDS) + ").",
+    )
     for status in statuses:
         name = status.name
         not_before.add(_timestamp(status.not_before), name=name)
@@ -412,6 +512,9 @@ def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> s
             deployed.add(1, name=name, serial=status.deployed_serial)
         if status.served_matches is not None:
             served.add(1 if status.served_matches else 0, name=name)
+        last_failure.add(_timestamp(status.last_failure), name=name)
+        if status.last_error_kind is not None:
+            last_error.add(1, name=name, kind=status.last_error_kind)
 
     renewals = _Family("renewals_total", "counter", "Attempts to obtain a certificate, by result.")
     for result, count in sorted(metrics.renewals.items()):
@@ -422,6 +525,15 @@ def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> s
     )
     for (result, mode), count in sorted(metrics.deploys.items()):
         deploys.add(count, result=result, mode=mode)
+
+    haproxy_up = _Family(
+        "haproxy_up",
+        "gauge",
+        "1 when the last exchange with HAProxy's runtime API on the socket succeeded, 0 when "
+        "it failed; the socket as configured.",
+    )
+    for socket, up in sorted(metrics.haproxy_up.items()):
+        haproxy_up.add(1 if up else 0, socket=socket)
 
     ca_reachable = _Family(
         "ca_reachable", "gauge", "1 when the last exchange with the ACME CA succeeded."
@@ -451,8 +563,11 @@ def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> s
         info,
         deployed,
         served,
+        last_failure,
+        last_error,
         renewals,
         deploys,
+        haproxy_up,
         ca_reachable,
         skew,
     ]

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,12 @@ class Service:
         self.settings = settings
         self._reload_settings = reload_settings
         self.manager = Manager(settings, holder=f"run pid {os.getpid()}")
-        self.metrics = metrics.Metrics()
+        deployer = self.manager.deployer()
+        self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self._stop = asyncio.Event()
         self._served: dict[str, bool | None] = {}
+        # When an attempt last failed in this process, and why (for /metrics).
+        self._failed: dict[str, tuple[datetime, metrics.ErrorKind]] = {}
         self._deployed: dict[str, str | None] = {}
         self._scheduler: Any = None
         self._busy: dict[str, asyncio.Lock] = {}
@@ -306,6 +309,8 @@ class Service:
             log.exception("cert_check_crashed", cert=spec.name)
             outcome = Outcome(spec.name, "failed", ok=False, error=error_text(error))
         self._record(outcome)
+        if outcome.action == "failed" and not dry_run:
+            self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
         if outcome.action == "unchanged":
             await self._ensure_served(spec)
         if not dry_run:
@@ -323,6 +328,10 @@ class Service:
         if outcome.deploy:
             mode = str(outcome.deploy.get("mode") or self.settings.reload)
             self.metrics.record_deploy("success" if outcome.deploy.get("ok") else "failure", mode)
+            self._record_sockets(
+                (s.get("address"), s.get("ok"), s.get("reachable", True))
+                for s in outcome.deploy.get("sockets") or ()
+            )
             self._served[outcome.name] = bool(outcome.deploy.get("ok"))
             if outcome.deploy.get("ok"):
                 self._deployed[outcome.name] = outcome.serial
@@ -357,7 +366,7 @@ class Service:
         try:
             data = path.read_bytes()
             facts = pem.describe_cert(pem.parse_combined(data).leaf)
-            served = await deployer.deployed_serial(spec.name)
+            served = await self._served_serial(deployer, spec.name)
         except Exception as error:
             log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
             self._served[spec.name] = None
@@ -375,10 +384,50 @@ class Service:
             return
         if result is not None:
             self.metrics.record_deploy("success" if result.ok else "failure", result.mode)
+            self._record_sockets((s.address, s.ok, s.reachable) for s in result.sockets)
             self._served[spec.name] = result.ok
             if result.ok:
                 self._deployed[spec.name] = facts.serial_hex
                 log.info("haproxy_updated", cert=spec.name, serial=facts.serial_hex)
+
+    async def _served_serial(self, deployer: Any, name: str) -> str | None:
+        """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
+        socket's outcome goes into cert_sidecar_haproxy_up: deployed_serial skips a socket that
+        does not answer, so a stopped HAProxy would go unseen until a deploy to it failed."""
+        from sidecar.haproxy import HAProxyError
+
+        path = deployer.haproxy_path(name)
+        answers: list[str | None] = []
+        errors: list[HAProxyError] = []
+        for runtime in deployer.runtimes:
+            try:
+                info = await runtime.show_ssl_cert(path)
+            except HAProxyError as error:
+                errors.append(error)
+                self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), False)
+                continue
+            self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), True)
+            answers.append(info.serial if info is not None and info.loaded else None)
+        if not answers:
+            raise errors[0]
+        for failure in errors:  # the others answered: this one is only logged here
+            log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
+        # As deployed_serial: the common answer, or None (redeploy) when they disagree.
+        return answers[0] if len(set(answers)) == 1 else None
+
+    def _record_sockets(self, sockets: Iterable[tuple[Any, Any, Any]]) -> None:
+        """A deploy's sockets (address, ok, reachable): one that worked answered, one that could
+        not be used did not. Where HAProxy answered but the deploy failed, it is left as it
+        was: deploys_total and served_matches report that failure."""
+        for address, ok, reachable in sockets:
+            if address and (ok or not reachable):
+                self.metrics.set_haproxy_up(self._socket_label(str(address)), bool(ok))
+
+    def _socket_label(self, address: str) -> str:
+        """The socket as the user wrote it (``address`` is its normalised form)."""
+        sockets = self.settings.haproxy_sockets
+        written = dict(zip(map(str, sockets), self.settings.haproxy_socket_texts, strict=False))
+        return written.get(address, address)
 
     # -- health -------------------------------------------------------------------------------
 
@@ -387,6 +436,9 @@ class Service:
         result = []
         for spec in self.settings.certificates:
             view = self.manager.inspect(spec, now)
+            failed = self._failed.get(spec.name)
+            # Failing since before this process started: the time is stored, the kind is not.
+            since = view.meta.last_attempt_at if view.meta.failures else None
             result.append(
                 metrics.status_from_facts(
                     spec.name,
@@ -400,6 +452,8 @@ class Service:
                     deployed_serial=self._deployed.get(spec.name)
                     or (view.facts.serial_hex if view.facts else None),
                     served_matches=self._served.get(spec.name),
+                    last_failure=failed[0] if failed else since,
+                    last_error_kind=failed[1] if failed and view.meta.failures else None,
                 )
             )
         return result

@@ -22,6 +22,7 @@ import shutil
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,13 @@ _METRIC_NAME = re.compile(r"\bcert_sidecar_[a-z0-9_]+")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 # Prometheus adds these to every scraped series; the sidecar does not export them.
 _TARGET_LABELS = frozenset({"job", "instance"})
+# Exported only while a renewal fails or after it failed: checked in the failing scrape.
+_FAILURE_ONLY = frozenset(
+    {
+        "cert_sidecar_certificate_last_error_info",
+        "cert_sidecar_certificate_last_failure_timestamp_seconds",
+    }
+)
 
 
 def _promtool() -> str:
@@ -105,6 +113,34 @@ def _parse_series(text: str) -> list[tuple[str, dict[str, str], str]]:
     return samples
 
 
+def _check_metrics_clean(text: str) -> None:
+    """``promtool check metrics``: the exposition parses and lints with no output at all."""
+    checked = _run_promtool("check", "metrics", stdin=text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == checked.stderr.strip() == "", checked.stdout + checked.stderr
+
+
+def _check_test_series_labels(text: str, names: Callable[[str], bool]) -> int:
+    """The rule tests' input series (those whose metric ``names`` selects) use the label names
+    of this real scrape; returns how many were checked."""
+    real_labels: dict[str, set[frozenset[str]]] = {}
+    for name, labels, _ in _parse_series(text):
+        real_labels.setdefault(name, set()).add(frozenset(labels))
+    test_series = re.findall(
+        r"series: '(cert_sidecar_[a-z0-9_]+)\{([^}]*)\}'", RULE_TESTS.read_text()
+    )
+    checked = 0
+    for name, label_text in test_series:
+        if not names(name):
+            continue
+        label_names = frozenset(dict(_LABEL.findall(label_text))) - _TARGET_LABELS
+        assert label_names in real_labels.get(name, set()), (
+            f"{name}{{{label_text}}} vs {real_labels.get(name)}"
+        )
+        checked += 1
+    return checked
+
+
 def _series_text(name: str, labels: dict[str, str]) -> str:
     """A promtool input series: ``name{label="value",...}`` with PromQL string escapes."""
 
@@ -137,9 +173,12 @@ def test_every_alert_has_for_severity_text_and_a_runbook() -> None:
         assert re.search(r"^\s+severity: (critical|warning)$", block, re.MULTILINE), name
         for annotation in ("summary", "description", "runbook"):
             assert re.search(rf"^\s+{annotation}: ", block, re.MULTILINE), f"{name}: {annotation}"
-        if "cert_sidecar_" in _expressions(block):
-            # A certificate alert must say which certificate.
+        expressions = _expressions(block)
+        if "cert_sidecar_certificate_" in expressions:
+            # A certificate alert must say which certificate, a HAProxy alert which socket.
             assert "$labels.name" in block, name
+        if "cert_sidecar_haproxy_up" in expressions:
+            assert "$labels.socket" in block, name
 
 
 def test_every_alert_is_tested_firing_and_quiet() -> None:
@@ -190,6 +229,8 @@ MUTATIONS = [
     ("CertSidecarCertificateExpired", "for: 1m", "for: 5m"),
     ("CertSidecarRenewalFailing", "for: 30m", "for: 10m"),
     ("CertSidecarRenewalFailing", "> 0", "> 1"),
+    ("CertSidecarRenewalFailing", '| label "kind"', '| label "name"'),
+    ("CertSidecarRenewalFailing", "{{ else }}unknown{{ end }}", "{{ else }}{{ end }}"),
     (
         "CertSidecarHAProxyNotServingCurrent",
         "cert_sidecar_certificate_served_matches == 0\n            or\n",
@@ -207,6 +248,10 @@ MUTATIONS = [
         "cert_sidecar_certificate_deployed_info{instance=",
         "cert_sidecar_certificate_info{instance=",
     ),
+    ("CertSidecarHAProxyUnreachable", "haproxy_up == 0", "haproxy_up == 1"),
+    ("CertSidecarHAProxyUnreachable", "for: 5m", "for: 3m"),
+    ("CertSidecarHAProxyUnreachable", "for: 5m", "for: 7m"),
+    ("CertSidecarHAProxyUnreachable", "{{ $labels.socket }}.", "{{ $labels.instance }}."),
 ]
 
 
@@ -240,8 +285,8 @@ def _scrape_running_sidecar(
     haproxy_factory: HAProxyFactory,
     loopback: LoopbackLease,
     tmp_path: Path,
-) -> tuple[str, float]:
-    """/metrics of `run` in its steady state, and the scrape time.
+) -> tuple[str, float, str]:
+    """/metrics of `run` in its steady state, the scrape time, and the socket as configured.
 
     The first `run` issues the certificate and deploys it; the second starts with it in place,
     so what it reports comes from its check of HAProxy (``show ssl cert``), as it does between
@@ -292,7 +337,7 @@ def _scrape_running_sidecar(
         else:
             # Nothing issued or redeployed: HAProxy's own answer matched the file.
             assert not {"cert_issued", "haproxy_serves_other", "haproxy_updated"} & set(events)
-    return text, scraped_at
+    return text, scraped_at, f"unix:{haproxy.socket_path}"
 
 
 @pytest.mark.stepca
@@ -304,13 +349,13 @@ def test_real_scrape_passes_promtool_and_has_what_the_rules_use(
     tmp_path: Path,
 ) -> None:
     _promtool()  # fail before starting peers when it is missing
-    text, scraped_at = _scrape_running_sidecar(step_ca_factory, haproxy_factory, loopback, tmp_path)
+    text, scraped_at, socket = _scrape_running_sidecar(
+        step_ca_factory, haproxy_factory, loopback, tmp_path
+    )
     (tmp_path / "metrics.prom").write_text(text)
 
     # 1. The exposition passes promtool's parser and linter (no output at all).
-    checked = _run_promtool("check", "metrics", stdin=text)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.strip() == checked.stderr.strip() == "", checked.stdout + checked.stderr
+    _check_metrics_clean(text)
 
     # 2. Every metric the rules name is exported; those in expressions have samples.
     samples = _parse_series(text)
@@ -322,20 +367,18 @@ def test_real_scrape_passes_promtool_and_has_what_the_rules_use(
     assert len(in_expressions) >= 7
     assert in_expressions - with_samples == set()
     assert anywhere - declared == set()
+    assert {"cert_sidecar_haproxy_up", "cert_sidecar_certificate_last_error_info"} <= anywhere
+    # The socket as it was configured, answering; deploy counters from 0 for both results,
+    # though this run deployed nothing; the failure families declared, with no sample.
+    assert f'cert_sidecar_haproxy_up{{socket="{socket}"}} 1' in text.splitlines()
+    for result in ("success", "failure"):
+        line = f'cert_sidecar_haproxy_deploys_total{{result="{result}",mode="runtime-api"}} 0'
+        assert line in text.splitlines()
+    assert declared >= _FAILURE_ONLY
+    assert not _FAILURE_ONLY & with_samples
 
     # 3. The unit tests' input series use the real label names.
-    real_labels: dict[str, set[frozenset[str]]] = {}
-    for name, labels, _ in samples:
-        real_labels.setdefault(name, set()).add(frozenset(labels))
-    test_series = re.findall(
-        r"series: '(cert_sidecar_[a-z0-9_]+)\{([^}]*)\}'", RULE_TESTS.read_text()
-    )
-    assert test_series
-    for name, label_text in test_series:
-        names = frozenset(dict(_LABEL.findall(label_text))) - _TARGET_LABELS
-        assert names in real_labels.get(name, set()), (
-            f"{name}{{{label_text}}} vs {real_labels.get(name)}"
-        )
+    assert _check_test_series_labels(text, lambda name: name not in _FAILURE_ONLY) >= 10
 
     # 4. Replayed into promtool for an hour (timestamps kept relative to the scrape), the
     # healthy sidecar raises no alert.
@@ -378,3 +421,109 @@ def test_real_scrape_passes_promtool_and_has_what_the_rules_use(
     (tmp_path / "replay.yml").write_text(json.dumps(replay, indent=1))
     replayed = _run_promtool("test", "rules", str(tmp_path / "replay.yml"))
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+@pytest.mark.stepca
+@pytest.mark.haproxy
+def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
+    step_ca_factory: StepCAFactory,
+    haproxy_factory: HAProxyFactory,
+    loopback: LoopbackLease,
+    tmp_path: Path,
+) -> None:
+    """What the new alerts read, from a real `run`: the kind of a real CA's refusal, the time
+    of the failure, and each HAProxy socket turning 0 when its HAProxy stops between renewals
+    (one of two: the other still answers; then both)."""
+    _promtool()
+    # 10-minute certificates: HAProxy is checked every 6 s (policy.check_interval) and nothing
+    # is renewed during the test.
+    ca = step_ca_factory(default_duration="10m")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    haproxy = haproxy_factory(certs)
+    socket = f"unix:{haproxy.socket_path}"
+    other = haproxy_factory(certs)
+    other_socket = str(other.socket_path)  # a bare path: the label keeps it as written
+    args = [
+        *base_args(
+            ca.directory_url,
+            ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
+        # Resolves nowhere: step-ca cannot validate its challenge.
+        "--domain",
+        "nowhere.invalid",
+        "--haproxy-socket",
+        socket,
+        "--haproxy-socket",
+        other_socket,
+    ]
+    up = f'cert_sidecar_haproxy_up{{socket="{socket}"}}'
+    other_up = f'cert_sidecar_haproxy_up{{socket="{other_socket}"}}'
+    failing = (
+        'cert_sidecar_certificate_last_error_info{name="nowhere.invalid",kind="challenge_failed"} 1'
+    )
+    served = f'cert_sidecar_certificate_served_matches{{name="{loopback.name}"}}'
+    started = time.time()
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    try:
+
+        def metrics_have(*lines: str) -> bool:
+            status, body = sidecar.get("/metrics")
+            return status == 200 and set(lines) <= set(body.splitlines())
+
+        sidecar.wait_for(
+            lambda: metrics_have(f"{up} 1", f"{other_up} 1", failing, f"{served} 1"),
+            "one certificate served, the other failing",
+            timeout=120,
+        )
+        status, text = sidecar.get("/metrics")
+        assert status == 200
+        _check_metrics_clean(text)
+        lines = text.splitlines()
+        stamps = [
+            float(value)
+            for name, labels, value in _parse_series(text)
+            if name == "cert_sidecar_certificate_last_failure_timestamp_seconds"
+            and labels == {"name": "nowhere.invalid"}
+        ]
+        assert len(stamps) == 1 and started <= stamps[0] <= time.time(), stamps
+        assert (
+            f'cert_sidecar_certificate_last_failure_timestamp_seconds{{name="{loopback.name}"}}'
+            not in text
+        )
+        assert 'cert_sidecar_haproxy_deploys_total{result="failure",mode="runtime-api"} 0' in lines
+        # The CA's words stay out of the labels: only the kind is exported.
+        errors = [
+            str(event["error"])
+            for event in sidecar.events()
+            if event.get("event") == "cert_renewal_failed"
+            and event.get("cert") == "nowhere.invalid"
+        ]
+        assert errors and all(error not in text for error in errors)
+        assert _check_test_series_labels(text, lambda name: name in _FAILURE_ONLY) >= 1
+
+        # One HAProxy stops between renewals: its socket turns 0 at the next check, while the
+        # other still answers and serves the certificate.
+        other.stop()
+        sidecar.wait_for(
+            lambda: metrics_have(f"{other_up} 0", f"{up} 1", f"{served} 1"),
+            "haproxy_up 0 for the stopped one only",
+            timeout=90,
+        )
+        # Both stopped: served_matches becomes unknown (no sample), which is why the alert
+        # reads haproxy_up.
+        haproxy.stop()
+        sidecar.wait_for(lambda: metrics_have(f"{up} 0"), "haproxy_up 0", timeout=90)
+        status, text = sidecar.get("/metrics")
+        assert status == 200
+        _check_metrics_clean(text)
+        assert served not in text
+        assert "haproxy_check_failed" in sidecar.event_names()
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
