@@ -19,11 +19,22 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sidecar.config import Settings
 from sidecar.errors import ConfigError
 
-__all__ = ["FIX_GUIDE", "Identity", "check", "directory_problem", "socket_problem"]
+if TYPE_CHECKING:  # sidecar.config may call into this module: no import cycle at run time
+    from sidecar.config import Settings
+
+__all__ = [
+    "FIX_GUIDE",
+    "Identity",
+    "check",
+    "check_directories",
+    "check_sockets",
+    "directory_problem",
+    "socket_problem",
+]
 
 # Where the compose recipe for the one-time fix is written down (OpenCHAMI's pre-existing,
 # root-owned volume is the common case).
@@ -67,18 +78,16 @@ def _nearest_existing(path: Path) -> Path:
     return target
 
 
-def _can_create_in(directory: Path) -> bool:
+def _probe(directory: Path) -> OSError | None:
     # os.access answers for the mode bits; a read-only mount or an ACL only shows on a real
     # write, so a file is made and removed as well.
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return False
     try:
         fd, probe = tempfile.mkstemp(prefix=".cert-sidecar-preflight.", dir=directory)
-    except OSError:
-        return False
+    except OSError as error:
+        return error
     os.close(fd)
     os.unlink(probe)
-    return True
+    return None
 
 
 def directory_problem(path: Path, mode: int, who: Identity) -> str | None:
@@ -86,15 +95,21 @@ def directory_problem(path: Path, mode: int, who: Identity) -> str | None:
 
     ``mode`` is what the fix command sets. A missing directory is fine when it can be made.
     """
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a dangling symbolic link"
     target = _nearest_existing(path)
-    if target != path and not target.is_dir():
+    if not target.is_dir():
+        if target == path:
+            return f"{path} is not a directory"
         return f"{path} cannot be made: {target} is not a directory"
-    if target == path and not path.is_dir():
-        return f"{path} is not a directory ({_owner_mode(path)})"
-    if _can_create_in(target):
-        return None
-    made = "" if target == path else f"mkdir -p {path} && "
     what = str(path) if target == path else f"{path} does not exist and {target}"
+    if os.access(target, os.W_OK | os.X_OK):
+        error = _probe(target)
+        if error is None:
+            return None
+        if error.errno not in (errno.EACCES, errno.EPERM):
+            return f"{what} is not writable: {error.strerror} ({_owner_mode(target)})"
+    made = "" if target == path else f"mkdir -p {path} && "
     return (
         f"{what} is not writable by uid {who.uid} gid {who.gid} ({_owner_mode(target)}); "
         f"fix once as root: {made}chown {who.uid}:{who.share_gid} {path} && "
@@ -140,8 +155,8 @@ def socket_problem(path: Path, who: Identity) -> str | None:
     )
 
 
-def check(settings: Settings) -> None:
-    """Raise ConfigError (exit 2, one line) for the first place cert-sidecar cannot write."""
+def check_directories(settings: Settings) -> None:
+    """Raise ConfigError (exit 2, one line) when certs_dir or state_dir is unusable."""
     who = Identity.of_process(settings)
     for name, path, mode in (
         ("certs_dir", settings.certs_dir, CERTS_DIR_MODE),
@@ -150,9 +165,20 @@ def check(settings: Settings) -> None:
         problem = directory_problem(path, mode, who)
         if problem is not None:
             raise ConfigError(settings.label(name), problem)
+
+
+def check_sockets(settings: Settings) -> None:
+    """Raise ConfigError (exit 2, one line) when a HAProxy unix socket exists but is unusable."""
+    who = Identity.of_process(settings)
     for address in settings.haproxy_sockets:
         if address.kind != "unix" or address.path is None:
             continue
         problem = socket_problem(Path(address.path), who)
         if problem is not None:
             raise ConfigError(settings.label("haproxy_sockets"), problem)
+
+
+def check(settings: Settings) -> None:
+    """Everything cert-sidecar writes to, in order: the directories, then HAProxy's sockets."""
+    check_directories(settings)
+    check_sockets(settings)
