@@ -5,10 +5,10 @@ OpenCHAMI's quickstart (tests/compose/openchami/, issue 7 item 4). In file order
    root wrote (what acme.sh left); cert-sidecar run as its non-root user refuses it in one line;
 2. the opt-in one-time fix (`run --rm cert-sidecar-volumes`) gives the volume to cert-sidecar's
    user and HAProxy's group 65532;
-3. `up -d` with the override: acme.sh's services do not run; HAProxy (uid/gid 65532, `bind :443
-   ssl crt /etc/haproxy/certs/ strict-sni`) serves, on its published port, a certificate that
-   verifies against the step-ca root alone, which step-ca (only on cert-internal, as root)
-   copied into its volume with mode 0444;
+3. `up --no-start` + `start` (Compose v2's order) with the override: acme.sh's services do
+   not run; HAProxy (uid/gid 65532, `bind :443 ssl crt /etc/haproxy/certs/ strict-sni`)
+   serves, on its published port, a certificate that verifies against the step-ca root alone,
+   which step-ca (only on cert-internal, as root) copied into its volume with mode 0444;
 4. 60-second certificates are renewed and loaded into the same HAProxy process through the
    second `stats socket` on the shared volume: the served serial changes, HAProxy never
    restarts;
@@ -120,6 +120,7 @@ def stack() -> Iterator[DockerStack]:
     }
     stack = DockerStack(PROJECT, env, https_port)
     engine = str(SCRIPTS / "docker-engine.sh")
+    engine_was_running = stack.run("bash", engine, "status", check=False).returncode == 0
     stack.env["DOCKER_HOST"] = stack.run("bash", engine, "start", timeout=120).stdout.strip()
     stack.env.update(STEP_CA_IMAGE=stack.env["STEP_CA_TEST_IMAGE"],
                      HAPROXY_IMAGE=stack.env["HAPROXY_TEST_IMAGE"],
@@ -141,7 +142,10 @@ def stack() -> Iterator[DockerStack]:
         stack.force_down()
         for volume in stack.leftovers()["volumes"]:
             stack.podman("volume", "rm", "--force", volume, check=False)
-        stack.run("bash", engine, "stop-if-idle", check=False)
+        if not engine_was_running:
+            # Only an engine this test started; someone else's may be between `start` and
+            # its first container.
+            stack.run("bash", engine, "stop-if-idle", check=False)
 
 
 def owner_mode(path: Path) -> tuple[str, str]:
@@ -188,12 +192,15 @@ def test_the_opt_in_fix_gives_the_volume_to_the_sidecar_and_haproxy_group(
 
 def test_haproxy_serves_a_verified_step_ca_certificate(stack: DockerStack) -> None:
     started = time.monotonic()
-    stack.compose("up", "-d")
+    # Compose v2's order, which OpenCHAMI's `docker compose` uses: every container is created
+    # before any starts (docker-compose 1.29 does the same with these two commands).
+    stack.compose("up", "--no-start")
+    stack.compose("start")
     first = wait_for(
         f"HAProxy to serve a step-ca certificate for {FQDN}",
         lambda: served(stack), deadline_s=FIRST_CERT_DEADLINE)
     print(f"\nfirst verified certificate through HAProxy {time.monotonic() - started:.1f} s "
-          "after `up -d`")
+          "after `up --no-start`")
     names = first.certificate.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [FQDN]
