@@ -50,11 +50,12 @@ build "$STEP_CA_TEST_IMAGE" --build-arg "BASE_IMAGE=$PYTHON_BASE_TAG" "$context"
 # containers here) with a Python of the same version as the stand-in base's (3.11). Kept out of
 # the work tree: wheels in the default build context would break a plain `docker compose up
 # --build` on another Python (see Dockerfile).
+# Any Python with pip does; by default the checkout's .venv, made here on a first run (it needs
+# only pip: `pip wheel` builds the project in an isolated environment).
 python="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
-if [[ ! -x "$python" ]] && ! command -v "$python" >/dev/null; then
-    echo "build-images: no $python; make it with: python3 -m venv .venv" \
-        "&& .venv/bin/pip install -e ." >&2
-    exit 1
+if [[ -z "${PYTHON:-}" && ! -x "$python" ]]; then
+    echo "build-images: creating $REPO_ROOT/.venv (python3 -m venv)" >&2
+    python3 -m venv "$REPO_ROOT/.venv"
 fi
 base_python="$(podman run --rm "$PYTHON_BASE_TAG" python3 -c \
     'import sys; print("%d.%d" % sys.version_info[:2])')"

@@ -15,7 +15,7 @@
 #
 # Compose files: compose.yaml, plus compose.override.yaml when it exists (as `docker compose`
 # does by itself), or COMPOSE_FILES="compose.yaml:tests/compose/compose.test.yaml" (paths
-# relative to the repository). Project: COMPOSE_PROJECT_NAME, default cert-sidecar.
+# relative to the repository, or absolute). Project: COMPOSE_PROJECT_NAME, default cert-sidecar.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,7 +49,7 @@ else
 fi
 files=()
 for name in "${names[@]}"; do
-    files+=(-f "$REPO_ROOT/$name")
+    if [[ "$name" == /* ]]; then files+=(-f "$name"); else files+=(-f "$REPO_ROOT/$name"); fi
 done
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-cert-sidecar}"
 cd "$REPO_ROOT"
