@@ -35,7 +35,16 @@ import pytest
 import trustme
 from cryptography import x509
 
-from tests.compose.stack import REPO_ROOT, SCRIPTS, ComposeStack, Served, free_port, wait_for
+from tests.compose.stack import (
+    REPO_ROOT,
+    SCRIPTS,
+    ComposeStack,
+    Served,
+    docker_cli,
+    free_port,
+    require,
+    wait_for,
+)
 
 pytestmark = pytest.mark.compose
 
@@ -47,6 +56,7 @@ STACK_DIR = "tests/compose/openchami"
 FILES = (f"{STACK_DIR}/base.yml", f"{STACK_DIR}/autocert.yml",
          f"{STACK_DIR}/haproxy-api-gateway.yml", "docker/openchami/cert-sidecar.yml")
 SIDECAR_IMAGE = "localhost/cert-sidecar:openchami-test"
+KEEPALIVE = f"{PROJECT}-keepalive"  # holds the shared engine up (hold_engine); no compose label
 LIFETIME = "60s"
 # Deadlines bound hangs only: first certificate (image start, CA init, one order) and one
 # renewal of a 60-second certificate (due after 2/3 of its backdated 2-minute validity).
@@ -55,8 +65,11 @@ RENEWAL_DEADLINE = 240.0
 
 
 class DockerStack(ComposeStack):
-    """ComposeStack's checks, driven through docker-compose and the Docker CLI on the engine
-    of scripts/compose/docker-engine.sh instead of podman."""
+    """ComposeStack on docker-engine.sh's engine, with OpenCHAMI's compose file list (the
+    quickstart-shaped files, then the drop-in) instead of compose.yaml."""
+
+    def __init__(self, env: dict[str, str], https_port: int) -> None:
+        super().__init__(PROJECT, env, https_port, engine="docker")
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True
                 ) -> subprocess.CompletedProcess[str]:
@@ -64,25 +77,13 @@ class DockerStack(ComposeStack):
         return self.run("docker-compose", "--project-directory", str(REPO_ROOT / STACK_DIR),
                         *files, *args, timeout=timeout, check=check)
 
-    def podman(self, *args: str, timeout: float = 120, check: bool = True
-               ) -> subprocess.CompletedProcess[str]:
-        # The container-engine CLI of ComposeStack's helpers; the same arguments work here.
-        return self.run("docker", *args, timeout=timeout, check=check)
-
-    def volume(self, name: str) -> Path:
-        return self.volume_path(name)
-
 
 def require_tools() -> None:
-    missing = [tool for tool in ("dockerd", "docker", "docker-compose", "podman", "debootstrap")
+    missing = [tool for tool in ("dockerd", "docker-compose", "podman", "debootstrap")
                if shutil.which(tool) is None]
-    problem = f"needs {', '.join(missing)} (scripts/install-deps.sh)" if missing else None
-    if problem is None and os.geteuid() != 0:
-        problem = "runs dockerd and podman as root"
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"OpenCHAMI compose test {problem}")
-        pytest.skip(f"OpenCHAMI compose test {problem}")
+    require(not missing, f"the OpenCHAMI compose test needs {', '.join(missing)} "
+            "(scripts/install-deps.sh)")
+    require(os.geteuid() == 0, "the OpenCHAMI compose test runs dockerd and podman as root")
 
 
 def acme_sh_leftover() -> bytes:
@@ -94,11 +95,12 @@ def acme_sh_leftover() -> bytes:
 
 def create_root_owned_volume(stack: DockerStack) -> None:
     name = f"{PROJECT}_haproxy-certs"
-    stack.podman("volume", "create", "--label", f"com.docker.compose.project={PROJECT}",
+    stack.cli("volume", "create", "--label", f"com.docker.compose.project={PROJECT}",
                  "--label", "com.docker.compose.volume=haproxy-certs", name)
     pem = f"/certs/{FQDN}.pem"
     result = subprocess.run(
-        ["docker", "run", "--rm", "-i", "--user", "0:0", "--network", "none",
+        [docker_cli(), "-H", stack.env["DOCKER_HOST"], "run", "--rm", "-i", "--user", "0:0",
+         "--network", "none",
          "-v", f"{name}:/certs", stack.env["PYTHON_BASE_TAG"],
          "sh", "-c", f"umask 077 && cat > {pem}"],
         input=acme_sh_leftover(), env=stack.env, capture_output=True, timeout=120, check=False)
@@ -110,7 +112,6 @@ def stack() -> Iterator[DockerStack]:
     require_tools()
     https_port = free_port()
     env = {
-        "DOCKER_HOST": "unix:///run/cert-sidecar-docker.sock",
         "SYSTEM_NAME": FQDN.split(".", 1)[0],
         "SYSTEM_DOMAIN": FQDN.split(".", 1)[1],
         "STEP_CA_CERT_LIFETIME": LIFETIME,
@@ -118,21 +119,22 @@ def stack() -> Iterator[DockerStack]:
         "HAPROXY_HTTP_PORT": f"127.0.0.1:{free_port()}",
         "CERT_SIDECAR_IMAGE": SIDECAR_IMAGE,
     }
-    stack = DockerStack(PROJECT, env, https_port)
+    stack = DockerStack(env, https_port)
     engine = str(SCRIPTS / "docker-engine.sh")
     engine_was_running = stack.run("bash", engine, "status", check=False).returncode == 0
-    stack.env["DOCKER_HOST"] = stack.run("bash", engine, "start", timeout=120).stdout.strip()
     stack.env.update(STEP_CA_IMAGE=stack.env["STEP_CA_TEST_IMAGE"],
                      HAPROXY_IMAGE=stack.env["HAPROXY_TEST_IMAGE"],
                      ACME_SH_IMAGE=stack.env["PYTHON_BASE_TAG"])
     stack.run("bash", str(SCRIPTS / "build-images.sh"), timeout=1200)
-    stack.run("bash", engine, "load-local", timeout=600)
-    # The image as docker/openchami/README.md builds it: HAProxy's group is 65532.
-    stack.run("docker", "build", "--quiet", "--build-arg",
-              f"BASE_IMAGE={stack.env['PYTHON_BASE_TAG']}", "--build-arg",
-              f"HAPROXY_GID={HAPROXY_ID}", "--tag", SIDECAR_IMAGE, str(REPO_ROOT), timeout=900)
-    stack.force_down()  # a run that died half-way must not leave its volumes to this one
     try:
+        hold_engine(stack, engine)
+        # The image as docker/openchami/README.md builds it (HAProxy's group is 65532), from
+        # the offline build context build-images.sh assembles (no index inside containers).
+        stack.cli("build", "--quiet", "--build-arg",
+                  f"BASE_IMAGE={stack.env['PYTHON_BASE_TAG']}", "--build-arg",
+                  f"HAPROXY_GID={HAPROXY_ID}", "--tag", SIDECAR_IMAGE,
+                  stack.env["CERT_SIDECAR_TEST_CONTEXT"], timeout=900)
+        stack.force_down()  # a run that died half-way must not leave its volumes to this one
         create_root_owned_volume(stack)
         yield stack
     finally:
@@ -141,11 +143,29 @@ def stack() -> Iterator[DockerStack]:
         log_file.write_text(logs.stdout + logs.stderr)
         stack.force_down()
         for volume in stack.leftovers()["volumes"]:
-            stack.podman("volume", "rm", "--force", volume, check=False)
+            stack.cli("volume", "rm", "--force", volume, check=False)
+        stack.cli("rm", "--force", KEEPALIVE, check=False)
         if not engine_was_running:
             # Only an engine this test started; someone else's may be between `start` and
             # its first container.
             stack.run("bash", engine, "stop-if-idle", check=False)
+
+
+def hold_engine(stack: DockerStack, engine: str) -> None:
+    """Start the shared engine, load the stand-in images, and keep one container on it for as
+    long as this stack lives. Other tests' clean-up (`docker-engine.sh stop-if-idle`) stops an
+    engine that has no container, even while this test is between `start` and its first one
+    (seen: the engine stopped during this test's image load)."""
+    for _attempt in range(3):
+        stack.run("bash", engine, "start", timeout=120)
+        if stack.run("bash", engine, "load-local", timeout=600, check=False).returncode != 0:
+            continue
+        stack.cli("rm", "--force", KEEPALIVE, check=False)
+        kept = stack.cli("run", "--detach", "--name", KEEPALIVE, "--network", "none",
+                         stack.env["PYTHON_BASE_TAG"], "sleep", "infinity", check=False)
+        if kept.returncode == 0:
+            return
+    raise AssertionError("could not start docker-engine.sh's engine and keep it running")
 
 
 def owner_mode(path: Path) -> tuple[str, str]:
@@ -160,7 +180,7 @@ def served(stack: DockerStack) -> Served:
 # -- 1. the pre-existing volume --------------------------------------------------------------
 
 def test_a_root_owned_certs_volume_is_refused_in_one_line(stack: DockerStack) -> None:
-    certs = stack.volume("haproxy-certs")
+    certs = stack.volume_path("haproxy-certs")
     assert owner_mode(certs)[0] == "0:0"
     assert owner_mode(certs / f"{FQDN}.pem") == ("0:0", "0600")
     result = stack.compose("run", "--rm", "--no-deps", "-T", "cert-sidecar", check=False)
@@ -178,10 +198,10 @@ def test_the_opt_in_fix_gives_the_volume_to_the_sidecar_and_haproxy_group(
     stack: DockerStack,
 ) -> None:
     stack.compose("run", "--rm", "-T", "cert-sidecar-volumes")
-    certs = stack.volume("haproxy-certs")
+    certs = stack.volume_path("haproxy-certs")
     assert owner_mode(certs) == (f"{SIDECAR_UID}:{HAPROXY_ID}", "2750")
     assert owner_mode(certs / f"{FQDN}.pem") == (f"{SIDECAR_UID}:{HAPROXY_ID}", "0640")
-    assert owner_mode(stack.volume("cert-sidecar-run")) == (f"{SIDECAR_UID}:{HAPROXY_ID}",
+    assert owner_mode(stack.volume_path("cert-sidecar-run")) == (f"{SIDECAR_UID}:{HAPROXY_ID}",
                                                             "2770")
     # Idempotent: a second run changes nothing and succeeds.
     stack.compose("run", "--rm", "-T", "cert-sidecar-volumes")
@@ -208,26 +228,26 @@ def test_haproxy_serves_a_verified_step_ca_certificate(stack: DockerStack) -> No
     # acme.sh's services were replaced, not run: no container, and nothing owns the FQDN name.
     for service in ("acme-register", "acme-deploy"):
         assert stack.compose("ps", "-q", service).stdout.strip() == ""
-    assert stack.podman("ps", "-a", "-q", "--filter", f"name=^/{FQDN}$").stdout.strip() == ""
+    assert stack.cli("ps", "-a", "-q", "--filter", f"name=^/{FQDN}$").stdout.strip() == ""
 
 
 def test_the_shape_is_openchamis(stack: DockerStack) -> None:
     # The root as local-ca publishes it: written by root, mode 0444.
-    assert owner_mode(stack.volume("step-root-ca") / "root_ca.crt") == ("0:0", "0444")
-    haproxy = json.loads(stack.podman("inspect", stack.container("haproxy")).stdout)[0]
+    assert owner_mode(stack.volume_path("step-root-ca") / "root_ca.crt") == ("0:0", "0444")
+    haproxy = json.loads(stack.cli("inspect", stack.container("haproxy")).stdout)[0]
     assert haproxy["Config"]["User"] == f"{HAPROXY_ID}:{HAPROXY_ID}"
-    top = stack.podman("top", stack.container("haproxy"), "-o", "pid,uid,gid,comm").stdout
+    top = stack.cli("top", stack.container("haproxy"), "-o", "pid,uid,gid,comm").stdout
     assert any(line.split()[1:3] == [HAPROXY_ID, HAPROXY_ID] and "haproxy" in line
                for line in top.splitlines()), top
     # step-ca is on cert-internal only; cert-sidecar answers to the FQDN there.
-    step_ca = json.loads(stack.podman("inspect", stack.container("step-ca")).stdout)[0]
+    step_ca = json.loads(stack.cli("inspect", stack.container("step-ca")).stdout)[0]
     assert list(step_ca["NetworkSettings"]["Networks"]) == [f"{PROJECT}_cert-internal"]
-    sidecar = json.loads(stack.podman("inspect", stack.container("cert-sidecar")).stdout)[0]
+    sidecar = json.loads(stack.cli("inspect", stack.container("cert-sidecar")).stdout)[0]
     aliases = sidecar["NetworkSettings"]["Networks"][f"{PROJECT}_cert-internal"]["Aliases"]
     assert FQDN in aliases
-    pem = stack.volume("haproxy-certs") / f"{FQDN}.pem"
+    pem = stack.volume_path("haproxy-certs") / f"{FQDN}.pem"
     assert owner_mode(pem) == (f"{SIDECAR_UID}:{HAPROXY_ID}", "0640")
-    assert owner_mode(stack.volume("cert-sidecar-run") / "admin.sock")[0] == (
+    assert owner_mode(stack.volume_path("cert-sidecar-run") / "admin.sock")[0] == (
         f"{HAPROXY_ID}:{HAPROXY_ID}")
 
 
