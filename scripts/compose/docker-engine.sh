@@ -108,16 +108,24 @@ start() {
     echo "$engine_host"
 }
 
+alive() {
+    # A process that exited but was not reaped yet (a zombie: the sandbox's init may never reap
+    # a detached one) still answers kill -0; it is gone all the same.
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
 stop() {
     local pid
     if pid="$(our_pid)"; then
         # dockerd stops its containers (their stop timeouts) and its containerd, then exits.
         kill "$pid"
         for _ in $(seq 1 600); do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if alive "$pid"; then
             echo "docker-engine: dockerd $pid did not stop within 60 s" >&2
             return 1
         fi

@@ -6,7 +6,8 @@ Compose creates containers:
   two certificates and three names (tests/compose/compose.test.yaml);
 - "create-start": `up --no-start`, then `start` (Compose v2 creates every container before it
   starts any), on volumes that already exist, empty and root's (as a stack of an earlier
-  version left them), with the README's "add a name" override.
+  version left them), with the README's "add a name" and "master-cli" overrides (so renewals
+  reach HAProxy through its master CLI and a reload).
 
 Each must give every shared volume the owner and mode its writer needs (Docker copies a mount
 point's owner and mode into an empty volume at every container creation; docker/README.md),
@@ -41,19 +42,23 @@ FIRST_CERT_DEADLINE = 240.0
 RENEWAL_DEADLINE = 240.0
 
 ORDERS = {
-    # order: (project, override file or None for the test override, names)
-    "up": ("cert-sidecar-docker-up", None,
-           ("demo.openchami.cluster", "api.openchami.cluster", "auth.openchami.cluster")),
-    "create-start": ("cert-sidecar-docker-v2", "add-a-name",
-                     ("demo.openchami.cluster", "api.openchami.cluster")),
+    # order: (project, README blocks used as overrides (none: the test override), names,
+    #         how cert-sidecar updates HAProxy)
+    "up": ("cert-sidecar-docker-up", (),
+           ("demo.openchami.cluster", "api.openchami.cluster", "auth.openchami.cluster"),
+           "runtime-api"),
+    "create-start": ("cert-sidecar-docker-v2", ("add-a-name", "master-cli"),
+                     ("demo.openchami.cluster", "api.openchami.cluster"), "master-reload"),
 }
 
 
 class DockerRun:
-    def __init__(self, stack: ComposeStack, order: str, names: tuple[str, ...]) -> None:
+    def __init__(self, stack: ComposeStack, order: str, names: tuple[str, ...],
+                 mode: str) -> None:
         self.stack = stack
         self.order = order
         self.names = names
+        self.mode = mode
         self.first_served: dict[str, Served] = {}
 
 
@@ -61,14 +66,15 @@ class DockerRun:
 def run(request: pytest.FixtureRequest, docker_engine: str,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRun]:
     order: str = request.param
-    project, override, names = ORDERS[order]
-    if override is None:
-        files = "compose.yaml:tests/compose/compose.test.yaml"
-    else:
-        # The README's recipe, exactly as written there, as the compose override.
-        path = tmp_path_factory.mktemp(order) / "compose.override.yaml"
-        path.write_text(readme_block(override))
-        files = f"compose.yaml:{path}"
+    project, overrides, names, mode = ORDERS[order]
+    files = "compose.yaml"
+    if not overrides:
+        files += ":tests/compose/compose.test.yaml"
+    for block in overrides:
+        # The README's recipes, exactly as written there, as compose overrides.
+        path = tmp_path_factory.mktemp(order) / f"{block}.yaml"
+        path.write_text(readme_block(block))
+        files += f":{path}"
     https_port = free_port()
     env = {
         "COMPOSE_FILES": files,
@@ -91,7 +97,7 @@ def run(request: pytest.FixtureRequest, docker_engine: str,
             stack.compose("up", "--no-start")
             stack.up_started = time.monotonic()
             stack.compose("start")
-        yield DockerRun(stack, order, names)
+        yield DockerRun(stack, order, names, mode)
     finally:
         if any(stack.leftovers().values()):
             logs = stack.compose("logs", "--no-color", "--timestamps", check=False)
@@ -175,6 +181,14 @@ def test_renews_in_place(run: DockerRun) -> None:
     assert failures == 0
     haproxy_state = stack.state("haproxy")
     assert (haproxy_state.get("StartedAt"), haproxy_state.get("RestartCount")) == started
+    # Through the mode this run configured (the master-cli recipe: a master CLI reload).
+    logs = stack.cli("logs", stack.container("cert-sidecar"))
+    events = [json.loads(line) for line in (logs.stdout + logs.stderr).splitlines()
+              if line.startswith("{") and '"haproxy_updated"' in line]
+    # The deploys of new certificates name their mode (a re-deploy of an unchanged one does
+    # not).
+    modes = {event["mode"] for event in events if "mode" in event}
+    assert modes == {run.mode}, events[-3:]
 
 
 def test_down_v_leaves_nothing(run: DockerRun) -> None:

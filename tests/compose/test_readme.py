@@ -47,19 +47,18 @@ exec {docker} "$@"
 
 
 class Readme:
-    """Runs README blocks in one shell environment and working directory."""
+    """Runs README blocks in one shell environment and working directory, with the published
+    ports of the README (`ports`) replaced by free ones."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], https_port: int, http_port: int):
+    def __init__(self, workdir: Path, env: dict[str, str], ports: dict[str, int]) -> None:
         self.workdir = workdir
         self.env = env
-        self.https_port = https_port
-        self.http_port = http_port
+        self.ports = ports
 
     def run(self, name: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        block = readme_block(name)
-        assert "8443" in block or name != "quick-start"
-        script = (block.replace("8443", str(self.https_port))
-                  .replace("8080", str(self.http_port)))
+        script = readme_block(name)
+        for readme_port, port in self.ports.items():
+            script = script.replace(readme_port, str(port))
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.workdir,
                                 env=self.env, capture_output=True, text=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL, check=False)
@@ -69,21 +68,35 @@ class Readme:
         return result
 
 
-@pytest.fixture(scope="module")
-def readme(docker_engine: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[Readme, ComposeStack]]:
-    require(shutil.which("curl") is not None, "the README's quick start needs curl")
-    # A fresh copy of the checkout's files, as a clone would have them (no .venv, .cache,
-    # wheels or anything else a test run leaves behind).
-    workdir = tmp_path_factory.mktemp("checkout") / "cert-sidecar"
+def copy_checkout(target: Path) -> Path:
+    """A fresh copy of the checkout's files, as a clone would have them (no .venv, .cache,
+    wheels or anything else a test run leaves behind)."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True,
                             check=True, timeout=60).stdout.decode().split("\0")
     for relative in filter(None, listed):
         source = REPO_ROOT / relative
         if source.is_file():
-            target = workdir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            copied = target / relative
+            copied.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copied)
+    return target
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the compose and image settings a test may carry."""
+    dropped = ("HAPROXY_HTTPS_PORT", "HAPROXY_HTTP_PORT", "SYSTEM_NAME", "SYSTEM_DOMAIN",
+               "STEP_CA_CERT_LIFETIME", "CERT_SIDECAR_IMAGE", "STEP_CA_WRAPPED_IMAGE",
+               "STEP_CA_IMAGE", "HAPROXY_IMAGE", "CERT_SIDECAR_BASE_IMAGE",
+               "CERT_SIDECAR_BUILD_CONTEXT", "STACK_ENGINE")
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith(("COMPOSE_", "DOCKER_")) and key not in dropped}
+
+
+@pytest.fixture(scope="module")
+def readme(docker_engine: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Readme, ComposeStack]]:
+    require(shutil.which("curl") is not None, "the README's quick start needs curl")
+    workdir = copy_checkout(tmp_path_factory.mktemp("checkout") / "cert-sidecar")
     shim_dir = tmp_path_factory.mktemp("bin")
     shim = shim_dir / "docker"
     shim.write_text(SHIM.format(docker=docker_cli()))
@@ -94,7 +107,7 @@ def readme(docker_engine: str, tmp_path_factory: pytest.TempPathFactory
     stack = ComposeStack(PROJECT, {}, https_port, engine="docker")
     scripts_env = stack.env
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))},
+        **clean_environment(),
         "PATH": f"{shim_dir}:{os.environ['PATH']}",
         "DOCKER_HOST": docker_engine,
         "DOCKER_BUILDKIT": "0",
@@ -106,13 +119,10 @@ def readme(docker_engine: str, tmp_path_factory: pytest.TempPathFactory
         "CERT_SIDECAR_BASE_IMAGE": scripts_env["PYTHON_BASE_TAG"],
         "CERT_SIDECAR_BUILD_CONTEXT": scripts_env["CERT_SIDECAR_TEST_CONTEXT"],
     }
-    for variable in ("HAPROXY_HTTPS_PORT", "HAPROXY_HTTP_PORT", "SYSTEM_NAME", "SYSTEM_DOMAIN",
-                     "STEP_CA_CERT_LIFETIME", "CERT_SIDECAR_IMAGE", "STEP_CA_WRAPPED_IMAGE"):
-        env.pop(variable, None)
     stack.env.update(env)
     stack.force_down()
     try:
-        yield Readme(workdir, env, https_port, http_port), stack
+        yield Readme(workdir, env, {"8443": https_port, "8080": http_port}), stack
     finally:
         stack.force_down()
 
@@ -167,3 +177,28 @@ def test_clean_up_leaves_nothing(quick_start: tuple[Readme, ComposeStack, Served
         found = stack.cli("image", "inspect", image, check=False)
         assert found.returncode != 0, f"{image} is still there"
     assert not (runner.workdir / "root_ca.crt").exists()
+
+
+def test_podman_first_run(stand_in_images: dict[str, str],
+                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """README "Running under podman": the block as written, in a fresh copy of the checkout,
+    from the package install to a verified certificate and back to nothing. Adaptations: free
+    ports instead of 10443/10080, this checkout's build cache (.cache: the debootstrap tarball
+    and step-ca binary, minutes to rebuild), and a project name of its own."""
+    require(shutil.which("curl") is not None, "the README's podman first run needs curl")
+    workdir = copy_checkout(tmp_path_factory.mktemp("checkout") / "cert-sidecar")
+    (workdir / ".cache").symlink_to((REPO_ROOT / ".cache").resolve())
+    project = "cert-sidecar-readme-podman"
+    https_port, http_port = free_port(), free_port()
+    env = {**clean_environment(), "COMPOSE_PROJECT_NAME": project,
+           "CERT_SIDECAR_TEST_CONTEXT": str(tmp_path_factory.mktemp("context") / "cert-sidecar")}
+    observer = ComposeStack(project, {}, https_port, engine="podman")
+    observer.force_down()
+    try:
+        result = Readme(workdir, env, {"10443": https_port, "10080": http_port}).run(
+            "podman-quick-start", timeout=1800)
+        assert f"cert-sidecar demo: {NAME}" in result.stdout
+        assert observer.leftovers() == {"containers": [], "volumes": [], "networks": []}
+        assert not (workdir / "root_ca.crt").exists()
+    finally:
+        observer.force_down()
