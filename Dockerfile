@@ -3,9 +3,12 @@
 #   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim
 #   docker build --build-arg BASE_IMAGE=<slim python image> .  # any Debian-like Python >= 3.11
 #
-# When the build context has a wheels/ folder (pip wheel -w wheels .), the image installs from
-# it only (no index): for builds where PyPI is not reachable from inside containers. The wheels
-# must match the base image's Python version.
+# The default build context (this directory, filtered by .dockerignore) never holds wheels, so a
+# checkout where anything built wheels still builds from the index. Offline builds use another
+# context: a directory with this project's sources and a wheels/ folder of wheels built for the
+# base image's Python; then the image installs from wheels/ only (no index). The compose tests
+# assemble such a context (scripts/compose/build-images.sh) and point compose.yaml's
+# CERT_SIDECAR_BUILD_CONTEXT at it.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -28,17 +31,19 @@ FROM ${BASE_IMAGE}
 # PEM files it writes (0640) are readable by HAProxy and HAProxy's admin socket (660) is usable.
 ARG UID=10001
 ARG HAPROXY_GID=99
-# The mount points belong to the runtime user: an empty named volume mounted over one of them by
-# this image takes this ownership, so the non-root process can write there. None is under /run,
-# a tmpfs in builds and containers (nothing made there stays in the image). The setgid bit on
-# the certs directory keeps new files in HAProxy's group.
+# Mount points of the volumes this image WRITES, owned by the runtime user: Docker copies a mount
+# point's owner and mode into an empty named volume (podman: into a new one, when the first
+# container using it starts), so the non-root process can write there. The setgid bit on the
+# certs directory keeps new files in HAProxy's group. Nothing is made for volumes this image only
+# reads (step-root-ca at /root_ca): a directory here would be copied over the writer's, and
+# Docker lets the last container created win (docker/README.md, "Shared volumes"). None is
+# under /run, a tmpfs in builds and containers (nothing made there stays in the image).
 RUN (getent group "${HAPROXY_GID}" >/dev/null || groupadd --system --gid "${HAPROXY_GID}" haproxy) \
     && useradd --no-log-init --uid "${UID}" --gid "${HAPROXY_GID}" --no-create-home \
         --home-dir /var/lib/cert-sidecar --shell /usr/sbin/nologin cert-sidecar \
     && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2750 /etc/haproxy/certs \
     && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 0750 /var/lib/cert-sidecar \
-    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2770 /var/lib/haproxy-run \
-    && install -d -m 0755 /root_ca
+    && install -d -o "${UID}" -g "${HAPROXY_GID}" -m 2770 /var/lib/haproxy-run
 COPY --from=build /opt/cert-sidecar /opt/cert-sidecar
 ENV PATH=/opt/cert-sidecar/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -31,6 +31,9 @@ def _check_before_network(settings: Settings) -> None:
         raise ConfigError(
             "--domain", "no certificate configured (give --domain or [[certificates]])"
         )
+    from sidecar import preflight
+
+    preflight.check(settings)
 
 
 async def _hand_off(settings: Settings, payload: dict[str, Any]) -> int | None:
@@ -91,6 +94,9 @@ async def cmd_revoke(
     reason_code = parse_revocation_reason(reason)
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     spec = find_spec(settings, name)
+    from sidecar import preflight
+
+    preflight.check(settings)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
     )

@@ -572,6 +572,9 @@ async def cmd_run(
         raise ConfigError(
             "--domain", "no certificate configured (give --domain or [[certificates]])"
         )
+    from sidecar import preflight
+
+    preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()
 

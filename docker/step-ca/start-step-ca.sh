@@ -33,6 +33,15 @@ if [[ -n "${STEP_CA_CERT_LIFETIME:-}" ]]; then
         --x509-max-dur "${STEP_CA_CERT_MAX_LIFETIME:-$STEP_CA_CERT_LIFETIME}"
 fi
 
+if [[ -d "$root_dir" && ! -w "$root_dir" ]]; then
+    # One line that says what to do, rather than mktemp's error in a restart loop.
+    echo "start-step-ca: $root_dir is not writable by uid $(id -u)" \
+        "(owner $(stat -c '%u:%g, mode %a' "$root_dir")): the step-root-ca volume was set up" \
+        "by another image; remove it (docker compose down, docker volume rm <project>_step-root-ca)" \
+        "or chown it to $(id -u):$(id -g) (docker/README.md, \"Shared volumes\")" >&2
+    exit 1
+fi
+
 if [[ -d "$root_dir" ]]; then
     # Temp file + rename in the same directory: readers (cert-sidecar watches this file) never
     # see a partial certificate.

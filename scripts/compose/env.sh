@@ -38,12 +38,28 @@ export HAPROXY_TEST_IMAGE="${HAPROXY_TEST_IMAGE:-localhost/cert-sidecar-test/hap
 export CERT_SIDECAR_TEST_IMAGE="${CERT_SIDECAR_TEST_IMAGE:-localhost/cert-sidecar:test}"
 export STEP_CA_WRAPPED_TEST_IMAGE="${STEP_CA_WRAPPED_TEST_IMAGE:-localhost/cert-sidecar-test/step-ca-wrapped:test}"
 
-# The compose file's image variables, pointed at the local stand-ins (see build-images.sh).
-# Only stack.sh exports these into docker-compose's environment.
-local_image_env() {
+# cert-sidecar's offline build context (sources + wheels for the stand-in's Python), made by
+# build-images.sh. One per checkout: several checkouts may share this cache.
+checkout_id="$(printf '%s' "$repo_root" | sha256sum | cut -c1-12)"
+export CERT_SIDECAR_TEST_CONTEXT="${CERT_SIDECAR_TEST_CONTEXT:-$CACHE_DIR/context/cert-sidecar-$checkout_id}"
+
+# The Docker Engine of scripts/compose/docker-engine.sh (its socket, when it runs).
+export DOCKER_ENGINE_HOST="${DOCKER_ENGINE_HOST:-unix:///run/${DOCKER_ENGINE_NAME:-cert-sidecar-docker}.sock}"
+
+# The stand-in base images, the ones the compose file's builds start from (loaded into the
+# Docker Engine by `docker-engine.sh load-local`).
+local_base_image_env() {
     export STEP_CA_IMAGE="$STEP_CA_TEST_IMAGE"
     export HAPROXY_IMAGE="$HAPROXY_TEST_IMAGE"
     export CERT_SIDECAR_BASE_IMAGE="$PYTHON_BASE_TAG"
+    export CERT_SIDECAR_BUILD_CONTEXT="$CERT_SIDECAR_TEST_CONTEXT"
+}
+
+# The compose file's image variables, pointed at the local stand-ins (see build-images.sh), and
+# the images it builds renamed so they cannot be mistaken for (or replace) the default ones.
+# Only stack.sh exports these into docker-compose's environment.
+local_image_env() {
+    local_base_image_env
     export CERT_SIDECAR_IMAGE="$CERT_SIDECAR_TEST_IMAGE"
     export STEP_CA_WRAPPED_IMAGE="$STEP_CA_WRAPPED_TEST_IMAGE"
 }

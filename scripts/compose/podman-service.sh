@@ -52,6 +52,14 @@ start() {
     return 1
 }
 
+alive() {
+    # A process that exited but was not reaped yet (a zombie: the sandbox's init may never reap
+    # a detached one) still answers kill -0; it is gone all the same.
+    local state
+    state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
 stop() {
     if [[ -s "$pidfile" ]]; then
         pid="$(cat "$pidfile")"
@@ -60,7 +68,7 @@ stop() {
             kill "$pid"
             # It finishes open API requests first; wait so a following start finds it gone.
             for _ in $(seq 1 100); do
-                kill -0 "$pid" 2>/dev/null || break
+                alive "$pid" || break
                 sleep 0.1
             done
         fi

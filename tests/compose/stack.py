@@ -1,28 +1,56 @@
-"""Drive the compose stack under podman for tests/compose/: docker-compose through
-scripts/compose/stack.sh, container state through podman, TLS checks from the host.
+"""Drive the compose stack for tests/compose/, under podman or the Docker Engine of
+scripts/compose/docker-engine.sh: docker-compose through scripts/compose/stack.sh, container
+state through the engine's own CLI, TLS checks from the host.
 
-Kept apart from the test module so the checks read as a list of claims about the stack.
+Kept apart from the test modules so the checks read as a list of claims about the stack.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from cryptography import x509
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "compose"
 
 T = TypeVar("T")
+
+# Every shared volume's owner and mode, whatever the engine and the order of creation
+# (docker/README.md, "Shared volumes"): the writer's image sets it up.
+VOLUME_RULES = {
+    "step-root-ca": "1000:1000 755",   # step-ca's user writes the root; others read it
+    "haproxy-certs": "10001:99 2750",  # cert-sidecar writes, HAProxy's group reads
+    "haproxy-run": "10001:99 2770",    # HAProxy (group 99) makes its socket, cert-sidecar uses it
+    "state": "10001:99 750",           # cert-sidecar's own
+    "step-ca": "1000:1000 755",        # step-ca's own
+}
+
+ENGINES = ("podman", "docker")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a compose peer is missing, but fail under CI: there, nothing may skip."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{reason} (CI=true: a missing peer is a failure)")
+    pytest.skip(reason)
+
+
+def docker_cli() -> str:
+    """Debian's docker client (the engine's own version) when there, else any on the PATH."""
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
 
 def free_port() -> int:
@@ -81,12 +109,19 @@ class Served:
 
 
 class ComposeStack:
-    """One compose project of compose.yaml plus the test override, on the local images."""
+    """One compose project of compose.yaml (plus overrides) on the local images, under one
+    engine: "podman" (its Docker API service) or "docker" (docker-engine.sh's engine)."""
 
-    def __init__(self, project: str, env: Mapping[str, str], https_port: int) -> None:
+    def __init__(self, project: str, env: Mapping[str, str], https_port: int,
+                 engine: str = "podman") -> None:
+        assert engine in ENGINES, engine
+        self.engine = engine
         self.project = project
         self.https_port = https_port
-        self.env = {**scripts_environment(), **env, "COMPOSE_PROJECT_NAME": project}
+        self.env = {**scripts_environment(), **env, "COMPOSE_PROJECT_NAME": project,
+                    "STACK_ENGINE": engine}
+        if engine == "docker":
+            self.env["DOCKER_HOST"] = self.env["DOCKER_ENGINE_HOST"]
         self.sidecar_image = self.env["CERT_SIDECAR_TEST_IMAGE"]
         self.up_started = 0.0  # monotonic time of `up`, set by the fixture
         self.serving = False  # set once every name was served a valid certificate
@@ -107,26 +142,16 @@ class ComposeStack:
                 ) -> subprocess.CompletedProcess[str]:
         return self.run("bash", str(SCRIPTS / "stack.sh"), *args, timeout=timeout, check=check)
 
-    def podman(self, *args: str, timeout: float = 120, check: bool = True
-               ) -> subprocess.CompletedProcess[str]:
-        return self.run("podman", *args, timeout=timeout, check=check)
+    def cli(self, *args: str, timeout: float = 120, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        """The engine's own CLI: podman, or the docker client on the engine's socket."""
+        if self.engine == "podman":
+            return self.run("podman", *args, timeout=timeout, check=check)
+        return self.run(docker_cli(), "-H", self.env["DOCKER_HOST"], *args, timeout=timeout,
+                        check=check)
 
-    @contextmanager
-    def healthcheck_loop(self) -> Iterator[None]:
-        """Run scripts/compose/healthcheck-loop.sh for this project while the block runs."""
-        loop = subprocess.Popen(
-            ["bash", str(SCRIPTS / "healthcheck-loop.sh"), self.project, "2"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        try:
-            yield
-        finally:
-            loop.terminate()
-            try:
-                loop.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                loop.kill()
-                loop.wait()
+    # The podman e2e was written against podman's CLI; both CLIs take the same arguments here.
+    podman = cli
 
     # -- containers and volumes ------------------------------------------------------------
 
@@ -149,9 +174,17 @@ class ComposeStack:
         return str(health.get("Status", ""))
 
     def volume_path(self, volume: str) -> Path:
-        mountpoint = self.podman("volume", "inspect", f"{self.project}_{volume}",
-                                 "--format", "{{.Mountpoint}}").stdout.strip()
+        mountpoint = self.cli("volume", "inspect", f"{self.project}_{volume}",
+                              "--format", "{{.Mountpoint}}").stdout.strip()
         return Path(mountpoint)
+
+    def volume_owners(self) -> dict[str, str]:
+        """Owner and mode of each shared volume's top directory, as "uid:gid mode" (octal)."""
+        found = {}
+        for volume in VOLUME_RULES:
+            info = self.volume_path(volume).stat()
+            found[volume] = f"{info.st_uid}:{info.st_gid} {info.st_mode & 0o7777:o}"
+        return found
 
     def root_pem(self) -> bytes:
         """The CA root as published in the step-root-ca volume: the test's only trust anchor."""
@@ -163,7 +196,7 @@ class ComposeStack:
         for kind, args in (("containers", ("ps", "-a", "-q")),
                            ("volumes", ("volume", "ls", "-q")),
                            ("networks", ("network", "ls", "-q"))):
-            found[kind] = self.podman(*args, "--filter", label).stdout.split()
+            found[kind] = self.cli(*args, "--filter", label).stdout.split()
         return found
 
     def force_down(self) -> None:
@@ -172,7 +205,7 @@ class ComposeStack:
         self.compose("down", "-v", "--remove-orphans", check=False)
         containers = self.leftovers()["containers"]
         if containers:
-            self.podman("rm", "--force", *containers, check=False)
+            self.cli("rm", "--force", *containers, check=False)
             self.compose("down", "-v", "--remove-orphans", check=False)
 
     # -- TLS from the host -----------------------------------------------------------------

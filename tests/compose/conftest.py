@@ -1,0 +1,67 @@
+"""Set-up shared by the compose tests (every engine): the tools they need, the stand-in images
+built once per session, and the Docker Engine those images are moved into.
+
+Building is the expensive part (minutes on a fresh machine, seconds when cached): podman builds
+every image once, and the Docker Engine gets copies (`podman save | docker load`, skipped when
+it already has the same image ID), so both engines run the very same images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.compose.stack import SCRIPTS, require, scripts_environment
+
+
+def _run(*args: str, env: dict[str, str], timeout: float) -> None:
+    result = subprocess.run(list(args), env=env, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def compose_tools() -> None:
+    missing = [tool for tool in ("podman", "docker-compose", "debootstrap")
+               if shutil.which(tool) is None]
+    require(not missing, f"compose tests need {', '.join(missing)} (scripts/install-deps.sh)")
+    require(os.geteuid() == 0, "compose tests run podman and dockerd as root")
+
+
+@pytest.fixture(scope="session")
+def stand_in_images(compose_tools: None) -> dict[str, str]:
+    """The stand-in images (build-images.sh) and the two images compose.yaml builds, built by
+    podman under their test names; returns the scripts' environment."""
+    env = scripts_environment()
+    _run("bash", str(SCRIPTS / "build-images.sh"), env=env, timeout=1800)
+    _run("bash", str(SCRIPTS / "stack.sh"), "build", env={**env, "STACK_ENGINE": "podman"},
+         timeout=1200)
+    # Each build of the changed project leaves the previous image untagged: drop those.
+    subprocess.run(["podman", "image", "prune", "--force"], env=env, capture_output=True,
+                   timeout=300, check=False)
+    return env
+
+
+@pytest.fixture(scope="session")
+def docker_engine(stand_in_images: dict[str, str]) -> Iterator[str]:
+    """A running Docker Engine holding the stand-in images; yields its DOCKER_HOST. Left
+    running when another user's containers are on it (the engine is per machine)."""
+    require(shutil.which("dockerd") is not None,
+            "Docker Engine tests need dockerd (docker.io, scripts/install-deps.sh)")
+    env = stand_in_images
+    engine = str(SCRIPTS / "docker-engine.sh")
+    _run("bash", engine, "start", env=env, timeout=180)
+    try:
+        _run("bash", engine, "load", env["PYTHON_BASE_TAG"], env["HAPROXY_TEST_IMAGE"],
+             env["STEP_CA_TEST_IMAGE"], env["CERT_SIDECAR_TEST_IMAGE"],
+             env["STEP_CA_WRAPPED_TEST_IMAGE"], env=env, timeout=900)
+        yield env["DOCKER_ENGINE_HOST"]
+    finally:
+        subprocess.run(["bash", engine, "stop-if-idle"], env=env, capture_output=True,
+                       timeout=180, check=False)
