@@ -27,7 +27,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1099,33 +1098,13 @@ def check_ca_bundle(settings: Settings) -> None:
 
 
 def check_directories(settings: Settings) -> None:
-    """``certs_dir`` and ``state_dir`` are writable directories, or can be created."""
-    for name in ("certs_dir", "state_dir"):
-        _check_writable_directory(getattr(settings, name), settings.label(name))
+    """``certs_dir`` and ``state_dir`` are writable directories, or can be created.
 
+    The check and its one-line message (path, owner, mode, the fix) live in ``preflight``.
+    """
+    from sidecar import preflight
 
-def _check_writable_directory(path: Path, label: str) -> None:
-    target = path
-    while not target.exists():
-        if target.is_symlink():
-            raise ConfigError(label, f"{target} is a dangling symbolic link")
-        parent = target.parent
-        if parent == target:
-            break
-        target = parent
-    if not target.is_dir():
-        raise ConfigError(label, f"{target} is not a directory")
-    what = str(path) if target == path else f"{path} does not exist and its parent {target}"
-    # os.access answers for the real uid; root passes it whatever the mode, and a read-only
-    # mount fails only on write, so a real file is made and removed as well.
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise ConfigError(label, f"{what} is not writable")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".cert-sidecar-probe.", dir=target)
-    except OSError as exc:
-        raise ConfigError(label, f"{what} is not writable: {exc.strerror}") from None
-    os.close(fd)
-    os.unlink(probe)
+    preflight.check_directories(settings)
 
 
 # --- describe ---------------------------------------------------------------------------------
