@@ -288,11 +288,11 @@ def test_haproxy_missing_then_back(
         sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the PEM written anyway")
 
         def deploy_failed() -> bool:
+            # The failure series exists from the start at 0 (metrics pre-creates it): wait for a
+            # counted failure, not for the line.
             _, text = sidecar.get("/metrics")
-            return any(
-                line.startswith("cert_sidecar_haproxy_deploys_total") and 'result="failure"' in line
-                for line in text.splitlines()
-            )
+            failures = _metric(text, "cert_sidecar_haproxy_deploys_total", result="failure")
+            return failures is not None and failures >= 1
 
         sidecar.wait_for(deploy_failed, "a failed deploy in /metrics", timeout=30)
         assert "haproxy_update_failed" in sidecar.event_names()
