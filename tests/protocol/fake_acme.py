@@ -704,7 +704,7 @@ class FakeAcme:
                 f"{challenge_type} for {identifier}: expected {expected!r}, found {found!r}",
             )
         if unreachable or not self.reachable:
-            detail = "; ".join(unreachable) or "the CA cannot reach any solver"
+            detail = "; ".join(unreachable) or "the CA reaches no solver (FakeAcme.reach)"
             return _problem_json("connection", f"{challenge_type} for {identifier}: {detail}")
         return _problem_json(
             "unauthorized", f"{challenge_type} for {identifier}: no proof served for {authz.token}"
