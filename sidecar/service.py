@@ -50,10 +50,12 @@ class Service:
         settings: Settings,
         *,
         reload_settings: Callable[[], Settings] | None = None,
+        manager: Manager | None = None,
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings
-        self.manager = Manager(settings, holder=f"run pid {os.getpid()}")
+        # Given by tests (a Manager on an in-process CA and a fake clock); built here otherwise.
+        self.manager = manager or Manager(settings, holder=f"run pid {os.getpid()}")
         deployer = self.manager.deployer()
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self._stop = asyncio.Event()

@@ -38,10 +38,12 @@ def _manager(tmp_path: Path, ca: FakeAcme) -> Manager:
         ]
     )
     settings = load_settings(args, {})
+    solver = RecordingSolver()
+    ca.reach(solver)
     return Manager(
         settings,
         client_options={"transport": ca.transport()},
-        solvers={"http-01": RecordingSolver()},
+        solvers={"http-01": solver},
     )
 
 
