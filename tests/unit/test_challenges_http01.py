@@ -140,7 +140,8 @@ async def _exchange(port: int, request: bytes, host: str = "127.0.0.1") -> bytes
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(request)
     await writer.drain()
-    response = await reader.read()  # the responder closes the connection after one answer
+    # The responder closes the connection after one answer; 30 s only bounds a hang.
+    response = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return response
 
@@ -240,7 +241,7 @@ async def test_close_ends_open_connections() -> None:
     await writer.drain()
     await responder.aclose()
     try:
-        leftover = await reader.read()
+        leftover = await asyncio.wait_for(reader.read(), 30)  # bounds a hang only
     except ConnectionResetError:
         leftover = b""  # the kernel resets a connection closed with unread input
     assert leftover == b""  # closed without an answer
