@@ -157,7 +157,7 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
     finally:
         code, elapsed = sidecar.stop()
     assert code == 0
-    assert elapsed < 5.0
+    assert elapsed < 10.0  # within docker stop's default grace, after which it SIGKILLs
     assert not [p for p in certs.iterdir() if p.name != f"{loopback.name}.pem"]
 
 
@@ -352,7 +352,7 @@ def test_sigterm_during_an_order_stops_cleanly(
     time.sleep(1.0)
     code, elapsed = sidecar.stop(signal.SIGTERM)
     assert code == 0
-    assert elapsed < 5.0
+    assert elapsed < 10.0  # within docker stop's default grace, after which it SIGKILLs
     facts = _pem_facts(pem_path)
     assert facts is not None and facts.is_placeholder  # whole, and still the placeholder
     assert [p.name for p in certs.iterdir()] == [pem_path.name]
