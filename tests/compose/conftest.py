@@ -12,10 +12,24 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.compose.stack import SCRIPTS, require, scripts_environment
+
+# pytest-timeout for the compose tests, instead of the suite's 300 s (pyproject.toml): a test's
+# time includes the session fixtures it is the first to need, and building the images on a
+# fresh machine is allowed 1800 s on its own (build-images.sh, the README's quick start), more
+# with the stack build and the copy into the Docker Engine. Only a hang ever gets near it.
+COMPOSE_TIMEOUT = 3600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(COMPOSE_TIMEOUT))
 
 
 def _run(*args: str, env: dict[str, str], timeout: float) -> None:

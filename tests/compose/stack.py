@@ -8,7 +8,6 @@ Kept apart from the test modules so the checks read as a list of claims about th
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -18,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 from cryptography import x509
+
+# Re-exported for the compose tests: skip locally, fail under CI.
+from tests.peers.require import require  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "compose"
@@ -37,15 +38,6 @@ VOLUME_RULES = {
 }
 
 ENGINES = ("podman", "docker")
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a compose peer is missing, but fail under CI: there, nothing may skip."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{reason} (CI=true: a missing peer is a failure)")
-    pytest.skip(reason)
 
 
 def docker_cli() -> str:

@@ -55,6 +55,7 @@ def tls_server(ca: trustme.CA) -> Iterator[int]:
     thread.start()
     yield port
     stop.set()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which close() does not
     listener.close()
     thread.join(timeout=5)
 

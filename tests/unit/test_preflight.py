@@ -21,19 +21,18 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.peers.require import require_unprivileged_python
+
 REPO = Path(__file__).resolve().parents[2]
 UID, GID = 10001, 65532
 SETPRIV = shutil.which("setpriv")
 
-# Under CI a missing setpriv or root must fail, not skip.
-pytestmark = pytest.mark.skipif(
-    (os.geteuid() != 0 or SETPRIV is None) and os.environ.get("CI") != "true",
-    reason="needs root and setpriv to run as an unprivileged user",
-)
-
 
 @pytest.fixture
 def work() -> Iterator[Path]:
+    # Every case runs `sys.executable` as the unprivileged user: skipped without root, setpriv
+    # or an interpreter that user can run, failed for it under CI.
+    require_unprivileged_python()
     # Not under pytest's basetemp: /tmp/pytest-of-root is 0700 and reset by every pytest
     # session on the machine, which would lock the unprivileged user out mid-test.
     root = Path(tempfile.mkdtemp(prefix="cert-sidecar-preflight-"))
