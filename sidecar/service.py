@@ -41,6 +41,8 @@ CLOCK_SKEW_WARNING = 5.0
 # How long to wait before retrying when the CA bundle exists but does not parse yet (it may be
 # in the middle of being written by a CA that does not write atomically).
 BUNDLE_RECHECK = 2.0
+# A renewal time that moved by less than this is the same schedule (not logged again).
+SCHEDULE_LOG_SLACK = timedelta(seconds=1)
 
 
 class Service:
@@ -71,6 +73,8 @@ class Service:
         self._bundle_announced = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._control: Any = None
+        # The last schedule logged per certificate: (renewal time, why), see _next_check.
+        self._logged_schedule: dict[str, tuple[datetime, str]] = {}
 
     @property
     def manager(self) -> Manager:
@@ -288,6 +292,7 @@ class Service:
             # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
             with contextlib.suppress(Exception):
                 self._scheduler.remove_job(name)
+            self._logged_schedule.pop(name, None)
         for spec in new.certificates:
             self._schedule(spec.name, utc_now())
         return True
@@ -412,17 +417,33 @@ class Service:
         now = utc_now()
         view = self.manager.inspect(spec, now)
         if outcome.action in ("failed", "waiting") and outcome.next_retry_at is not None:
-            when = outcome.next_retry_at
+            target, why = outcome.next_retry_at, "retry"
         elif view.next_renewal is not None:
-            when = view.next_renewal
+            target, why = view.next_renewal, "renewal"
         else:
-            when = now + policy.MIN_RETRY_DELAY
+            target, why = now + policy.MIN_RETRY_DELAY, "recheck"
+        when = target
         if view.facts is not None and not view.facts.is_placeholder:
             lifetime = view.facts.not_after - view.facts.not_before
             when = min(when, now + policy.check_interval(lifetime))
         when = max(when, now + timedelta(milliseconds=100))
-        log.info("cert_renewal_scheduled", cert=spec.name, at=when.isoformat())
+        self._log_schedule(spec.name, target, why, when)
         return when
+
+    def _log_schedule(self, name: str, target: datetime, why: str, when: datetime) -> None:
+        """Log the renewal time when it moves, not on every check: the checks in between (every
+        few minutes for a day-long certificate) only confirm it."""
+        last = self._logged_schedule.get(name)
+        if last is not None and last[1] == why and abs(last[0] - target) <= SCHEDULE_LOG_SLACK:
+            return
+        self._logged_schedule[name] = (target, why)
+        log.info(
+            "cert_renewal_scheduled",
+            cert=name,
+            at=target.isoformat(),
+            reason=why,
+            next_check=when.isoformat(),
+        )
 
     async def _ensure_served(self, spec: CertificateSpec) -> None:
         """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
