@@ -272,7 +272,7 @@ class Service:
         old = self.settings
         names = sorted({s.name for s in old.certificates} | {s.name for s in new.certificates})
         async with contextlib.AsyncExitStack() as held:
-            for name in names:  # sorted: two swaps could never hold each other's locks
+            for name in names:  # one lock at a time, always in the same order
                 await held.enter_async_context(self._lock_for(name))
             try:
                 parts = await wiring.rebuild(self._parts, new, holder=self._holder)
@@ -315,13 +315,13 @@ class Service:
             # The watcher picks up the new path on its next round; act on the file now.
             self._bundle_announced = False
             await self._look_at_bundle()
-        unchanged = [
+        waiting = [
             name
             for name in ("health_listen", "log_format", "log_level")
             if getattr(new, name) != getattr(old, name)
         ]
-        if unchanged:
-            log.warning("config_needs_restart", settings=unchanged)
+        if waiting:
+            log.warning("config_needs_restart", settings=waiting)
 
     # -- scheduling ---------------------------------------------------------------------------
 

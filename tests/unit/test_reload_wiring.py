@@ -182,3 +182,40 @@ async def test_a_reload_waits_for_the_certificate_being_worked_on(tmp_path: Path
         assert service.manager is not old_manager
     finally:
         await wiring.close(service._parts)
+
+
+async def test_the_control_socket_follows_the_state_directory(tmp_path: Path) -> None:
+    from sidecar.control import ControlServer, socket_path
+
+    service = Service(_settings(tmp_path))
+    service._control = ControlServer(socket_path(tmp_path / "state"), service._handle_control)
+    await service._control.start()
+    new = load_settings(
+        build_parser().parse_args(
+            [
+                "run",
+                "--ca-bundle",
+                str(tmp_path / "root.pem"),
+                "--certs-dir",
+                str(tmp_path / "certs"),
+                "--state-dir",
+                str(tmp_path / "state2"),
+                "--domain",
+                "a.example",
+                "--health-listen",
+                "127.0.0.1:9",
+            ]
+        ),
+        {},
+    )
+    try:
+        with capture_logs() as logs:
+            assert await service._apply_settings(new)
+        assert socket_path(tmp_path / "state2").is_socket()
+        assert not socket_path(tmp_path / "state").exists()
+        # What only a restart changes is said, not silently ignored.
+        [warning] = [e for e in logs if e["event"] == "config_needs_restart"]
+        assert warning["settings"] == ["health_listen"]
+    finally:
+        await service._control.aclose()
+        await wiring.close(service._parts)
