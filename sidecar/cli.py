@@ -85,16 +85,31 @@ def _reason(text: str) -> str:
     return _REASON_BY_FOLDED[folded]
 
 
+def _setting_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Keeps HAProxy serving valid TLS certificates from an ACME CA (step-ca).",
         epilog="Every setting is also an environment variable and a config-file key; "
-        f"see '{PROG} <command> --help'. Precedence: flag > environment > file > default.",
+        f"see '{PROG} <command> --help'. Precedence: flag > environment > file > default. "
+        "Settings flags go before or after the command; after it, they win.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    # The settings flags are accepted before the command too (`cert-sidecar --config FILE run`,
+    # as with git or docker); each command's --help lists them, so here they are not shown.
+    add_setting_arguments(parser)
+    for action in _setting_actions(parser):
+        action.help = argparse.SUPPRESS
     settings = _Parser(add_help=False)
     add_setting_arguments(settings)
+    # argparse copies every attribute of a command's namespace over the top-level one, defaults
+    # included: without SUPPRESS, a flag given before the command would be reset to None. With
+    # it, a command sets only what was written after it (which then wins).
+    for action in _setting_actions(settings):
+        action.default = argparse.SUPPRESS
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable, Coroutine, Iterable
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sidecar import metrics, pem, policy
+from sidecar import metrics, pem, policy, wiring
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.logs import get_logger
@@ -40,6 +41,8 @@ CLOCK_SKEW_WARNING = 5.0
 # How long to wait before retrying when the CA bundle exists but does not parse yet (it may be
 # in the middle of being written by a CA that does not write atomically).
 BUNDLE_RECHECK = 2.0
+# A renewal time that moved by less than this is the same schedule (not logged again).
+SCHEDULE_LOG_SLACK = timedelta(seconds=1)
 
 
 class Service:
@@ -54,8 +57,15 @@ class Service:
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings
-        # Given by tests (a Manager on an in-process CA and a fake clock); built here otherwise.
-        self.manager = manager or Manager(settings, holder=f"run pid {os.getpid()}")
+        self._holder = f"run pid {os.getpid()}"
+        # Everything made from the settings; replaced as a whole when the config file changes.
+        # Tests may hand in a Manager (on an in-process CA, with a fake clock and its own
+        # solvers); the set around it is then that manager with unused responders.
+        self._parts = (
+            wiring.Parts(settings, manager, wiring.Responders(settings))
+            if manager is not None
+            else wiring.build(settings, holder=self._holder)
+        )
         deployer = self.manager.deployer()
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self._stop = asyncio.Event()
@@ -67,7 +77,16 @@ class Service:
         self._busy: dict[str, asyncio.Lock] = {}
         self._bundle_ready = asyncio.Event()
         self._bundle_seen: bytes | None = None
+        self._bundle_announced = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._control: Any = None
+        # The last schedule logged per certificate: (renewal time, why), see _next_check.
+        self._logged_schedule: dict[str, tuple[datetime, str]] = {}
+
+    @property
+    def manager(self) -> Manager:
+        """The current configuration's manager (a reload replaces it)."""
+        return self._parts.manager
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -80,7 +99,9 @@ class Service:
         from sidecar.storage import clean_stale_temp_files
 
         health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
-        control = ControlServer(socket_path(self.settings.state_dir), self._handle_control)
+        control = self._control = ControlServer(
+            socket_path(self.settings.state_dir), self._handle_control
+        )
         try:
             await health.start()
             log.info(
@@ -101,7 +122,7 @@ class Service:
                 await self._start_scheduler()
                 await self._stop.wait()
         finally:
-            await self._shutdown(health, control)
+            await self._shutdown(health)
         log.info("service_stopped")
         return 0
 
@@ -129,7 +150,7 @@ class Service:
         if not task.cancelled() and task.exception() is not None:
             log.error("service_task_failed", error=error_text(task.exception()))  # type: ignore[arg-type]
 
-    async def _shutdown(self, health: Any, control: Any) -> None:
+    async def _shutdown(self, health: Any) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         # In-flight orders are abandoned: the lock dies with the cancelled task (or the
@@ -142,7 +163,8 @@ class Service:
         deadline = loop.time() + STOP_GRACE
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
-        for closer in (control.aclose, self.manager.aclose, health.aclose):
+        closers = (self._control.aclose, self._close_parts, health.aclose)
+        for closer in closers:
             try:
                 async with asyncio.timeout(max(0.5, deadline - loop.time())):
                     await closer()
@@ -150,6 +172,9 @@ class Service:
                 log.warning("service_stop_slow", step=getattr(closer, "__qualname__", "?"))
             except Exception as error:
                 log.warning("service_stop_failed", error=error_text(error))
+
+    async def _close_parts(self) -> None:
+        await wiring.close(self._parts)
 
     # -- the CA bundle ------------------------------------------------------------------------
 
@@ -166,21 +191,10 @@ class Service:
         """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
         import watchfiles
 
-        path = self.settings.ca_bundle
-        announced = False
         while not self._stop.is_set():
-            data, problem = self._bundle_state()
-            if data is not None and data != self._bundle_seen:
-                first = self._bundle_seen is None
-                self._bundle_seen = data
-                if first:
-                    log.info("ca_bundle_ready", path=str(path))
-                    self._bundle_ready.set()
-                else:
-                    await self._bundle_rotated()
-            elif data is None and not announced:
-                log.warning("ca_bundle_waiting", path=str(path), problem=problem)
-                announced = True
+            # Read again each time round: a reload may have pointed the setting elsewhere.
+            path = self.settings.ca_bundle
+            data = await self._look_at_bundle()
             watched = _existing_parent(path)
             try:
                 # The parent is watched rather than the file: the file may not exist yet, and
@@ -188,7 +202,7 @@ class Service:
                 async for _changes in watchfiles.awatch(
                     watched,
                     stop_event=self._stop,
-                    watch_filter=lambda _change, changed: _leads_to(Path(changed), path),
+                    watch_filter=functools.partial(_bundle_change, path),
                     debounce=200,
                     rust_timeout=int(BUNDLE_RECHECK * 1000) if data is None else 30_000,
                     yield_on_timeout=True,
@@ -198,6 +212,23 @@ class Service:
             except (OSError, RuntimeError) as error:
                 log.warning("ca_bundle_watch_failed", error=error_text(error))
                 await self._wait_or_stop(asyncio.sleep(BUNDLE_RECHECK))
+
+    async def _look_at_bundle(self) -> bytes | None:
+        """Act on the bundle as it is now: first ready, rotated, or (once) still missing."""
+        path = self.settings.ca_bundle
+        data, problem = self._bundle_state()
+        if data is not None and data != self._bundle_seen:
+            first = self._bundle_seen is None
+            self._bundle_seen = data
+            if first:
+                log.info("ca_bundle_ready", path=str(path))
+                self._bundle_ready.set()
+            else:
+                await self._bundle_rotated()
+        elif data is None and not self._bundle_announced:
+            log.warning("ca_bundle_waiting", path=str(path), problem=problem)
+            self._bundle_announced = True
+        return data
 
     async def _bundle_rotated(self) -> None:
         """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
@@ -237,22 +268,67 @@ class Service:
                 continue
             if new == self.settings:
                 continue  # touched, not changed
-            self._apply_settings(new)
+            await self._apply_settings(new)
 
-    def _apply_settings(self, new: Settings) -> None:
-        old_names = {spec.name for spec in self.settings.certificates}
+    async def _apply_settings(self, new: Settings) -> bool:
+        """Replace every part with one built from ``new``; keep the old ones if that fails.
+
+        The swap waits for every certificate's lock, so no check or order is running: each one
+        sees either the old parts throughout or the new ones.
+        """
+        old = self.settings
+        names = sorted({s.name for s in old.certificates} | {s.name for s in new.certificates})
+        async with contextlib.AsyncExitStack() as held:
+            for name in names:  # one lock at a time, always in the same order
+                await held.enter_async_context(self._lock_for(name))
+            try:
+                parts = await wiring.rebuild(self._parts, new, holder=self._holder)
+            except Exception as error:
+                log.error("config_reload_failed", error=error_text(error))
+                return False
+            retired, self._parts = self._parts, parts
+            self.settings = new
+        old_names = {spec.name for spec in old.certificates}
         new_names = {spec.name for spec in new.certificates}
-        self.settings = new
-        self.manager.settings = new
         added = sorted(new_names - old_names)
         removed = sorted(old_names - new_names)
         log.info("config_reloaded", added=added, removed=removed)
+        await wiring.retire(retired)
+        await self._follow_settings(old, new)
         for name in removed:
             # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
             with contextlib.suppress(Exception):
                 self._scheduler.remove_job(name)
+            self._logged_schedule.pop(name, None)
         for spec in new.certificates:
             self._schedule(spec.name, utc_now())
+        return True
+
+    async def _follow_settings(self, old: Settings, new: Settings) -> None:
+        """What lives outside the parts: the control socket, the bundle watch, and what only a
+        restart changes."""
+        if new.state_dir != old.state_dir and self._control is not None:
+            from sidecar.control import ControlServer, socket_path
+
+            # One-shot commands look for the running sidecar in the state directory they are
+            # given: the socket moves with it.
+            await self._control.aclose()
+            self._control = ControlServer(socket_path(new.state_dir), self._handle_control)
+            try:
+                await self._control.start()
+            except (SidecarError, OSError) as error:
+                log.error("control_socket_failed", error=error_text(error))
+        if new.ca_bundle != old.ca_bundle:
+            # The watcher picks up the new path on its next round; act on the file now.
+            self._bundle_announced = False
+            await self._look_at_bundle()
+        waiting = [
+            name
+            for name in ("health_listen", "log_format", "log_level")
+            if getattr(new, name) != getattr(old, name)
+        ]
+        if waiting:
+            log.warning("config_needs_restart", settings=waiting)
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -293,10 +369,11 @@ class Service:
 
     async def _check(self, name: str, *, force: bool = False) -> Outcome | None:
         """One scheduled look at a certificate: renew when due, make sure HAProxy has it."""
-        spec = self._spec(name)
-        if spec is None:
-            return None
         async with self._lock_for(name):
+            # Looked up under the lock: a reload may have changed it while this waited.
+            spec = self._spec(name)
+            if spec is None:
+                return None
             outcome = await self._check_locked(spec, force=force, dry_run=False)
         return outcome
 
@@ -347,17 +424,33 @@ class Service:
         now = utc_now()
         view = self.manager.inspect(spec, now)
         if outcome.action in ("failed", "waiting") and outcome.next_retry_at is not None:
-            when = outcome.next_retry_at
+            target, why = outcome.next_retry_at, "retry"
         elif view.next_renewal is not None:
-            when = view.next_renewal
+            target, why = view.next_renewal, "renewal"
         else:
-            when = now + policy.MIN_RETRY_DELAY
+            target, why = now + policy.MIN_RETRY_DELAY, "recheck"
+        when = target
         if view.facts is not None and not view.facts.is_placeholder:
             lifetime = view.facts.not_after - view.facts.not_before
             when = min(when, now + policy.check_interval(lifetime))
         when = max(when, now + timedelta(milliseconds=100))
-        log.info("cert_renewal_scheduled", cert=spec.name, at=when.isoformat())
+        self._log_schedule(spec.name, target, why, when)
         return when
+
+    def _log_schedule(self, name: str, target: datetime, why: str, when: datetime) -> None:
+        """Log the renewal time when it moves, not on every check: the checks in between (every
+        few minutes for a day-long certificate) only confirm it."""
+        last = self._logged_schedule.get(name)
+        if last is not None and last[1] == why and abs(last[0] - target) <= SCHEDULE_LOG_SLACK:
+            return
+        self._logged_schedule[name] = (target, why)
+        log.info(
+            "cert_renewal_scheduled",
+            cert=name,
+            at=target.isoformat(),
+            reason=why,
+            next_check=when.isoformat(),
+        )
 
     async def _ensure_served(self, spec: CertificateSpec) -> None:
         """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
@@ -501,6 +594,7 @@ class Service:
                 )
             reason = parse_revocation_reason(request.get("reason"))
             async with self._lock_for(spec.name):
+                spec = self._spec(spec.name) or spec
                 outcome = await self.manager.revoke(
                     spec, reason=reason, remove=bool(request.get("remove"))
                 )
@@ -516,9 +610,20 @@ class Service:
 
     async def _handoff_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
         async with self._lock_for(spec.name):
+            # As configured now: a reload may have changed it while this waited for the lock.
+            current = self._spec(spec.name)
+            if current is None:
+                return Outcome(
+                    spec.name, "failed", ok=False, error="no longer configured (config reloaded)"
+                )
             return await self._check_locked(
-                spec, force=force, dry_run=dry_run, respect_backoff=False
+                current, force=force, dry_run=dry_run, respect_backoff=False
             )
+
+
+def _bundle_change(target: Path, _change: object, changed: str) -> bool:
+    """The bundle watch's filter (watchfiles passes the change kind and the path)."""
+    return _leads_to(Path(changed), target)
 
 
 def _leads_to(changed: Path, target: Path) -> bool:

@@ -137,7 +137,7 @@ async def test_run_looks_at_a_certificate_every_hundredth_of_its_lifetime() -> N
         facts = pem.describe_cert(
             pem.parse_combined((running.certs / f"{NAME}.pem").read_bytes()).leaf
         )
-    at = datetime.fromisoformat(scheduled["at"])
+    at = datetime.fromisoformat(scheduled["next_check"])
     interval = policy.check_interval(facts.not_after - facts.not_before)  # 36 s for an hour
     renewal = policy.facts_renewal_time(facts, policy.DEFAULT_RENEW_AT)
     # The renewal itself is over half an hour away; the next look is one interval away.
