@@ -6,6 +6,7 @@ the sidecar renews about 15-20 s after issuance: several rotations fit in a coup
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -234,11 +236,13 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
 def test_ca_outage_keeps_old_certificate_and_recovers(
     step_ca_factory: StepCAFactory, loopback: LoopbackLease, tmp_path: Path
 ) -> None:
-    ca = step_ca_factory(default_duration="60s")
+    # 5-minute certificates (6 minutes from the backdated notBefore) renewed at a quarter of
+    # their lifetime: due 12-30 s after issuance, with about 4.5 minutes left, far above the
+    # 1/20 (18 s) under which /readyz turns 503. The outage below is tested on a certificate
+    # that is still good, by construction rather than by the machine being fast.
+    ca = step_ca_factory(default_duration="5m")
     certs = tmp_path / "certs"
-    args = [
-        *_run_args(ca, tmp_path, loopback),
-    ]
+    args = [*_run_args(ca, tmp_path, loopback), "--renew-at", "0.25"]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
     try:
@@ -260,8 +264,13 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
         status, body = sidecar.get("/readyz")
         facts = _pem_facts(pem_path)
         assert facts is not None
-        if facts.not_after.timestamp() - time.time() > 10:
-            assert status == 200, body
+        lifetime = facts.not_after - facts.not_before
+        assert facts.not_after - datetime.now(UTC) > lifetime / 20, "set-up: not a good cert"
+        assert status == 200, body
+        ready = json.loads(body)
+        assert ready["ca"]["reachable"] is False and ready["ca"]["error"], ready["ca"]
+        (record,) = ready["certificates"]
+        assert record["consecutive_failures"] >= 1 and record["last_error"], record
         assert "cert_renewal_failed" in sidecar.event_names()
         ca.start()
         sidecar.wait_for(
