@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,15 @@ def test_status_reports_issued_certificate(
     assert record["state"] == "valid"
     assert int(record["serial"], 16) == int(serial, 16)
     assert int(record["deployed_serial"], 16) == int(serial, 16)
-    assert record["not_after"] and record["next_renewal"]
+    leaf = _leaf(tmp_path / "certs" / f"{loopback.name}.pem")
+    assert datetime.fromisoformat(record["not_after"]) == leaf.not_valid_after_utc
+    # README: renewal once renew_at (0.66) of the lifetime has passed, minus up to 1/20 of it
+    # (run, status and /metrics agreeing is test_run_stepca's).
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    latest = leaf.not_valid_before_utc + lifetime * 0.66
+    tolerance = timedelta(seconds=1)  # the certificate's times have whole seconds
+    renewal = datetime.fromisoformat(record["next_renewal"])
+    assert latest - lifetime / 20 - tolerance <= renewal <= latest + tolerance
     assert record["last_error"] is None
 
     table = run_cli(["status", *args, "--domain", domains])

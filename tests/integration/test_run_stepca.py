@@ -52,9 +52,9 @@ def _real_serial(path: Path) -> int | None:
     return facts.serial
 
 
-def _metric(text: str, name: str, **labels: str) -> float | None:
+def _metric(text: str, metric: str, /, **labels: str) -> float | None:
     for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
+        if line.startswith("#") or not line.startswith(metric):
             continue
         head, _, value = line.rpartition(" ")
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
@@ -479,3 +479,40 @@ def test_config_file_change_adds_and_removes_certificates(
     finally:
         code, _ = sidecar.stop()
     assert code == 0
+
+
+def test_run_status_and_metrics_show_the_same_next_renewal(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    """README ("How renewal works"): the jitter comes from the serial, so the running service
+    (its /readyz body), `status` (another process) and /metrics all show the same time."""
+    args = _run_args(step_ca, tmp_path, loopback)
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    pem_path = tmp_path / "certs" / f"{loopback.name}.pem"
+    try:
+        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+        status, body = sidecar.get("/readyz")
+        assert status == 200, body
+        (ready,) = json.loads(body)["certificates"]
+        from_run = datetime.fromisoformat(ready["next_renewal"]).timestamp()
+        status, text = sidecar.get("/metrics")
+        assert status == 200
+        from_metrics = _metric(
+            text, "cert_sidecar_certificate_next_renewal_timestamp_seconds", name=loopback.name
+        )
+        result = run_cli(["status", "--json", *args])
+        assert result.code == 0, result.stderr
+        (record,) = result.json()["certificates"]  # type: ignore[index]
+        from_status = datetime.fromisoformat(record["next_renewal"]).timestamp()
+    finally:
+        code, _ = sidecar.stop()
+    assert code == 0
+    assert from_metrics is not None
+    assert abs(from_run - from_status) < 1.0, (from_run, from_status)
+    assert abs(from_run - from_metrics) < 1.0, (from_run, from_metrics)
+    # And it is the README's time: renew_at (0.66) of the lifetime, minus up to 1/20 of it.
+    facts = _pem_facts(pem_path)
+    assert facts is not None and not facts.is_placeholder
+    start, lifetime = facts.not_before.timestamp(), (facts.not_after - facts.not_before)
+    latest = start + 0.66 * lifetime.total_seconds()
+    assert latest - lifetime.total_seconds() / 20 - 1 <= from_run <= latest + 1
