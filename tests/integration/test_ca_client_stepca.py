@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from ca_client import errors
@@ -74,6 +76,25 @@ async def test_issuance_for_several_names(
     assert issued.alternates == ()
 
 
+# Written out, not derived from KeyType, so the test cannot share a mistake with the code (a
+# type added to KeyType without an entry here fails with a KeyError).
+EXPECTED_KEYS = {
+    KeyType.EC_P256: ("ec", 256),
+    KeyType.EC_P384: ("ec", 384),
+    KeyType.RSA_2048: ("rsa", 2048),
+    KeyType.RSA_3072: ("rsa", 3072),
+    KeyType.RSA_4096: ("rsa", 4096),
+}
+
+
+def _kind_and_size(public: object) -> tuple[str, int]:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return "ec", public.curve.key_size
+    if isinstance(public, rsa.RSAPublicKey):
+        return "rsa", public.key_size
+    return type(public).__name__, 0
+
+
 @pytest.mark.parametrize("key_type", list(KeyType))
 async def test_every_certificate_key_type(
     step_ca: StepCA, loopback: LoopbackLease, responder: Http01Responder, key_type: KeyType
@@ -83,7 +104,13 @@ async def test_every_certificate_key_type(
         issued = await client.obtain(
             [Identifier.dns(loopback.name)], cert_key, solvers={"http-01": responder}, timeout=60
         )
-    verify_chain(issued, step_ca.root_pem, loopback.name)
+    leaf = verify_chain(issued, step_ca.root_pem, loopback.name)
+    # The leaf certifies this very key, of this type: not a default key, not another size.
+    public = leaf.public_key()
+    assert public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == (
+        cert_key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert _kind_and_size(public) == EXPECTED_KEYS[key_type]
 
 
 @pytest.mark.parametrize("account_key_type", [KeyType.EC_P384, KeyType.RSA_2048])
