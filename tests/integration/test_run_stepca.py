@@ -330,24 +330,36 @@ def test_haproxy_missing_then_back(
     assert code == 0
 
 
-def test_renew_force_is_handed_to_the_running_sidecar(
-    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+def _account_url(state: Path) -> str:
+    (account,) = (state / "account").iterdir()
+    return str(json.loads((account / "account.json").read_text())["url"])
+
+
+def test_renew_force_is_handed_to_the_running_sidecar_which_survives_a_ca_reset(
+    step_ca_factory: StepCAFactory, loopback: LoopbackLease, tmp_path: Path
 ) -> None:
+    ca = step_ca_factory()
     certs = tmp_path / "certs"
     args = [
-        *_run_args(step_ca, tmp_path, loopback),
+        *_run_args(ca, tmp_path, loopback),
     ]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
     try:
         sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
         first = _real_serial(pem_path)
+        account = _account_url(tmp_path / "state")
+        # The CA forgets every account while the running sidecar's client still holds its
+        # account URL and nonces: the next order must register again, and the new URL be kept.
+        ca.reset_database()
         # The one-shot could not bind :80 itself (run holds it): it must hand over.
         result = run_cli(["renew", "--force", *args])
         assert result.code == 0, result.stderr
         assert "done by the running cert-sidecar" in result.stderr
         assert _real_serial(pem_path) not in (None, first)
         assert "control_request" in sidecar.event_names()
+        assert "acme_account_reregistered" in sidecar.event_names()
+        assert _account_url(tmp_path / "state") != account
     finally:
         code, _ = sidecar.stop()
     assert code == 0
