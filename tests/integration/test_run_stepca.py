@@ -236,13 +236,14 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
 def test_ca_outage_keeps_old_certificate_and_recovers(
     step_ca_factory: StepCAFactory, loopback: LoopbackLease, tmp_path: Path
 ) -> None:
-    # 5-minute certificates (6 minutes from the backdated notBefore) renewed at a quarter of
-    # their lifetime: due 12-30 s after issuance, with about 4.5 minutes left, far above the
-    # 1/20 (18 s) under which /readyz turns 503. The outage below is tested on a certificate
-    # that is still good, by construction rather than by the machine being fast.
-    ca = step_ca_factory(default_duration="5m")
+    # 2-minute certificates (3 minutes from the backdated notBefore) renewed at 0.45 of their
+    # lifetime: due 12-21 s after issuance (the jitter takes up to 9 s off), with about 100 s
+    # left, far above the 1/20 (9 s) under which /readyz turns 503. So the outage below is
+    # tested on a certificate that is still good by construction, not by the machine being
+    # fast (60-second certificates left 40 s, and the check ran only if 10 s remained).
+    ca = step_ca_factory(default_duration="2m")
     certs = tmp_path / "certs"
-    args = [*_run_args(ca, tmp_path, loopback), "--renew-at", "0.25"]
+    args = [*_run_args(ca, tmp_path, loopback), "--renew-at", "0.45"]
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
     try:
