@@ -728,12 +728,20 @@ class AcmeClient:
         )
         finalized = False
         if order.status == "pending":
-            await _run_all(
-                [
-                    self._authorize(url, solvers, order_preference, deadline)
-                    for url in order.authorizations
-                ]
-            )
+            # Clean up only once every authorization of the order is done: a wildcard and its
+            # base name share one TXT record name (_acme-challenge.example.org), and a dns-01
+            # hook that clears the whole record would otherwise delete the other's value while
+            # the CA is still looking for it.
+            cleanups: list[Callable[[], Awaitable[None]]] = []
+            try:
+                await _run_all(
+                    [
+                        self._authorize(url, solvers, order_preference, deadline, cleanups)
+                        for url in order.authorizations
+                    ]
+                )
+            finally:
+                await asyncio.gather(*(cleanup() for cleanup in cleanups))
             # Every authorization is valid now, so the order is ready (§7.1.6): finalize at once
             # instead of fetching the order first; a CA that lags answers orderNotReady.
             try:
@@ -815,8 +823,10 @@ class AcmeClient:
         solvers: Mapping[str, ChallengeSolver],
         preferred: Sequence[str],
         deadline: float,
+        cleanups: list[Callable[[], Awaitable[None]]],
     ) -> None:
-        """Prove control of one identifier (RFC 8555 §7.5)."""
+        """Prove control of one identifier (RFC 8555 §7.5). The solver's clean-up is added to
+        ``cleanups`` as soon as the proof is presented (or fails to be); the caller runs them."""
         authorization = await self.get_authorization(url, deadline=deadline)
         if authorization.status == "valid":
             return  # reused from an earlier order (§7.1.4 allows the CA to)
@@ -831,35 +841,37 @@ class AcmeClient:
         token = challenge.token
         key_auth = self.key_authorization(token)
         identifier = authorization.identifier
-        try:
-            await solver.present(identifier, token, key_auth)
-            answer = challenge
-            if challenge.status == "pending":
-                answer = await self.respond_to_challenge(challenge, deadline=deadline)
-            # step-ca validates while answering; a valid challenge makes its authorization
-            # valid (§7.1.6), so there is nothing to poll.
-            if answer.status == "valid":
-                authorization = replace(authorization, status="valid")
-            elif _failed_without_retry(answer):
-                authorization = replace(authorization, status="invalid")
-            else:
-                authorization = await self._poll(
-                    lambda: self._fetch_authorization(url, deadline),
-                    lambda found: (
-                        found.status != "pending"
-                        or _failed_without_retry(found.challenge(challenge.type))
-                    ),
-                    deadline=deadline,
-                    what="authorization",
-                    url=url,
-                    status_of=lambda found: found.status,
-                )
-        finally:
+
+        async def cleanup() -> None:
             try:
                 await solver.cleanup(identifier, token, key_auth)
             except Exception as exc:
                 # A cleanup failure must not hide the order's own outcome.
                 logger.warning("%s cleanup for %s failed: %s", challenge.type, identifier, exc)
+
+        cleanups.append(cleanup)
+        await solver.present(identifier, token, key_auth)
+        answer = challenge
+        if challenge.status == "pending":
+            answer = await self.respond_to_challenge(challenge, deadline=deadline)
+        # step-ca validates while answering; a valid challenge makes its authorization
+        # valid (§7.1.6), so there is nothing to poll.
+        if answer.status == "valid":
+            authorization = replace(authorization, status="valid")
+        elif _failed_without_retry(answer):
+            authorization = replace(authorization, status="invalid")
+        else:
+            authorization = await self._poll(
+                lambda: self._fetch_authorization(url, deadline),
+                lambda found: (
+                    found.status != "pending"
+                    or _failed_without_retry(found.challenge(challenge.type))
+                ),
+                deadline=deadline,
+                what="authorization",
+                url=url,
+                status_of=lambda found: found.status,
+            )
         if authorization.status != "valid":
             final = authorization.challenge(challenge.type)
             if answer.error is not None and (final is None or final.error is None):
