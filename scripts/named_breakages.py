@@ -53,7 +53,7 @@ MANAGER_SCHEDULE = "tests/protocol/test_manager_schedule.py"
 SERVICE_SCHEDULE = "tests/protocol/test_service_schedule.py"
 RUN_RECOVERY = "tests/integration/test_run_recovery.py"
 PROTOCOL = "tests/protocol/test_ca_client_protocol.py"
-ANSWER = " " * 16 + "answer = await self.respond_to_challenge(challenge, deadline=deadline)\n"
+ANSWER = " " * 8 + "answer = await respond_to_challenge(session, challenge, deadline=deadline)\n"
 
 BREAKAGES: tuple[Breakage, ...] = (
     Breakage(
@@ -222,11 +222,11 @@ BREAKAGES: tuple[Breakage, ...] = (
     Breakage(
         12,
         "the client answers a challenge without presenting the proof",
-        "ca_client/client.py",
+        "ca_client/_authorization.py",
         (
             (
-                "            await solver.present(identifier, token, key_auth)\n",
-                "            pass  # BREAKAGE\n",
+                "    await solver.present(identifier, token, key_auth)\n",
+                "    pass  # BREAKAGE\n",
             ),
         ),
         (
@@ -238,11 +238,11 @@ BREAKAGES: tuple[Breakage, ...] = (
     Breakage(
         13,
         "the client cleans up right after answering, before the CA validated",
-        "ca_client/client.py",
+        "ca_client/_authorization.py",
         (
             (
                 ANSWER,
-                ANSWER + " " * 16 + "await solver.cleanup(identifier, token, key_auth)  # BROKEN\n",
+                ANSWER + " " * 8 + "await solver.cleanup(identifier, token, key_auth)  # BROKEN\n",
             ),
         ),
         (
