@@ -47,7 +47,7 @@ class Session:
     """The state one :class:`~ca_client.client.AcmeClient` shares among its resource modules."""
 
     directory_url: str
-    account_key: PrivateKey
+    account_key: PrivateKey = field(repr=False)  # a key has no business in a repr or a log
     thumbprint: str
     transport: AcmeTransport
     timeout: float
