@@ -84,8 +84,8 @@ def stack(stand_in_images: dict[str, str]) -> Iterator[ComposeStack]:
         stack.compose("up", "-d")
         yield stack
     finally:
-        if any(stack.leftovers().values()):
-            save_logs(stack)
+        # Always: a failed assertion is as much worth reading about as a leftover container.
+        save_logs(stack)
         stack.force_down()
 
 
