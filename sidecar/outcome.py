@@ -104,9 +104,11 @@ class DeploySummary:
     sockets: tuple[SocketSummary, ...] = ()
     error: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    # The deployer's one line for logs and `Outcome.error` (not carried over the socket).
+    summary: str = ""
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> DeploySummary:
+    def from_json(cls, data: Mapping[str, Any], *, summary: str = "") -> DeploySummary:
         """From a deployer's report (`sidecar.deploy.DeployResult.to_json`), or the short one
         written when the deployer raised (``{"ok": False, "error": ...}``)."""
         mode = data.get("mode")
@@ -117,6 +119,7 @@ class DeploySummary:
             sockets=tuple(_sockets(data.get("sockets") or ())),
             error=str(error) if error else None,
             details=dict(data),
+            summary=summary or str(error or ""),
         )
 
     @classmethod
