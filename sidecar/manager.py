@@ -431,7 +431,7 @@ class Manager:
         try:
             data = self.pem_path(spec.name).read_bytes()
             facts = pem.describe_cert(pem.parse_combined(data).leaf)
-            served = await self._served_serial(deployer, spec.name, asked)
+            served = await _served_serial(deployer, spec.name, asked)
         except Exception as error:
             log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
             self.inventory.record_served(spec.name, None, self.inventory.served(spec.name).serial)
@@ -443,32 +443,6 @@ class Manager:
         log.warning("haproxy_serves_other", cert=spec.name, served=served, file=facts.serial_hex)
         deployed, _ = await self._deploy_and_record(spec, data, facts, log.bind(cert=spec.name))
         return ServedCheck(tuple(asked), deployed)
-
-    async def _served_serial(
-        self, deployer: Deployer, name: str, asked: list[tuple[str, bool]]
-    ) -> str | None:
-        """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
-        socket's outcome goes into cert_sidecar_haproxy_up (``asked``): deployed_serial skips a
-        socket that does not answer, so a stopped HAProxy would go unseen until a deploy to it
-        failed."""
-        path = deployer.haproxy_path(name)
-        answers: list[str | None] = []
-        errors: list[HAProxyError] = []
-        for runtime in deployer.runtimes:
-            try:
-                info = await runtime.show_ssl_cert(path)
-            except HAProxyError as error:
-                errors.append(error)
-                asked.append((str(runtime.address), False))
-                continue
-            asked.append((str(runtime.address), True))
-            answers.append(info.serial if info is not None and info.loaded else None)
-        if not answers:
-            raise errors[0]
-        for failure in errors:  # the others answered: this one is only logged here
-            log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
-        # As deployed_serial: the common answer, or None (redeploy) when they disagree.
-        return answers[0] if len(set(answers)) == 1 else None
 
     async def ensure_placeholder(self, spec: CertificateSpec) -> bool:
         """Write a placeholder where no certificate file exists yet, so HAProxy can start."""
@@ -546,3 +520,30 @@ class Manager:
         self.store.remove_cert(spec.name)
         bound.info("cert_removed", serial=serial)
         return Outcome(spec.name, Action.REMOVED, ok=True, serial=serial, error=warning)
+
+
+async def _served_serial(
+    deployer: Deployer, name: str, asked: list[tuple[str, bool]]
+) -> str | None:
+    """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
+    socket's outcome goes into cert_sidecar_haproxy_up (``asked``): deployed_serial skips a
+    socket that does not answer, so a stopped HAProxy would go unseen until a deploy to it
+    failed."""
+    path = deployer.haproxy_path(name)
+    answers: list[str | None] = []
+    errors: list[HAProxyError] = []
+    for runtime in deployer.runtimes:
+        try:
+            info = await runtime.show_ssl_cert(path)
+        except HAProxyError as error:
+            errors.append(error)
+            asked.append((str(runtime.address), False))
+            continue
+        asked.append((str(runtime.address), True))
+        answers.append(info.serial if info is not None and info.loaded else None)
+    if not answers:
+        raise errors[0]
+    for failure in errors:  # the others answered: this one is only logged here
+        log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
+    # As deployed_serial: the common answer, or None (redeploy) when they disagree.
+    return answers[0] if len(set(answers)) == 1 else None
