@@ -59,6 +59,7 @@ from sidecar.config import (
     parse_signal,
     split_command,
 )
+from sidecar.errors import error_text
 from sidecar.haproxy import (
     HAProxyAddress,
     HAProxyError,
@@ -697,10 +698,8 @@ def _iso_utc(moment: dt.datetime) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    # asyncio.timeout raises a bare TimeoutError, whose text would be its type's name.
+    return "timed out" if isinstance(exc, TimeoutError) else error_text(exc)
 
 
 def _verify_error(verification: VerifyOutcome) -> str:

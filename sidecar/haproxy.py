@@ -69,7 +69,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sidecar.errors import OperationError
+from sidecar.errors import OperationError, one_line
 
 __all__ = [
     "HAProxyAccessDenied",
@@ -164,7 +164,7 @@ class InvalidPayload(ValueError):
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    line = one_line(text)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
