@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import math
 import os
 import signal
 import ssl
@@ -50,6 +51,7 @@ from typing import Any, Literal
 from cryptography import x509
 
 from ca_client.childenv import child_environment
+from ca_client.retry import poll_delays
 from sidecar.config import (
     RELOAD_MODES,
     ReloadMode,
@@ -512,7 +514,7 @@ class Deployer:
         address = str(runtime.address)
         error = "not tried"
         reachable = True
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, math.inf)
         attempts = max(1, self.config.attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -527,8 +529,7 @@ class Deployer:
                     return SocketOutcome(address, True, action, update.serial, attempt)
                 error = f"show ssl cert reports serial {update.serial} ({update.status})"
             if attempt < attempts:
-                await self._sleep(delay)
-                delay *= 2
+                await self._sleep(next(delays))
         return SocketOutcome(address, False, "failed", None, attempts, error, reachable)
 
     async def _confirm_all(self, path: str, expected: str) -> list[SocketOutcome]:
@@ -544,7 +545,7 @@ class Deployer:
         """
         address = str(runtime.address)
         deadline = self._clock() + self.config.settle_timeout
-        delay = 0.02
+        delays = poll_delays(0.02, 2, 0.5)
         attempts = 0
         while True:
             attempts += 1
@@ -560,8 +561,7 @@ class Deployer:
                 error = f"serves serial {served}" if info else f"{path} is not loaded"
             if self._clock() >= deadline:
                 return SocketOutcome(address, False, "failed", served, attempts, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await self._sleep(next(delays))
 
     # -- reloads
 
@@ -643,7 +643,7 @@ class Deployer:
         self, host: str, port: int, name: str, sni: str, expected: str, *, settle: bool
     ) -> NameCheck:
         deadline = self._clock() + self.config.settle_timeout
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, 1.0)
         attempts = max(1, self.config.attempts)
         attempt = 0
         while True:
@@ -663,8 +663,7 @@ class Deployer:
             done = self._clock() >= deadline if settle else attempt >= attempts
             if done:
                 return NameCheck(name, sni, False, served, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await self._sleep(next(delays))
 
     # -- hook
 

@@ -44,6 +44,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ca_client.retry import clamp_to_deadline, poll_delays
 from sidecar.domains import validate_certificate_name
 from sidecar.errors import OperationError
 
@@ -648,16 +649,14 @@ class StateStore:
 async def _acquire(fd: int, name: str, timeout: float) -> None:  # noqa: ASYNC109
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    delay = _LOCK_FIRST_DELAY
+    delays = poll_delays(_LOCK_FIRST_DELAY, 2, _LOCK_MAX_DELAY)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 raise LockTimeout(name, _read_holder(fd), timeout) from None
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _LOCK_MAX_DELAY)
+            await asyncio.sleep(clamp_to_deadline(next(delays), loop.time(), deadline))
         else:
             return
 
