@@ -33,25 +33,11 @@ from sidecar.config import (
 )
 from sidecar.domains import validate_certificate_name
 from sidecar.errors import ConfigError, SidecarError, one_line
+from sidecar.outcome import REVOCATION_REASONS, canonical_reason
 
 __all__ = ["PROG", "REVOCATION_REASONS", "build_parser", "main"]
 
 PROG: Final = "cert-sidecar"
-
-# RFC 5280 §5.3.1 CRLReason codes a subscriber may give (RFC 8555 §7.6 passes the code).
-# The CA-only reasons (cACompromise, certificateHold, ...) are left out on purpose.
-REVOCATION_REASONS: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "unspecified": 0,
-        "keyCompromise": 1,
-        "affiliationChanged": 3,
-        "superseded": 4,
-        "cessationOfOperation": 5,
-    }
-)
-_REASON_BY_FOLDED: Final = {
-    name.lower().replace("-", "").replace("_", ""): name for name in REVOCATION_REASONS
-}
 
 # command -> (module, function); imported only when that command runs.
 _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
@@ -79,10 +65,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _reason(text: str) -> str:
-    folded = text.lower().replace("-", "").replace("_", "")
-    if folded not in _REASON_BY_FOLDED:
+    name = canonical_reason(text)
+    if name is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(REVOCATION_REASONS)}")
-    return _REASON_BY_FOLDED[folded]
+    return name
 
 
 def _setting_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -21,7 +21,7 @@ import math
 import platform
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -103,6 +103,12 @@ class CertStatus:
     served_matches: bool | None = None
     last_failure: datetime | None = None
     last_error_kind: ErrorKind | None = None
+    # For ``status`` only: the file exists but does not parse (``state`` says "missing", the one
+    # state label /metrics has for "no usable certificate"), the policy's reason to renew now,
+    # and when the stored backoff ends.
+    unreadable: bool = False
+    due: str | None = None
+    next_retry_at: datetime | None = None
 
 
 def certificate_state(not_after: datetime | None, is_placeholder: bool, now: datetime) -> CertState:
@@ -130,37 +136,35 @@ def status_from_facts(
     served_matches: bool | None = None,
     last_failure: datetime | None = None,
     last_error_kind: ErrorKind | None = None,
+    unreadable: bool = False,
+    due: str | None = None,
+    next_retry_at: datetime | None = None,
 ) -> CertStatus:
     """Build a `CertStatus` from a described certificate (``None``: no usable certificate)."""
-    if facts is None:
-        return CertStatus(
-            name=name,
-            domains=tuple(domains),
-            next_renewal=next_renewal,
-            last_error=last_error,
-            consecutive_failures=consecutive_failures,
-            last_success=last_success,
-            deployed_serial=deployed_serial,
-            served_matches=served_matches,
-            last_failure=last_failure,
-            last_error_kind=last_error_kind,
-            state="missing",
-        )
-    return CertStatus(
+    common = CertStatus(
         name=name,
         domains=tuple(domains),
-        not_before=facts.not_before,
-        not_after=facts.not_after,
-        serial=facts.serial_hex,
+        state="missing",
         next_renewal=next_renewal,
         last_error=last_error,
         consecutive_failures=consecutive_failures,
         last_success=last_success,
-        is_placeholder=facts.is_placeholder,
         deployed_serial=deployed_serial,
         served_matches=served_matches,
         last_failure=last_failure,
         last_error_kind=last_error_kind,
+        unreadable=unreadable,
+        due=due,
+        next_retry_at=next_retry_at,
+    )
+    if facts is None:
+        return common
+    return replace(
+        common,
+        not_before=facts.not_before,
+        not_after=facts.not_after,
+        serial=facts.serial_hex,
+        is_placeholder=facts.is_placeholder,
         state=certificate_state(facts.not_after, facts.is_placeholder, now),
     )
 

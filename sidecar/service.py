@@ -20,16 +20,29 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sidecar import metrics, pem, policy, wiring
+import watchfiles
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+
+from sidecar import metrics, pem, policy, preflight, wiring
 from sidecar.config import CertificateSpec, Settings
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.control import ControlServer, make_answer, socket_path
+from sidecar.errors import ConfigError, OperationError, SidecarError
+from sidecar.health import HealthServer, HealthSnapshot
+from sidecar.inventory import cert_status, utc_now
 from sidecar.logs import get_logger
-from sidecar.manager import Manager, Outcome, error_text, parse_revocation_reason, utc_now
+from sidecar.manager import Manager, ServedCheck, error_text
+from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
+from sidecar.storage import clean_stale_temp_files
+from sidecar.trust import load_ca_bundle
 
 log = get_logger("sidecar.service")
 
@@ -66,20 +79,18 @@ class Service:
             if manager is not None
             else wiring.build(settings, holder=self._holder)
         )
-        deployer = self.manager.deployer()
+        deployer = self.manager.deployer
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self._stop = asyncio.Event()
-        self._served: dict[str, bool | None] = {}
         # When an attempt last failed in this process, and why (for /metrics).
         self._failed: dict[str, tuple[datetime, metrics.ErrorKind]] = {}
-        self._deployed: dict[str, str | None] = {}
-        self._scheduler: Any = None
+        self._scheduler: AsyncIOScheduler | None = None
         self._busy: dict[str, asyncio.Lock] = {}
         self._bundle_ready = asyncio.Event()
         self._bundle_seen: bytes | None = None
         self._bundle_announced = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._control: Any = None
+        self._control: ControlServer | None = None
         # The last schedule logged per certificate: (renewal time, why), see _next_check.
         self._logged_schedule: dict[str, tuple[datetime, str]] = {}
 
@@ -94,10 +105,6 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        from sidecar.control import ControlServer, socket_path
-        from sidecar.health import HealthServer
-        from sidecar.storage import clean_stale_temp_files
-
         health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
         control = self._control = ControlServer(
             socket_path(self.settings.state_dir), self._handle_control
@@ -130,7 +137,7 @@ class Service:
         log.info("service_stopping", signal=signal.Signals(signum).name)
         self._stop.set()
 
-    async def _wait_or_stop(self, awaitable: Any) -> None:
+    async def _wait_or_stop(self, awaitable: Awaitable[Any]) -> None:
         waiter = asyncio.ensure_future(awaitable)
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
@@ -150,7 +157,7 @@ class Service:
         if not task.cancelled() and task.exception() is not None:
             log.error("service_task_failed", error=error_text(task.exception()))  # type: ignore[arg-type]
 
-    async def _shutdown(self, health: Any) -> None:
+    async def _shutdown(self, health: HealthServer) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         # In-flight orders are abandoned: the lock dies with the cancelled task (or the
@@ -163,7 +170,9 @@ class Service:
         deadline = loop.time() + STOP_GRACE
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
-        closers = (self._control.aclose, self._close_parts, health.aclose)
+        closers = [self._close_parts, health.aclose]
+        if self._control is not None:
+            closers.insert(0, self._control.aclose)
         for closer in closers:
             try:
                 async with asyncio.timeout(max(0.5, deadline - loop.time())):
@@ -179,8 +188,6 @@ class Service:
     # -- the CA bundle ------------------------------------------------------------------------
 
     def _bundle_state(self) -> tuple[bytes | None, str | None]:
-        from sidecar.trust import load_ca_bundle
-
         try:
             text = load_ca_bundle(self.settings.ca_bundle)
         except ConfigError as error:
@@ -189,8 +196,6 @@ class Service:
 
     async def _watch_bundle(self) -> None:
         """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
-        import watchfiles
-
         while not self._stop.is_set():
             # Read again each time round: a reload may have pointed the setting elsewhere.
             path = self.settings.ca_bundle
@@ -246,8 +251,6 @@ class Service:
     # -- configuration reload -----------------------------------------------------------------
 
     async def _watch_config(self, path: Path) -> None:
-        import watchfiles
-
         # The directory is watched (editors and config management replace files by rename),
         # but only events for the file itself count: a log file or anything else beside it
         # must not trigger reloads.
@@ -297,8 +300,9 @@ class Service:
         await self._follow_settings(old, new)
         for name in removed:
             # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
-            with contextlib.suppress(Exception):
-                self._scheduler.remove_job(name)
+            if self._scheduler is not None:
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.remove_job(name)
             self._logged_schedule.pop(name, None)
         for spec in new.certificates:
             self._schedule(spec.name, utc_now())
@@ -308,8 +312,6 @@ class Service:
         """What lives outside the parts: the control socket, the bundle watch, and what only a
         restart changes."""
         if new.state_dir != old.state_dir and self._control is not None:
-            from sidecar.control import ControlServer, socket_path
-
             # One-shot commands look for the running sidecar in the state directory they are
             # given: the socket moves with it.
             await self._control.aclose()
@@ -333,8 +335,6 @@ class Service:
     # -- scheduling ---------------------------------------------------------------------------
 
     async def _start_scheduler(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.start()
         now = utc_now()
@@ -386,34 +386,26 @@ class Service:
             )
         except Exception as error:  # a bug must not stop this certificate's schedule
             log.exception("cert_check_crashed", cert=spec.name)
-            outcome = Outcome(spec.name, "failed", ok=False, error=error_text(error))
+            outcome = Outcome.failed(spec.name, error_text(error))
         self._record(outcome)
-        if outcome.action == "failed" and not dry_run:
+        if outcome.action is Action.FAILED and not dry_run:
             self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
-        if outcome.action == "unchanged":
-            await self._ensure_served(spec)
+        if outcome.action is Action.UNCHANGED:
+            self._record_served(await self.manager.ensure_served(spec))
         if not dry_run:
             self._schedule(spec.name, self._next_check(spec, outcome))
         return outcome
 
     def _record(self, outcome: Outcome) -> None:
-        if outcome.action in ("issued", "dry-run"):
+        if outcome.action in (Action.ISSUED, Action.DRY_RUN):
             self.metrics.record_renewal("success")
             self.metrics.set_ca_reachable(True)
-        elif outcome.action == "failed":
+        elif outcome.action is Action.FAILED:
             self.metrics.record_renewal("failure")
             if self.manager.last_ca_error:
                 self.metrics.set_ca_reachable(False, self.manager.last_ca_error)
-        if outcome.deploy:
-            mode = str(outcome.deploy.get("mode") or self.settings.reload)
-            self.metrics.record_deploy("success" if outcome.deploy.get("ok") else "failure", mode)
-            self._record_sockets(
-                (s.get("address"), s.get("ok"), s.get("reachable", True))
-                for s in outcome.deploy.get("sockets") or ()
-            )
-            self._served[outcome.name] = bool(outcome.deploy.get("ok"))
-            if outcome.deploy.get("ok"):
-                self._deployed[outcome.name] = outcome.serial
+        if outcome.deploy is not None:
+            self._record_deploy(outcome.deploy)
         skew = self.manager.clock_skew
         if skew is not None:
             self.metrics.set_clock_skew(skew)
@@ -423,7 +415,7 @@ class Service:
     def _next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
         now = utc_now()
         view = self.manager.inspect(spec, now)
-        if outcome.action in ("failed", "waiting") and outcome.next_retry_at is not None:
+        if outcome.action in (Action.FAILED, Action.WAITING) and outcome.next_retry_at is not None:
             target, why = outcome.next_retry_at, "retry"
         elif view.next_renewal is not None:
             target, why = view.next_renewal, "renewal"
@@ -452,65 +444,19 @@ class Service:
             next_check=when.isoformat(),
         )
 
-    async def _ensure_served(self, spec: CertificateSpec) -> None:
-        """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
-        deployer = self.manager.deployer()
-        if deployer is None or not self.settings.haproxy_sockets:
-            return
-        path = self.manager.pem_path(spec.name)
-        try:
-            data = path.read_bytes()
-            facts = pem.describe_cert(pem.parse_combined(data).leaf)
-            served = await self._served_serial(deployer, spec.name)
-        except Exception as error:
-            log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
-            self._served[spec.name] = None
-            return
-        self._deployed[spec.name] = served
-        if served == facts.serial_hex:
-            self._served[spec.name] = True
-            return
-        log.warning("haproxy_serves_other", cert=spec.name, served=served, file=facts.serial_hex)
-        try:
-            result = await self.manager.deploy(spec, data)
-        except Exception as error:
-            log.error("haproxy_update_failed", cert=spec.name, error=error_text(error))
-            self._served[spec.name] = False
-            return
-        if result is not None:
-            self.metrics.record_deploy("success" if result.ok else "failure", result.mode)
-            self._record_sockets((s.address, s.ok, s.reachable) for s in result.sockets)
-            self._served[spec.name] = result.ok
-            if result.ok:
-                self._deployed[spec.name] = facts.serial_hex
-                log.info("haproxy_updated", cert=spec.name, serial=facts.serial_hex)
+    def _record_deploy(self, deploy: DeploySummary) -> None:
+        mode = deploy.mode or self.settings.reload
+        self.metrics.record_deploy("success" if deploy.ok else "failure", mode)
+        self._record_sockets((s.address, s.ok, s.reachable) for s in deploy.sockets)
 
-    async def _served_serial(self, deployer: Any, name: str) -> str | None:
-        """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
-        socket's outcome goes into cert_sidecar_haproxy_up: deployed_serial skips a socket that
-        does not answer, so a stopped HAProxy would go unseen until a deploy to it failed."""
-        from sidecar.haproxy import HAProxyError
+    def _record_served(self, check: ServedCheck) -> None:
+        """A look at what HAProxy serves: each socket that was asked, and any redeploy."""
+        for address, answered in check.sockets:
+            self.metrics.set_haproxy_up(self._socket_label(address), answered)
+        if check.deploy is not None:
+            self._record_deploy(check.deploy)
 
-        path = deployer.haproxy_path(name)
-        answers: list[str | None] = []
-        errors: list[HAProxyError] = []
-        for runtime in deployer.runtimes:
-            try:
-                info = await runtime.show_ssl_cert(path)
-            except HAProxyError as error:
-                errors.append(error)
-                self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), False)
-                continue
-            self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), True)
-            answers.append(info.serial if info is not None and info.loaded else None)
-        if not answers:
-            raise errors[0]
-        for failure in errors:  # the others answered: this one is only logged here
-            log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
-        # As deployed_serial: the common answer, or None (redeploy) when they disagree.
-        return answers[0] if len(set(answers)) == 1 else None
-
-    def _record_sockets(self, sockets: Iterable[tuple[Any, Any, Any]]) -> None:
+    def _record_sockets(self, sockets: Iterable[tuple[str, bool, bool]]) -> None:
         """A deploy's sockets (address, ok, reachable): one that worked answered, one that could
         not be used did not. Where HAProxy answered but the deploy failed, it is left as it
         was: deploys_total and served_matches report that failure."""
@@ -531,24 +477,15 @@ class Service:
         result = []
         for spec in self.settings.certificates:
             view = self.manager.inspect(spec, now)
-            failed = self._failed.get(spec.name)
-            # Failing since before this process started: the time is stored, the kind is not.
-            since = view.meta.last_attempt_at if view.meta.failures else None
+            served = self.manager.inventory.served(spec.name)
+            file_serial = view.facts.serial_hex if view.facts else None
             result.append(
-                metrics.status_from_facts(
-                    spec.name,
-                    spec.domains,
-                    view.facts,
+                cert_status(
+                    view,
                     now,
-                    next_renewal=view.next_renewal,
-                    last_error=view.meta.last_error or view.unreadable,
-                    consecutive_failures=view.meta.failures,
-                    last_success=view.meta.last_success_at,
-                    deployed_serial=self._deployed.get(spec.name)
-                    or (view.facts.serial_hex if view.facts else None),
-                    served_matches=self._served.get(spec.name),
-                    last_failure=failed[0] if failed else since,
-                    last_error_kind=failed[1] if failed and view.meta.failures else None,
+                    deployed_serial=served.serial or file_serial,
+                    served_matches=served.matches,
+                    last_failure=self._failed.get(spec.name),
                 )
             )
         return result
@@ -561,17 +498,13 @@ class Service:
             return False, "the scheduler stopped"
         return True, None if self._bundle_ready.is_set() else "waiting for the CA bundle"
 
-    def _snapshot(self) -> Any:
-        from sidecar.health import HealthSnapshot
-
+    def _snapshot(self) -> HealthSnapshot:
         alive, detail = self._liveness()
         return HealthSnapshot(self.statuses(), self.metrics, alive=alive, detail=detail)
 
     # -- the control socket -------------------------------------------------------------------
 
     async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        from sidecar.control import make_answer
-
         command = request.get("command")
         log.info("control_request", command=command, peer_uid=request.get("peer_uid"))
         if command in ("issue", "renew"):
@@ -592,14 +525,17 @@ class Service:
                 return make_answer(
                     False, 1, error=f"no configured certificate {request.get('name')!r}"
                 )
-            reason = parse_revocation_reason(request.get("reason"))
+            try:
+                reason = revocation_code(request.get("reason"))
+            except ValueError as error:
+                raise OperationError(f"--reason: {error}") from None
             async with self._lock_for(spec.name):
                 spec = self._spec(spec.name) or spec
                 outcome = await self.manager.revoke(
                     spec, reason=reason, remove=bool(request.get("remove"))
                 )
                 self._record(outcome)
-            if outcome.action != "removed":
+            if outcome.action is not Action.REMOVED:
                 self._schedule(spec.name, self._next_check(spec, outcome))
             return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
         if command == "status":
@@ -613,9 +549,7 @@ class Service:
             # As configured now: a reload may have changed it while this waited for the lock.
             current = self._spec(spec.name)
             if current is None:
-                return Outcome(
-                    spec.name, "failed", ok=False, error="no longer configured (config reloaded)"
-                )
+                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
             return await self._check_locked(
                 current, force=force, dry_run=dry_run, respect_backoff=False
             )
@@ -639,24 +573,22 @@ def _existing_parent(path: Path) -> Path:
     return Path("/")
 
 
-def _load_roots(data: bytes) -> list[Any]:
+def _load_roots(data: bytes) -> list[x509.Certificate]:
     try:
         return pem.parse_certificates(data)
     except pem.PemError:
         return []
 
 
-def _chain_verifies(path: Path, roots: list[Any]) -> bool:
+def _chain_verifies(path: Path, roots: list[x509.Certificate]) -> bool:
     """Whether the deployed chain leads to one of ``roots`` (signature check, top down)."""
-    from cryptography.exceptions import InvalidSignature
-
     try:
         bundle = pem.parse_combined(path.read_bytes())
     except (OSError, pem.PemError):
         return True  # nothing to judge; the normal check handles unreadable files
     top = ([bundle.leaf, *bundle.chain])[-1]
     for root in roots:
-        if top.fingerprint(_sha256()) == root.fingerprint(_sha256()):
+        if top.fingerprint(hashes.SHA256()) == root.fingerprint(hashes.SHA256()):
             return True
         try:
             top.verify_directly_issued_by(root)
@@ -666,12 +598,6 @@ def _chain_verifies(path: Path, roots: list[Any]) -> bool:
     return False
 
 
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
-
-
 async def cmd_run(
     settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
 ) -> int:
@@ -679,8 +605,6 @@ async def cmd_run(
         raise ConfigError(
             "--domain", "no certificate configured (give --domain or [[certificates]])"
         )
-    from sidecar import preflight
-
     preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()

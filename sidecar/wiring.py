@@ -17,26 +17,36 @@ keeps running and says why.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Hashable
+import random
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from ca_client.challenges.base import ChallengeSolver
 from ca_client.challenges.dns01 import Dns01HookSolver
 from ca_client.challenges.http01 import Http01Responder
 from ca_client.challenges.tlsalpn01 import TlsAlpn01Responder
 from ca_client.errors import AcmeError
-from sidecar import preflight
+from sidecar import preflight, storage
 from sidecar.config import Settings
+from sidecar.deploy import Deployer, deployer_from_settings
 from sidecar.errors import OperationError, SidecarError
+from sidecar.inventory import Inventory, utc_now
+from sidecar.issuer import AccountSettings, Issuer
 from sidecar.logs import get_logger
-from sidecar.manager import Manager, error_text
+from sidecar.manager import Manager, PemFiles, error_text
 
 __all__ = [
     "Parts",
     "Responders",
+    "account",
     "build",
     "close",
+    "deployer",
+    "inventory",
     "opened",
     "rebuild",
     "retire",
@@ -90,9 +100,13 @@ class Responders:
     Started lazily, as before: a sidecar whose certificates all use dns-01 never binds :80.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, given: Mapping[str, ChallengeSolver] | None = None
+    ) -> None:
         self._settings = settings
         self._running: dict[str, ChallengeSolver] = {}
+        # Handed in by the caller (tests, embedders): used first, never moved nor closed.
+        self._given = dict(given or {})
         self._lock = asyncio.Lock()
 
     @property
@@ -102,7 +116,7 @@ class Responders:
 
     async def get(self, challenge: str) -> ChallengeSolver:
         async with self._lock:
-            solver = self._running.get(challenge)
+            solver = self._given.get(challenge) or self._running.get(challenge)
             if solver is None:
                 solver = await start_solver(challenge, self._settings)
                 self._running[challenge] = solver
@@ -134,18 +148,6 @@ class Responders:
             await _close_solver(solver)
 
 
-class _WiredManager(Manager):
-    """A `Manager` that takes its challenge solvers from `Responders` (which outlive it), not
-    from ones it starts and closes itself."""
-
-    def __init__(self, settings: Settings, *, holder: str, responders: Responders) -> None:
-        super().__init__(settings, holder=holder)
-        self._responders = responders
-
-    async def solver(self, challenge: str) -> ChallengeSolver:
-        return await self._responders.get(challenge)
-
-
 @dataclass(frozen=True, slots=True)
 class Parts:
     """One consistent set of parts, all made from ``settings``."""
@@ -155,17 +157,77 @@ class Parts:
     responders: Responders
 
 
-def build(settings: Settings, *, holder: str, responders: Responders | None = None) -> Parts:
+def inventory(
+    settings: Settings, *, create_state: bool = True, now: Callable[[], datetime] = utc_now
+) -> Inventory:
+    """The read side for ``settings`` (``status`` makes only this, creating nothing)."""
+    store = storage.StateStore(settings.state_dir, create=create_state)
+    if create_state:
+        _make_certs_dir(settings.certs_dir)
+    return Inventory(store, settings.certs_dir, renew_at=settings.renew_at, now=now)
+
+
+def deployer(settings: Settings) -> Deployer | None:
+    """None when there is nothing to tell: no HAProxy, no reload, no hook, no check."""
+    if not (
+        settings.haproxy_sockets
+        or settings.reload != "none"
+        or settings.deploy_hook
+        or settings.verify_address
+    ):
+        return None
+    return deployer_from_settings(settings)
+
+
+def account(settings: Settings, client_options: Mapping[str, Any] | None = None) -> AccountSettings:
+    return AccountSettings(
+        directory=settings.directory,
+        ca_bundle=settings.ca_bundle,
+        system_trust=settings.system_trust,
+        email=settings.email,
+        eab_kid=settings.eab_kid,
+        eab_hmac_key=settings.eab_hmac_key,
+        client_options=dict(client_options or {}),
+    )
+
+
+def build(
+    settings: Settings,
+    *,
+    holder: str,
+    responders: Responders | None = None,
+    now: Callable[[], datetime] = utc_now,
+    rng: random.Random | None = None,
+    client_options: Mapping[str, Any] | None = None,
+    solvers: Mapping[str, ChallengeSolver] | None = None,
+) -> Parts:
     """Every part for ``settings``; raises (and leaves nothing open) when one cannot be made.
 
     Nothing here touches the network: the ACME client is opened on the first order (the CA or
     its bundle may not be there yet), the responders on first use. The deployer is made now so
-    that settings it cannot use fail here, not at the first deploy.
+    that settings it cannot use fail here, not at the first deploy. ``now``, ``rng`` and
+    ``client_options`` (extra `AcmeClient` keywords) and ``solvers`` (used, never closed) are
+    for tests.
     """
-    responders = responders or Responders(settings)
-    manager = _WiredManager(settings, holder=holder, responders=responders)
-    manager.deployer()
+    responders = responders or Responders(settings, given=solvers)
+    seen = inventory(settings, now=now)
+    manager = Manager(
+        inventory=seen,
+        issuer=Issuer(account(settings, client_options), seen.store, responders),
+        deployer=deployer(settings),
+        files=PemFiles(settings.pem_mode, settings.pem_group),
+        holder=holder,
+        rng=rng,
+    )
     return Parts(settings, manager, responders)
+
+
+def _make_certs_dir(path: Path) -> None:
+    """The certs directory is HAProxy's to read: world-traversable, written only by us."""
+    try:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as error:
+        raise OperationError(f"cannot create {path}: {error.strerror or error}") from None
 
 
 async def rebuild(old: Parts, settings: Settings, *, holder: str) -> Parts:
@@ -177,6 +239,8 @@ async def rebuild(old: Parts, settings: Settings, *, holder: str) -> Parts:
     """
     preflight.check(settings)
     parts = build(settings, holder=holder, responders=old.responders)
+    # What HAProxy serves did not change with the file; the next check confirms it.
+    parts.manager.inventory.adopt_served(old.manager.inventory)
     await old.responders.update(settings)
     return parts
 

@@ -69,9 +69,7 @@ def _write_forever(target: Path, bundles: tuple[bytes, bytes], progress: int) ->
             os.write(progress, b".")
 
 
-def _read(
-    fd: int, what: str, *, until: Callable[[bytes], bool], end: float | None = None
-) -> bytes:
+def _read(fd: int, what: str, *, until: Callable[[bytes], bool], end: float | None = None) -> bytes:
     """Bytes from a pipe until ``until`` holds for them or the stream ends; fails at ``end``
     (monotonic; DEADLINE from now by default) instead of hanging. Reads one byte at a time, so
     nothing past the point is consumed."""

@@ -31,16 +31,20 @@ def require(condition: object, why: str) -> None:
     if condition:
         return
     if in_ci():
-        pytest.fail(f"{why} (CI is set: a missing peer or privilege is a failure, not a skip)",
-                    pytrace=False)
+        pytest.fail(
+            f"{why} (CI is set: a missing peer or privilege is a failure, not a skip)",
+            pytrace=False,
+        )
     pytest.skip(why)
 
 
 def require_root_and_setpriv() -> str:
     """The path of setpriv, for running a child as an unprivileged user; needs root."""
     setpriv = shutil.which("setpriv")
-    require(os.geteuid() == 0 and setpriv is not None,
-            "needs root and setpriv (util-linux) to run a child as an unprivileged user")
+    require(
+        os.geteuid() == 0 and setpriv is not None,
+        "needs root and setpriv (util-linux) to run a child as an unprivileged user",
+    )
     assert setpriv is not None
     return setpriv
 
@@ -53,10 +57,22 @@ def _unprivileged_interpreter() -> str | None:
         return "needs root and setpriv (util-linux)"
     probe = "import sys; print(sys.version); print(sys.base_prefix)"
     result = subprocess.run(
-        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", probe],
-        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, cwd="/",
+        [
+            setpriv,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        cwd="/",
     )
     wanted = f"{sys.version}\n{sys.base_prefix}\n"
     if result.returncode == 0 and result.stdout == wanted:
@@ -65,9 +81,11 @@ def _unprivileged_interpreter() -> str | None:
     # cannot open its libpython, or, for 3.11, silently picks Debian's 3.11 and stdlib
     # instead, so the child would not run the Python under test.
     seen = (result.stdout or result.stderr).strip().replace("\n", " | ")[:300]
-    return (f"uid {NOBODY} cannot run this interpreter ({sys.base_prefix}); it got: {seen}."
-            f" Make every directory above it searchable (chmod o+x), as scripts/test does"
-            f" under CI")
+    return (
+        f"uid {NOBODY} cannot run this interpreter ({sys.base_prefix}); it got: {seen}."
+        f" Make every directory above it searchable (chmod o+x), as scripts/test does"
+        f" under CI"
+    )
 
 
 def require_unprivileged_python() -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from sidecar import pem, policy
+from sidecar import pem, policy, wiring
 from sidecar.cli import build_parser
 from sidecar.config import Settings, load_settings
 from sidecar.manager import ORDER_SHARE_OF_TIME_LEFT, Manager
@@ -68,8 +68,11 @@ class Rig:
         return load_settings(args, {})
 
     def manager(self, *flags: str) -> Manager:
-        return Manager(
-            self.settings(*flags),
+        settings = self.settings(*flags)
+        (self.spec,) = settings.certificates
+        return wiring.build(
+            settings,
+            holder="test",
             now=self.now,
             client_options={
                 "transport": self.ca.transport(),
@@ -77,7 +80,7 @@ class Rig:
                 "sleep": self.clock.sleep,
             },
             solvers={"http-01": self.solver},
-        )
+        ).manager
 
     def orders(self) -> int:
         return sum(1 for _, route in self.ca.requests if route == "new-order")
@@ -118,7 +121,7 @@ async def test_renew_at_decides_when_a_valid_certificate_is_renewed(
     rig: Rig, renew_at: str, fraction: float, renewed: bool
 ) -> None:
     async with rig.manager("--renew-at", renew_at) as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         assert (await manager.ensure(spec)).action == "issued"
         facts = rig.facts()
         expected = policy.facts_renewal_time(facts, float(renew_at))
@@ -141,7 +144,7 @@ async def test_renew_at_decides_when_a_valid_certificate_is_renewed(
 async def test_the_stored_backoff_is_waited_out_even_across_a_restart(rig: Rig) -> None:
     rig.ca.fail_times("new-order", 1, lambda: problem(403, "unauthorized", "not yet"))
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         failed = await manager.ensure(spec, respect_backoff=True)
         assert failed.action == "failed", failed
         assert failed.next_retry_at is not None and failed.next_retry_at > rig.now()
@@ -168,7 +171,7 @@ async def test_the_stored_backoff_is_waited_out_even_across_a_restart(rig: Rig) 
 @pytest.mark.parametrize("deployed", [False, True])
 async def test_a_permanent_error_waits_the_longest_allowed(rig: Rig, deployed: bool) -> None:
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         if deployed:
             assert (await manager.ensure(spec)).action == "issued"
             facts = rig.facts()
@@ -196,7 +199,7 @@ async def test_a_permanent_error_waits_the_longest_allowed(rig: Rig, deployed: b
 
 async def test_one_attempt_may_use_only_a_quarter_of_the_time_left(rig: Rig) -> None:
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         assert (await manager.ensure(spec)).action == "issued"
         facts = rig.facts()
         left = timedelta(minutes=2)  # under 1/20 of the hour: renewed at once
@@ -218,7 +221,7 @@ async def test_one_attempt_may_use_only_a_quarter_of_the_time_left(rig: Rig) -> 
 
 async def test_a_renewal_replaces_the_pem_by_rename_never_in_place(rig: Rig) -> None:
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         assert (await manager.ensure(spec)).action == "issued"
         path = manager.pem_path(spec.name)
         old_data = path.read_bytes()
@@ -229,7 +232,7 @@ async def test_a_renewal_replaces_the_pem_by_rename_never_in_place(rig: Rig) -> 
             assert reader.read() == old_data  # still the whole old file, not a mix
         new = path.stat()
     assert new.st_ino != old_inode
-    assert oct(new.st_mode & 0o777) == oct(manager.settings.pem_mode)
+    assert oct(new.st_mode & 0o777) == oct(manager.files.mode)
     assert path.read_bytes() != old_data
     assert not [p.name for p in path.parent.iterdir() if p.name != path.name]
 
@@ -239,7 +242,7 @@ async def test_a_renewal_replaces_the_pem_by_rename_never_in_place(rig: Rig) -> 
 
 async def test_revoke_revokes_the_old_serial_at_the_ca_then_replaces_it(rig: Rig) -> None:
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         assert (await manager.ensure(spec)).action == "issued"
         old = rig.facts()
         old_key = (rig.tmp_path / "state" / "certs" / NAME / "key.pem").read_bytes()
@@ -254,7 +257,7 @@ async def test_revoke_revokes_the_old_serial_at_the_ca_then_replaces_it(rig: Rig
 
 async def test_revoke_remove_revokes_at_the_ca_then_deletes(rig: Rig) -> None:
     async with rig.manager() as manager:
-        (spec,) = manager.settings.certificates
+        spec = rig.spec
         assert (await manager.ensure(spec)).action == "issued"
         old = rig.facts()
         outcome = await manager.revoke(spec, reason=None, remove=True)

@@ -25,10 +25,9 @@ import pytest
 import structlog
 import trustme
 
-from sidecar import pem, policy
+from sidecar import pem, policy, wiring
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.manager import Manager
 from sidecar.service import CLOCK_SKEW_WARNING, Service
 from tests.peers.processes import free_port
 from tests.protocol.conftest import RecordingSolver
@@ -94,12 +93,12 @@ async def running_service(ca: FakeAcme) -> AsyncIterator[Running]:
         settings = load_settings(args, {})
         solver = RecordingSolver()
         ca.reach(solver)
-        manager = Manager(
+        manager = wiring.build(
             settings,
             holder="run (test)",
             client_options={"transport": ca.transport()},
             solvers={"http-01": solver},
-        )
+        ).manager
         service = Service(settings, manager=manager)
         with structlog.testing.capture_logs() as logs:
             task = asyncio.ensure_future(service.run())

@@ -52,9 +52,12 @@ def work() -> Iterator[Path]:
 def as_sidecar_user(*args: str) -> subprocess.CompletedProcess[str]:
     assert SETPRIV is not None
     return subprocess.run(
-        [SETPRIV, f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
-         sys.executable, *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        [SETPRIV, f"--reuid={UID}", f"--regid={GID}", "--clear-groups", sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)},
     )
 
@@ -78,10 +81,25 @@ def root_socket(path: Path, mode: int) -> socket.socket:
 
 
 def sidecar_args(work: Path, command: str, socket_path: Path) -> list[str]:
-    return ["-m", "sidecar", command, "--domain", "foobar.openchami.cluster",
-            "--ca-bundle", str(work / "root_ca.crt"), "--certs-dir", str(work / "certs"),
-            "--state-dir", str(work / "state"), "--haproxy-socket", f"unix:{socket_path}",
-            "--reload", "runtime-api", "--http-listen", "127.0.0.1:1"]
+    return [
+        "-m",
+        "sidecar",
+        command,
+        "--domain",
+        "foobar.openchami.cluster",
+        "--ca-bundle",
+        str(work / "root_ca.crt"),
+        "--certs-dir",
+        str(work / "certs"),
+        "--state-dir",
+        str(work / "state"),
+        "--haproxy-socket",
+        f"unix:{socket_path}",
+        "--reload",
+        "runtime-api",
+        "--http-listen",
+        "127.0.0.1:1",
+    ]
 
 
 @pytest.mark.parametrize("command", ["run", "issue", "renew"])

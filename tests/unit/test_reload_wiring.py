@@ -141,7 +141,7 @@ async def test_a_reload_replaces_the_manager_and_shares_the_responders(tmp_path:
             assert await service._apply_settings(new)
         assert service.settings is new
         assert service.manager is not old_manager
-        assert service.manager.settings is new
+        assert service._parts.settings is new
         assert service._parts.responders is responders
         assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["config_reloaded"]
     finally:

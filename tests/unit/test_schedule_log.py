@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.manager import Outcome, utc_now
+from sidecar.inventory import utc_now
+from sidecar.outcome import Action, Outcome
 from sidecar.service import Service
 
 
@@ -52,7 +53,7 @@ def _scheduled(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str,
 def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     service = _service(tmp_path)
     spec = service.settings.certificates[0]
-    unchanged = Outcome(spec.name, "unchanged", ok=True)
+    unchanged = Outcome(spec.name, Action.UNCHANGED, ok=True)
     view = service.manager.inspect(spec)
     assert view.due is None and view.next_renewal is not None
     with capture_logs() as logs:
@@ -65,7 +66,7 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     assert next_check < view.next_renewal
 
     # The same time for another reason is another schedule.
-    same_time = Outcome(spec.name, "failed", ok=False, next_retry_at=view.next_renewal)
+    same_time = Outcome(spec.name, Action.FAILED, ok=False, next_retry_at=view.next_renewal)
     with capture_logs() as logs:
         service._next_check(spec, same_time)
     assert [(e["reason"], e["at"]) for e in _scheduled(logs)] == [
@@ -73,16 +74,16 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     ]
 
     retry_at = utc_now() + timedelta(minutes=2)
-    failed = Outcome(spec.name, "failed", ok=False, error="CA down", next_retry_at=retry_at)
+    failed = Outcome(spec.name, Action.FAILED, ok=False, error="CA down", next_retry_at=retry_at)
     with capture_logs() as logs:
         service._next_check(spec, failed)  # another reason: logged
         service._next_check(spec, failed)  # the same retry: not again
         moved = Outcome(
-            spec.name, "failed", ok=False, next_retry_at=retry_at + timedelta(milliseconds=500)
+            spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(milliseconds=500)
         )
         service._next_check(spec, moved)  # within a second: the same schedule
         later = Outcome(
-            spec.name, "failed", ok=False, next_retry_at=retry_at + timedelta(seconds=5)
+            spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(seconds=5)
         )
         service._next_check(spec, later)  # moved: logged
         service._next_check(spec, unchanged)  # back to the renewal time: logged
