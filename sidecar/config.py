@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard, get_args
 from urllib.parse import urlsplit
 
 from sidecar import domains
@@ -53,22 +53,29 @@ __all__ = [
     "CertificateSpec",
     "ConfigError",
     "Option",
+    "ReloadMode",
     "Settings",
     "add_setting_arguments",
     "check_ca_bundle",
     "check_directories",
+    "default_reload_mode",
     "describe",
+    "is_reload_mode",
     "load_settings",
     "parse_bool",
     "parse_host_port",
     "parse_pem_mode",
+    "parse_signal",
     "resolve_group",
+    "split_command",
 ]
 
 ENV_PREFIX: Final = "CERT_SIDECAR_"
 KEY_TYPES: Final = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CHALLENGES: Final = ("http-01", "tls-alpn-01", "dns-01")
-RELOAD_MODES: Final = ("runtime-api", "master-reload", "signal", "command", "none")
+# How HAProxy loads a new certificate. The one definition: the deployer takes this type.
+ReloadMode = Literal["runtime-api", "master-reload", "signal", "command", "none"]
+RELOAD_MODES: Final[tuple[ReloadMode, ...]] = get_args(ReloadMode)
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
@@ -296,7 +303,7 @@ class Settings:
     renew_at: float
     haproxy_sockets: tuple[HAProxyAddress, ...]
     haproxy_certs_dir: Path
-    reload: str
+    reload: ReloadMode
     reload_command: tuple[str, ...] | None
     reload_signal: signal.Signals | None
     reload_pid_file: Path | None
@@ -575,17 +582,27 @@ def _pem_group(raw: _Raw) -> int | None:
         raise ConfigError(raw.label, str(exc)) from None
 
 
+def split_command(text: str) -> tuple[str, ...]:
+    """A command line split like a shell would (no shell runs it); ValueError if it cannot be,
+    or if nothing is left."""
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"cannot split {text!r}: {exc}") from None
+    if not argv:
+        raise ValueError("must not be empty")
+    return argv
+
+
 def _command(raw: _Raw) -> tuple[str, ...] | None:
     """A command line split like a shell would (no shell runs it); it must exist now."""
     if raw.value is None:
         return None
     text = _string(raw)
     try:
-        argv = tuple(shlex.split(text))
+        argv = split_command(text)
     except ValueError as exc:
-        raise ConfigError(raw.label, f"cannot split {text!r}: {exc}") from None
-    if not argv:
-        raise ConfigError(raw.label, "must not be empty")
+        raise ConfigError(raw.label, str(exc)) from None
     program = argv[0]
     if os.sep in program:
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
@@ -637,17 +654,26 @@ def _renew_at(raw: _Raw) -> float:
     return float(value)
 
 
-def _signal(raw: _Raw) -> signal.Signals | None:
-    if raw.value is None:
-        return None
-    text = _string(raw) if not isinstance(raw.value, int) else str(raw.value)
+def parse_signal(value: str | int) -> signal.Signals:
+    """A signal by name (``SIGUSR2``, ``usr2``, any case) or number; ValueError otherwise."""
+    text = str(value).strip()
     try:
         if text.isdigit():
             return signal.Signals(int(text))
         name = text.upper()
         return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
     except (KeyError, ValueError):
-        raise ConfigError(raw.label, f"{text!r} is not a signal name like SIGUSR2") from None
+        raise ValueError(f"{text!r} is not a signal name like SIGUSR2") from None
+
+
+def _signal(raw: _Raw) -> signal.Signals | None:
+    if raw.value is None:
+        return None
+    text = _string(raw) if not isinstance(raw.value, int) else str(raw.value)
+    try:
+        return parse_signal(text)
+    except ValueError as exc:
+        raise ConfigError(raw.label, str(exc)) from None
 
 
 def _key_type(raw: _Raw) -> KeyType:
@@ -942,9 +968,9 @@ def load_settings(
     haproxy_certs_dir = certs_dir if certs_raw.value is None else _path(certs_raw, local=False)
     reload_raw = get("reload")
     reload = (
-        _choice(reload_raw, RELOAD_MODES)
+        _reload_mode(reload_raw)
         if reload_raw.value is not None
-        else ("runtime-api" if haproxy_sockets else "none")
+        else default_reload_mode(bool(haproxy_sockets))
     )
     reload_command = _command(get("reload_command"))
     signal_raw = get("reload_signal")
@@ -1067,8 +1093,23 @@ def _haproxy_sockets(raw: _Raw) -> tuple[tuple[str, ...], tuple[HAProxyAddress, 
     return texts, tuple(addresses)
 
 
+def is_reload_mode(text: str) -> TypeGuard[ReloadMode]:
+    return text in RELOAD_MODES
+
+
+def default_reload_mode(has_sockets: bool) -> ReloadMode:
+    """The contract's default: the runtime API when a socket is configured, else nothing."""
+    return "runtime-api" if has_sockets else "none"
+
+
+def _reload_mode(raw: _Raw) -> ReloadMode:
+    text = _choice(raw, RELOAD_MODES)
+    assert is_reload_mode(text)  # _choice refused anything else
+    return text
+
+
 def _check_reload(
-    reload: str,
+    reload: ReloadMode,
     label: str,
     sockets: tuple[HAProxyAddress, ...],
     command: tuple[str, ...] | None,

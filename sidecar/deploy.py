@@ -38,19 +38,30 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import math
 import os
-import shlex
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 
 from ca_client.childenv import child_environment
+from ca_client.retry import poll_delays
+from sidecar.config import (
+    RELOAD_MODES,
+    ReloadMode,
+    Settings,
+    default_reload_mode,
+    parse_host_port,
+    parse_signal,
+    split_command,
+)
+from sidecar.errors import error_text
 from sidecar.haproxy import (
     HAProxyAddress,
     HAProxyError,
@@ -67,6 +78,7 @@ __all__ = [
     "DeployConfig",
     "DeployResult",
     "Deployer",
+    "FallbackKind",
     "HookOutcome",
     "NameCheck",
     "SocketOutcome",
@@ -76,7 +88,8 @@ __all__ = [
     "sni_for",
 ]
 
-RELOAD_MODES = ("runtime-api", "master-reload", "signal", "command", "none")
+# The reloads the runtime API may fall back to when a hot update fails.
+FallbackKind = Literal["command", "signal"]
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -86,13 +99,14 @@ class DeployConfig:
     """How to deploy; mirrors the ``[haproxy]`` settings plus the timeouts.
 
     ``reload=None`` picks the contract's default: ``runtime-api`` with sockets, else ``none``.
-    Commands may be given as argv tuples or as one string (split like a shell, no shell).
+    The fields are typed values: ``sidecar.config`` parses what the user wrote, once
+    (``deployer_from_settings``); ``build`` is the shorthand for tests and benchmarks.
     """
 
     sockets: tuple[HAProxyAddress, ...] = ()
     certs_dir: Path = Path("/etc/haproxy/certs")
     haproxy_certs_dir: Path | None = None
-    reload: str | None = None
+    reload: ReloadMode | None = None
     reload_command: tuple[str, ...] | None = None
     reload_signal: signal.Signals | None = None
     reload_pid_file: Path | None = None
@@ -120,21 +134,30 @@ class DeployConfig:
         verify_address: tuple[str, int] | str | None = None,
         **other: Any,
     ) -> DeployConfig:
-        """Like the constructor, but accepting the spellings a user would write."""
+        """Like the constructor, but accepting the spellings a user would write, parsed by the
+        same functions as the settings (``sidecar.config``, ``sidecar.haproxy``)."""
         return cls(
             sockets=tuple(
                 s if isinstance(s, HAProxyAddress) else parse_haproxy_address(s) for s in sockets
             ),
             reload_command=_argv(reload_command),
             deploy_hook=_argv(deploy_hook),
-            reload_signal=_signal(reload_signal),
-            verify_address=_host_port(verify_address),
+            reload_signal=(
+                reload_signal
+                if reload_signal is None or isinstance(reload_signal, signal.Signals)
+                else parse_signal(reload_signal)
+            ),
+            verify_address=(
+                parse_host_port(verify_address)
+                if isinstance(verify_address, str)
+                else verify_address
+            ),
             **other,
         )
 
     @property
-    def mode(self) -> str:
-        mode = self.reload or ("runtime-api" if self.sockets else "none")
+    def mode(self) -> ReloadMode:
+        mode = self.reload or default_reload_mode(bool(self.sockets))
         if mode not in RELOAD_MODES:
             raise ValueError(f"unknown reload mode {mode!r}: one of {', '.join(RELOAD_MODES)}")
         return mode
@@ -143,46 +166,29 @@ class DeployConfig:
 def _argv(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    argv = tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        argv = split_command(value) if value.strip() else ()
+    else:
+        argv = tuple(value)
     if not argv:
         raise ValueError("empty command")
     return argv
 
 
-def _signal(value: signal.Signals | str | int | None) -> signal.Signals | None:
-    if value is None or isinstance(value, signal.Signals):
-        return value
-    if isinstance(value, int):
-        return signal.Signals(value)
-    name = value.strip().upper()
-    if name.isdigit():
-        return signal.Signals(int(name))
-    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-
-
-def _host_port(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
-    if value is None or isinstance(value, tuple):
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, not {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def deployer_from_settings(settings: Any) -> Deployer:
-    """A Deployer for ``sidecar.config.Settings`` (fields named as in DESIGN.md)."""
+def deployer_from_settings(settings: Settings) -> Deployer:
+    """The process's Deployer: every field is already parsed and checked by ``load_settings``."""
     return Deployer(
         DeployConfig(
-            sockets=tuple(settings.haproxy_sockets),
-            certs_dir=Path(settings.certs_dir),
-            haproxy_certs_dir=Path(settings.haproxy_certs_dir),
+            sockets=settings.haproxy_sockets,
+            certs_dir=settings.certs_dir,
+            haproxy_certs_dir=settings.haproxy_certs_dir,
             reload=settings.reload,
-            reload_command=_argv(settings.reload_command),
-            reload_signal=_signal(settings.reload_signal),
+            reload_command=settings.reload_command,
+            reload_signal=settings.reload_signal,
             reload_pid_file=settings.reload_pid_file,
-            verify_address=_host_port(settings.verify_address),
-            deploy_hook=_argv(settings.deploy_hook),
-            hook_env=tuple(getattr(settings, "hook_env", ())),
+            verify_address=settings.verify_address,
+            deploy_hook=settings.deploy_hook,
+            hook_env=settings.hook_env,
         )
     )
 
@@ -236,10 +242,10 @@ class DeployResult:
 
     name: str
     serial: str
-    mode: str
+    mode: ReloadMode
     ok: bool
     sockets: tuple[SocketOutcome, ...] = ()
-    fallback: str | None = None  # "command" or "signal" when runtime-api fell back
+    fallback: FallbackKind | None = None  # when runtime-api fell back
     fallback_ok: bool | None = None
     verification: VerifyOutcome | None = None
     hook: HookOutcome | None = None
@@ -414,7 +420,7 @@ class Deployer:
         path = self.haproxy_path(pem_path)
         errors: list[str] = []
         sockets: list[SocketOutcome] = []
-        fallback: str | None = None
+        fallback: FallbackKind | None = None
         fallback_ok: bool | None = None
         verification: VerifyOutcome | None = None
         mode = self.mode
@@ -508,7 +514,7 @@ class Deployer:
         address = str(runtime.address)
         error = "not tried"
         reachable = True
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, math.inf)
         attempts = max(1, self.config.attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -523,8 +529,7 @@ class Deployer:
                     return SocketOutcome(address, True, action, update.serial, attempt)
                 error = f"show ssl cert reports serial {update.serial} ({update.status})"
             if attempt < attempts:
-                await self._sleep(delay)
-                delay *= 2
+                await self._sleep(next(delays))
         return SocketOutcome(address, False, "failed", None, attempts, error, reachable)
 
     async def _confirm_all(self, path: str, expected: str) -> list[SocketOutcome]:
@@ -540,7 +545,7 @@ class Deployer:
         """
         address = str(runtime.address)
         deadline = self._clock() + self.config.settle_timeout
-        delay = 0.02
+        delays = poll_delays(0.02, 2, 0.5)
         attempts = 0
         while True:
             attempts += 1
@@ -556,19 +561,18 @@ class Deployer:
                 error = f"serves serial {served}" if info else f"{path} is not loaded"
             if self._clock() >= deadline:
                 return SocketOutcome(address, False, "failed", served, attempts, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await self._sleep(next(delays))
 
     # -- reloads
 
-    def _fallback_kind(self) -> str | None:
+    def _fallback_kind(self) -> FallbackKind | None:
         if self.config.reload_command:
             return "command"
         if self.config.reload_signal is not None and self.config.reload_pid_file is not None:
             return "signal"
         return None
 
-    async def _reload(self, kind: str) -> str | None:
+    async def _reload(self, kind: ReloadMode) -> str | None:
         """Run a reload of ``kind``; None on success, else a one-line error."""
         if kind == "command":
             return await self._reload_command()
@@ -639,7 +643,7 @@ class Deployer:
         self, host: str, port: int, name: str, sni: str, expected: str, *, settle: bool
     ) -> NameCheck:
         deadline = self._clock() + self.config.settle_timeout
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, 1.0)
         attempts = max(1, self.config.attempts)
         attempt = 0
         while True:
@@ -659,8 +663,7 @@ class Deployer:
             done = self._clock() >= deadline if settle else attempt >= attempts
             if done:
                 return NameCheck(name, sni, False, served, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await self._sleep(next(delays))
 
     # -- hook
 
@@ -694,10 +697,8 @@ def _iso_utc(moment: dt.datetime) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    # asyncio.timeout raises a bare TimeoutError, whose text would be its type's name.
+    return "timed out" if isinstance(exc, TimeoutError) else error_text(exc)
 
 
 def _verify_error(verification: VerifyOutcome) -> str:

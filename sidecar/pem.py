@@ -10,7 +10,6 @@ that says what is wrong and never quotes key material.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from sidecar.domains import comparable_name
 from sidecar.placeholder import is_placeholder
 
 __all__ = [
@@ -234,16 +234,9 @@ def key_type_name(key: object) -> str | None:
     return None
 
 
-def _normalise_name(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name.strip().rstrip(".").lower()
-
-
 def normalise_names(names: Iterable[str]) -> frozenset[str]:
     """Names compared the way a TLS client would: DNS names case-insensitively, IPs canonically."""
-    return frozenset(_normalise_name(name) for name in names)
+    return frozenset(comparable_name(name) for name in names)
 
 
 def cert_names(cert: x509.Certificate) -> tuple[str, ...]:

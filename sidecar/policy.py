@@ -10,13 +10,12 @@ minute, so a "60-second" certificate spans two minutes and the fractions below a
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import random
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sidecar.pem import CertFacts, PemError, inspect_combined
+from sidecar.pem import CertFacts, PemError, inspect_combined, normalise_names
 
 __all__ = [
     "DEFAULT_RENEW_AT",
@@ -149,13 +148,6 @@ def facts_renewal_time(
     )
 
 
-def _canonical(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name.rstrip(".").lower()
-
-
 def due_reason(
     now: datetime,
     facts: CertFacts | None,
@@ -182,7 +174,7 @@ def due_reason(
         return DueReason.PLACEHOLDER
     if not key_matches:
         return DueReason.KEY_MISMATCH
-    if {_canonical(n) for n in wanted_names} != {_canonical(n) for n in facts.names}:
+    if normalise_names(wanted_names) != normalise_names(facts.names):
         return DueReason.NAMES_CHANGED
     if wanted_key_type is not None and facts.key_type != wanted_key_type:
         return DueReason.KEY_TYPE_CHANGED
