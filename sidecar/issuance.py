@@ -15,7 +15,7 @@ from typing import Any
 from sidecar import preflight, wiring
 from sidecar.config import CertificateSpec, Settings
 from sidecar.control import request
-from sidecar.errors import ConfigError, OperationError
+from sidecar.errors import OperationError
 from sidecar.outcome import Outcome, revocation_code
 from sidecar.trust import load_ca_bundle
 
@@ -27,10 +27,7 @@ HANDOFF_TIMEOUT = 900.0
 def _check_before_network(settings: Settings) -> None:
     """Everything that is wrong before any network I/O is a configuration error (exit 2)."""
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
-    if not settings.certificates:
-        raise ConfigError(
-            "--domain", "no certificate configured (give --domain or [[certificates]])"
-        )
+    # Settings without certificates never get here: load_settings refuses them (exit 2).
     preflight.check(settings)
 
 

@@ -35,7 +35,7 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
-from sidecar.errors import SidecarError, one_line
+from sidecar.errors import SidecarError, error_text
 from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
@@ -44,7 +44,7 @@ from sidecar.metrics import error_kind
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.placeholder import make_placeholder
 
-__all__ = ["Manager", "PemFiles", "ServedCheck", "decide", "error_text", "order_timeout"]
+__all__ = ["Manager", "PemFiles", "ServedCheck", "decide", "order_timeout"]
 
 log = get_logger("sidecar.manager")
 
@@ -62,11 +62,6 @@ MAX_CONCURRENT_ORDERS = 16
 # How long a command waits for a certificate's lock that another process holds, before it
 # fails naming the holder (README "Commands"). Read at each call, so tests can shorten it.
 LOCK_WAIT = 60.0
-
-
-def error_text(error: BaseException) -> str:
-    """A one-line description of a failure, never holding key material."""
-    return one_line(str(error)) or type(error).__name__
 
 
 def order_timeout(view: CertView, now: datetime) -> float:

@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives import hashes
 from sidecar import metrics, pem, policy, preflight, wiring
 from sidecar.config import CertificateSpec, Settings
 from sidecar.control import ControlServer, make_answer, socket_path
-from sidecar.errors import ConfigError, OperationError, SidecarError
+from sidecar.errors import ConfigError, OperationError, SidecarError, error_text
 from sidecar.health import HealthServer, HealthSnapshot
 from sidecar.inventory import cert_status, utc_now
 from sidecar.logs import get_logger
-from sidecar.manager import Manager, ServedCheck, error_text
+from sidecar.manager import Manager, ServedCheck
 from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
 from sidecar.storage import clean_stale_temp_files
 from sidecar.trust import load_ca_bundle
@@ -538,10 +538,6 @@ class Service:
             if outcome.action is not Action.REMOVED:
                 self._schedule(spec.name, self._next_check(spec, outcome))
             return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
-        if command == "status":
-            statuses = self.statuses()
-            now = utc_now()
-            return make_answer(True, 0, results=[metrics.status_to_json(s, now) for s in statuses])
         return make_answer(False, 2, error=f"unknown command {command!r}")
 
     async def _handoff_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
@@ -601,10 +597,7 @@ def _chain_verifies(path: Path, roots: list[x509.Certificate]) -> bool:
 async def cmd_run(
     settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
 ) -> int:
-    if not settings.certificates:
-        raise ConfigError(
-            "--domain", "no certificate configured (give --domain or [[certificates]])"
-        )
+    # load_settings has refused a configuration without certificates (exit 2) already.
     preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()

@@ -33,11 +33,11 @@ from ca_client.errors import AcmeError
 from sidecar import preflight, storage
 from sidecar.config import Settings
 from sidecar.deploy import Deployer, deployer_from_settings
-from sidecar.errors import OperationError, SidecarError
+from sidecar.errors import OperationError, SidecarError, error_text
 from sidecar.inventory import Inventory, utc_now
 from sidecar.issuer import AccountSettings, Issuer
 from sidecar.logs import get_logger
-from sidecar.manager import Manager, PemFiles, error_text
+from sidecar.manager import Manager, PemFiles
 
 __all__ = [
     "Parts",
