@@ -27,13 +27,11 @@ from sidecar.placeholder import is_placeholder
 __all__ = [
     "CertFacts",
     "CombinedPem",
-    "Inspection",
     "PemError",
     "PrivateKey",
     "cert_names",
     "combined_pem",
     "describe_cert",
-    "inspect_combined",
     "key_matches",
     "key_type_name",
     "normalise_names",
@@ -173,22 +171,6 @@ def parse_combined(data: bytes) -> CombinedPem:
     if not key_matches(bundle.leaf, bundle.key):
         raise PemError("the private key does not match the certificate")
     return bundle
-
-
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    """A deployed combined PEM as the renewal policy sees it (see ``policy.due_reason``)."""
-
-    facts: CertFacts
-    key_matches: bool
-
-
-def inspect_combined(data: bytes) -> Inspection:
-    """Describe a deployed combined PEM; a key that does not match is reported, not raised,
-    so the policy can say "key mismatch" instead of "unreadable". Other faults raise PemError.
-    """
-    bundle = _parse_combined(data)
-    return Inspection(describe_cert(bundle.leaf), key_matches(bundle.leaf, bundle.key))
 
 
 def _parse_combined(data: bytes) -> CombinedPem:

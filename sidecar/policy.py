@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sidecar.pem import CertFacts, PemError, inspect_combined, normalise_names
+from sidecar.pem import CertFacts, normalise_names
 
 __all__ = [
     "DEFAULT_RENEW_AT",
@@ -28,7 +28,6 @@ __all__ = [
     "DueReason",
     "check_interval",
     "due_reason",
-    "due_reason_for_pem",
     "facts_renewal_time",
     "is_permanent_problem",
     "jitter_fraction",
@@ -188,42 +187,6 @@ def due_reason(
     if force:
         return DueReason.FORCED
     return None
-
-
-def due_reason_for_pem(
-    now: datetime,
-    data: bytes | None,
-    *,
-    wanted_names: Iterable[str],
-    wanted_key_type: str | None = None,
-    renew_at: float = DEFAULT_RENEW_AT,
-    ari_window: tuple[datetime, datetime] | None = None,
-    force: bool = False,
-) -> tuple[DueReason | None, CertFacts | None]:
-    """``due_reason`` for the bytes of a deployed combined PEM (None: no file), with its facts
-    (None when missing or unreadable), so that run, status and /metrics judge a file alike."""
-    facts: CertFacts | None = None
-    unreadable = False
-    matches = True
-    if data is not None:
-        try:
-            inspection = inspect_combined(data)
-        except PemError:
-            unreadable = True
-        else:
-            facts, matches = inspection.facts, inspection.key_matches
-    reason = due_reason(
-        now,
-        facts,
-        wanted_names=wanted_names,
-        wanted_key_type=wanted_key_type,
-        renew_at=renew_at,
-        unreadable=unreadable,
-        key_matches=matches,
-        ari_window=ari_window,
-        force=force,
-    )
-    return reason, facts
 
 
 def check_interval(lifetime: timedelta) -> timedelta:

@@ -8,6 +8,10 @@ Start-up never needs ordering help from compose:
 5. each certificate gets a scheduler job (apscheduler 3, asyncio) that checks it, renews it
    when the policy says so, and schedules its own next run.
 
+The parts that answer outside events live beside it: `bundle_watch` (the CA bundle),
+`handoff` (the control socket), `reload` (the config file); `Service` holds what they share:
+the parts built from the settings, the per-certificate locks, the scheduler and the metrics.
+
 The cadence comes from each certificate's lifetime (`policy.check_interval`), so 5-minute and
 24-hour certificates are both watched closely enough; a failure reschedules at the backoff
 time stored in the state directory, so a restart keeps waiting instead of hammering the CA.
@@ -17,32 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import watchfiles
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 
-from sidecar import metrics, pem, policy, preflight, wiring
+from sidecar import metrics, policy, preflight, wiring
+from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
-from sidecar.control import ControlServer, make_answer, socket_path
-from sidecar.errors import ConfigError, OperationError, SidecarError, error_text
+from sidecar.errors import error_text
+from sidecar.handoff import Handoff
 from sidecar.health import HealthServer, HealthSnapshot
 from sidecar.inventory import cert_status, utc_now
 from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
-from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
+from sidecar.outcome import Action, DeploySummary, Outcome
+from sidecar.reload import ConfigReload
 from sidecar.storage import clean_stale_temp_files
-from sidecar.trust import load_ca_bundle
 
 log = get_logger("sidecar.service")
 
@@ -51,9 +50,6 @@ STOP_GRACE = 4.0
 # Clock skew beyond this is worth a warning: with 5-minute certificates a minute of skew
 # already makes fresh certificates look not-yet-valid or nearly expired.
 CLOCK_SKEW_WARNING = 5.0
-# How long to wait before retrying when the CA bundle exists but does not parse yet (it may be
-# in the middle of being written by a CA that does not write atomically).
-BUNDLE_RECHECK = 2.0
 # A renewal time that moved by less than this is the same schedule (not logged again).
 SCHEDULE_LOG_SLACK = timedelta(seconds=1)
 
@@ -69,35 +65,40 @@ class Service:
         manager: Manager | None = None,
     ) -> None:
         self.settings = settings
-        self._reload_settings = reload_settings
-        self._holder = f"run pid {os.getpid()}"
+        self.holder = f"run pid {os.getpid()}"
         # Everything made from the settings; replaced as a whole when the config file changes.
         # Tests may hand in a Manager (on an in-process CA, with a fake clock and its own
         # solvers); the set around it is then that manager with unused responders.
-        self._parts = (
+        self.parts = (
             wiring.Parts(settings, manager, wiring.Responders(settings))
             if manager is not None
-            else wiring.build(settings, holder=self._holder)
+            else wiring.build(settings, holder=self.holder)
         )
         deployer = self.manager.deployer
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
-        self._stop = asyncio.Event()
+        self.stopping = asyncio.Event()
         # When an attempt last failed in this process, and why (for /metrics).
         self._failed: dict[str, tuple[datetime, metrics.ErrorKind]] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._busy: dict[str, asyncio.Lock] = {}
-        self._bundle_ready = asyncio.Event()
-        self._bundle_seen: bytes | None = None
-        self._bundle_announced = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._control: ControlServer | None = None
-        # The last schedule logged per certificate: (renewal time, why), see _next_check.
+        # The last schedule logged per certificate: (renewal time, why), see next_check.
         self._logged_schedule: dict[str, tuple[datetime, str]] = {}
+        # The parts that act on outside events, each holding its own state.
+        self.bundle = BundleWatch(self)
+        self.handoff = Handoff(self)
+        self.reload = ConfigReload(self, reload_settings)
 
     @property
     def manager(self) -> Manager:
         """The current configuration's manager (a reload replaces it)."""
-        return self._parts.manager
+        return self.parts.manager
+
+    def adopt(self, parts: wiring.Parts) -> wiring.Parts:
+        """Take a freshly built set of parts (a reload, under every lock); returns the old."""
+        retired, self.parts = self.parts, parts
+        self.settings = parts.settings
+        return retired
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -106,9 +107,6 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
-        control = self._control = ControlServer(
-            socket_path(self.settings.state_dir), self._handle_control
-        )
         try:
             await health.start()
             log.info(
@@ -120,14 +118,14 @@ class Service:
             if self.settings.placeholder is not False:
                 for spec in self.settings.certificates:
                     await self.manager.ensure_placeholder(spec)
-            await control.start()
-            self._spawn(self._watch_bundle())
-            if self.settings.config_file is not None and self._reload_settings is not None:
-                self._spawn(self._watch_config(self.settings.config_file))
-            await self._wait_or_stop(self._bundle_ready.wait())
-            if not self._stop.is_set():
+            await self.handoff.open(self.settings.state_dir)
+            self.spawn(self.bundle.watch())
+            if self.settings.config_file is not None and self.reload.enabled:
+                self.spawn(self.reload.watch(self.settings.config_file))
+            await self.wait_or_stop(self.bundle.ready.wait())
+            if not self.stopping.is_set():
                 await self._start_scheduler()
-                await self._stop.wait()
+                await self.stopping.wait()
         finally:
             await self._shutdown(health)
         log.info("service_stopped")
@@ -135,18 +133,18 @@ class Service:
 
     def _on_signal(self, signum: int) -> None:
         log.info("service_stopping", signal=signal.Signals(signum).name)
-        self._stop.set()
+        self.stopping.set()
 
-    async def _wait_or_stop(self, awaitable: Awaitable[Any]) -> None:
+    async def wait_or_stop(self, awaitable: Awaitable[Any]) -> None:
         waiter = asyncio.ensure_future(awaitable)
-        stopper = asyncio.ensure_future(self._stop.wait())
+        stopper = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for future in (waiter, stopper):
                 future.cancel()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -171,8 +169,8 @@ class Service:
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
         closers = [self._close_parts, health.aclose]
-        if self._control is not None:
-            closers.insert(0, self._control.aclose)
+        if self.handoff.server is not None:
+            closers.insert(0, self.handoff.server.aclose)
         for closer in closers:
             try:
                 async with asyncio.timeout(max(0.5, deadline - loop.time())):
@@ -183,154 +181,7 @@ class Service:
                 log.warning("service_stop_failed", error=error_text(error))
 
     async def _close_parts(self) -> None:
-        await wiring.close(self._parts)
-
-    # -- the CA bundle ------------------------------------------------------------------------
-
-    def _bundle_state(self) -> tuple[bytes | None, str | None]:
-        try:
-            text = load_ca_bundle(self.settings.ca_bundle)
-        except ConfigError as error:
-            return None, str(error)
-        return text.encode(), None
-
-    async def _watch_bundle(self) -> None:
-        """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
-        while not self._stop.is_set():
-            # Read again each time round: a reload may have pointed the setting elsewhere.
-            path = self.settings.ca_bundle
-            data = await self._look_at_bundle()
-            watched = _existing_parent(path)
-            try:
-                # The parent is watched rather than the file: the file may not exist yet, and
-                # volume writers often replace it by rename, which a file watch would miss.
-                async for _changes in watchfiles.awatch(
-                    watched,
-                    stop_event=self._stop,
-                    watch_filter=functools.partial(_bundle_change, path),
-                    debounce=200,
-                    rust_timeout=int(BUNDLE_RECHECK * 1000) if data is None else 30_000,
-                    yield_on_timeout=True,
-                    recursive=watched != path.parent,
-                ):
-                    break
-            except (OSError, RuntimeError) as error:
-                log.warning("ca_bundle_watch_failed", error=error_text(error))
-                await self._wait_or_stop(asyncio.sleep(BUNDLE_RECHECK))
-
-    async def _look_at_bundle(self) -> bytes | None:
-        """Act on the bundle as it is now: first ready, rotated, or (once) still missing."""
-        path = self.settings.ca_bundle
-        data, problem = self._bundle_state()
-        if data is not None and data != self._bundle_seen:
-            first = self._bundle_seen is None
-            self._bundle_seen = data
-            if first:
-                log.info("ca_bundle_ready", path=str(path))
-                self._bundle_ready.set()
-            else:
-                await self._bundle_rotated()
-        elif data is None and not self._bundle_announced:
-            log.warning("ca_bundle_waiting", path=str(path), problem=problem)
-            self._bundle_announced = True
-        return data
-
-    async def _bundle_rotated(self) -> None:
-        """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
-        log.info("ca_bundle_changed", path=str(self.settings.ca_bundle))
-        await self.manager.reset_client()
-        roots = _load_roots(self._bundle_seen or b"")
-        for spec in self.settings.certificates:
-            view = self.manager.inspect(spec)
-            if not view.is_real:
-                continue
-            if not _chain_verifies(view.path, roots):
-                log.warning("cert_untrusted_by_new_root", cert=spec.name)
-                self._spawn(self._check(spec.name, force=True))
-
-    # -- configuration reload -----------------------------------------------------------------
-
-    async def _watch_config(self, path: Path) -> None:
-        # The directory is watched (editors and config management replace files by rename),
-        # but only events for the file itself count: a log file or anything else beside it
-        # must not trigger reloads.
-        async for _changes in watchfiles.awatch(
-            path.parent,
-            stop_event=self._stop,
-            debounce=300,
-            recursive=False,
-            watch_filter=lambda _change, changed: Path(changed).name == path.name,
-        ):
-            if not path.exists():  # noqa: ASYNC240 - one stat of a local file
-                continue
-            assert self._reload_settings is not None
-            try:
-                new = self._reload_settings()
-            except SidecarError as error:
-                log.error("config_reload_failed", error=error_text(error))
-                continue
-            if new == self.settings:
-                continue  # touched, not changed
-            await self._apply_settings(new)
-
-    async def _apply_settings(self, new: Settings) -> bool:
-        """Replace every part with one built from ``new``; keep the old ones if that fails.
-
-        The swap waits for every certificate's lock, so no check or order is running: each one
-        sees either the old parts throughout or the new ones.
-        """
-        old = self.settings
-        names = sorted({s.name for s in old.certificates} | {s.name for s in new.certificates})
-        async with contextlib.AsyncExitStack() as held:
-            for name in names:  # one lock at a time, always in the same order
-                await held.enter_async_context(self._lock_for(name))
-            try:
-                parts = await wiring.rebuild(self._parts, new, holder=self._holder)
-            except Exception as error:
-                log.error("config_reload_failed", error=error_text(error))
-                return False
-            retired, self._parts = self._parts, parts
-            self.settings = new
-        old_names = {spec.name for spec in old.certificates}
-        new_names = {spec.name for spec in new.certificates}
-        added = sorted(new_names - old_names)
-        removed = sorted(old_names - new_names)
-        log.info("config_reloaded", added=added, removed=removed)
-        await wiring.retire(retired)
-        await self._follow_settings(old, new)
-        for name in removed:
-            # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
-            if self._scheduler is not None:
-                with contextlib.suppress(JobLookupError):
-                    self._scheduler.remove_job(name)
-            self._logged_schedule.pop(name, None)
-        for spec in new.certificates:
-            self._schedule(spec.name, utc_now())
-        return True
-
-    async def _follow_settings(self, old: Settings, new: Settings) -> None:
-        """What lives outside the parts: the control socket, the bundle watch, and what only a
-        restart changes."""
-        if new.state_dir != old.state_dir and self._control is not None:
-            # One-shot commands look for the running sidecar in the state directory they are
-            # given: the socket moves with it.
-            await self._control.aclose()
-            self._control = ControlServer(socket_path(new.state_dir), self._handle_control)
-            try:
-                await self._control.start()
-            except (SidecarError, OSError) as error:
-                log.error("control_socket_failed", error=error_text(error))
-        if new.ca_bundle != old.ca_bundle:
-            # The watcher picks up the new path on its next round; act on the file now.
-            self._bundle_announced = False
-            await self._look_at_bundle()
-        waiting = [
-            name
-            for name in ("health_listen", "log_format", "log_level")
-            if getattr(new, name) != getattr(old, name)
-        ]
-        if waiting:
-            log.warning("config_needs_restart", settings=waiting)
+        await wiring.close(self.parts)
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -339,10 +190,10 @@ class Service:
         self._scheduler.start()
         now = utc_now()
         for spec in self.settings.certificates:
-            self._schedule(spec.name, now)
+            self.schedule(spec.name, now)
 
-    def _schedule(self, name: str, when: datetime) -> None:
-        if self._scheduler is None or self._stop.is_set():
+    def schedule(self, name: str, when: datetime) -> None:
+        if self._scheduler is None or self.stopping.is_set():
             return
         self._scheduler.add_job(
             self._fire,
@@ -357,27 +208,34 @@ class Service:
             max_instances=1,
         )
 
+    def unschedule(self, name: str) -> None:
+        """Stop checking a certificate (no longer configured)."""
+        if self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(name)
+        self._logged_schedule.pop(name, None)
+
     async def _fire(self, name: str) -> None:
         """The scheduler's job: the check runs as our own task, so shutdown can cancel it."""
-        self._spawn(self._check(name))
+        self.spawn(self.check(name))
 
-    def _spec(self, name: str) -> CertificateSpec | None:
+    def spec(self, name: str) -> CertificateSpec | None:
         return self.settings.certificate(name)
 
-    def _lock_for(self, name: str) -> asyncio.Lock:
+    def lock_for(self, name: str) -> asyncio.Lock:
         return self._busy.setdefault(name, asyncio.Lock())
 
-    async def _check(self, name: str, *, force: bool = False) -> Outcome | None:
+    async def check(self, name: str, *, force: bool = False) -> Outcome | None:
         """One scheduled look at a certificate: renew when due, make sure HAProxy has it."""
-        async with self._lock_for(name):
+        async with self.lock_for(name):
             # Looked up under the lock: a reload may have changed it while this waited.
-            spec = self._spec(name)
+            spec = self.spec(name)
             if spec is None:
                 return None
-            outcome = await self._check_locked(spec, force=force, dry_run=False)
+            outcome = await self.check_locked(spec, force=force, dry_run=False)
         return outcome
 
-    async def _check_locked(
+    async def check_locked(
         self, spec: CertificateSpec, *, force: bool, dry_run: bool, respect_backoff: bool = True
     ) -> Outcome:
         try:
@@ -387,16 +245,16 @@ class Service:
         except Exception as error:  # a bug must not stop this certificate's schedule
             log.exception("cert_check_crashed", cert=spec.name)
             outcome = Outcome.failed(spec.name, error_text(error))
-        self._record(outcome)
+        self.record(outcome)
         if outcome.action is Action.FAILED and not dry_run:
             self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
         if outcome.action is Action.UNCHANGED:
             self._record_served(await self.manager.ensure_served(spec))
         if not dry_run:
-            self._schedule(spec.name, self._next_check(spec, outcome))
+            self.schedule(spec.name, self.next_check(spec, outcome))
         return outcome
 
-    def _record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome) -> None:
         if outcome.action in (Action.ISSUED, Action.DRY_RUN):
             self.metrics.record_renewal("success")
             self.metrics.set_ca_reachable(True)
@@ -412,7 +270,7 @@ class Service:
             if abs(skew) > CLOCK_SKEW_WARNING:
                 log.warning("clock_skew", seconds=round(skew, 1), cert=outcome.name)
 
-    def _next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
+    def next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
         now = utc_now()
         view = self.manager.inspect(spec, now)
         if outcome.action in (Action.FAILED, Action.WAITING) and outcome.next_retry_at is not None:
@@ -492,106 +350,15 @@ class Service:
 
     def _liveness(self) -> tuple[bool, str | None]:
         """Cheap: `/healthz` is probed often and must not read every certificate."""
-        if self._stop.is_set():
+        if self.stopping.is_set():
             return False, "shutting down"
         if self._scheduler is not None and not self._scheduler.running:
             return False, "the scheduler stopped"
-        return True, None if self._bundle_ready.is_set() else "waiting for the CA bundle"
+        return True, None if self.bundle.ready.is_set() else "waiting for the CA bundle"
 
     def _snapshot(self) -> HealthSnapshot:
         alive, detail = self._liveness()
         return HealthSnapshot(self.statuses(), self.metrics, alive=alive, detail=detail)
-
-    # -- the control socket -------------------------------------------------------------------
-
-    async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        command = request.get("command")
-        log.info("control_request", command=command, peer_uid=request.get("peer_uid"))
-        if command in ("issue", "renew"):
-            if not self._bundle_ready.is_set():
-                return make_answer(
-                    False, 1, error="the running sidecar is waiting for the CA bundle"
-                )
-            force = bool(request.get("force"))
-            dry_run = bool(request.get("dry_run"))
-            outcomes = await asyncio.gather(
-                *(self._handoff_one(spec, force, dry_run) for spec in self.settings.certificates)
-            )
-            ok = all(o.ok for o in outcomes)
-            return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
-        if command == "revoke":
-            spec = self._spec(str(request.get("name")))
-            if spec is None:
-                return make_answer(
-                    False, 1, error=f"no configured certificate {request.get('name')!r}"
-                )
-            try:
-                reason = revocation_code(request.get("reason"))
-            except ValueError as error:
-                raise OperationError(f"--reason: {error}") from None
-            async with self._lock_for(spec.name):
-                spec = self._spec(spec.name) or spec
-                outcome = await self.manager.revoke(
-                    spec, reason=reason, remove=bool(request.get("remove"))
-                )
-                self._record(outcome)
-            if outcome.action is not Action.REMOVED:
-                self._schedule(spec.name, self._next_check(spec, outcome))
-            return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
-        return make_answer(False, 2, error=f"unknown command {command!r}")
-
-    async def _handoff_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
-        async with self._lock_for(spec.name):
-            # As configured now: a reload may have changed it while this waited for the lock.
-            current = self._spec(spec.name)
-            if current is None:
-                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
-            return await self._check_locked(
-                current, force=force, dry_run=dry_run, respect_backoff=False
-            )
-
-
-def _bundle_change(target: Path, _change: object, changed: str) -> bool:
-    """The bundle watch's filter (watchfiles passes the change kind and the path)."""
-    return _leads_to(Path(changed), target)
-
-
-def _leads_to(changed: Path, target: Path) -> bool:
-    """Whether a change matters for ``target``: the file itself, or a directory on its way."""
-    return changed == target or changed in target.parents
-
-
-def _existing_parent(path: Path) -> Path:
-    """The nearest directory that exists, to watch for the bundle's appearance."""
-    for candidate in [path.parent, *path.parent.parents]:
-        if candidate.is_dir():
-            return candidate
-    return Path("/")
-
-
-def _load_roots(data: bytes) -> list[x509.Certificate]:
-    try:
-        return pem.parse_certificates(data)
-    except pem.PemError:
-        return []
-
-
-def _chain_verifies(path: Path, roots: list[x509.Certificate]) -> bool:
-    """Whether the deployed chain leads to one of ``roots`` (signature check, top down)."""
-    try:
-        bundle = pem.parse_combined(path.read_bytes())
-    except (OSError, pem.PemError):
-        return True  # nothing to judge; the normal check handles unreadable files
-    top = ([bundle.leaf, *bundle.chain])[-1]
-    for root in roots:
-        if top.fingerprint(hashes.SHA256()) == root.fingerprint(hashes.SHA256()):
-            return True
-        try:
-            top.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return True
-    return False
 
 
 async def cmd_run(

@@ -144,7 +144,7 @@ pem_files = st.one_of(
 @given(pem_files)
 @example(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
 def test_pem_parsers_raise_only_pem_error(data: bytes) -> None:
-    for parse in (pem.parse_combined, pem.inspect_combined, pem.parse_certificates):
+    for parse in (pem.parse_combined, pem.parse_certificates):
         with contextlib.suppress(pem.PemError):
             parse(data)
 

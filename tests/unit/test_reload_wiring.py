@@ -134,18 +134,18 @@ async def test_a_responder_that_cannot_bind_its_new_address_is_logged_and_retrie
 
 async def test_a_reload_replaces_the_manager_and_shares_the_responders(tmp_path: Path) -> None:
     service = Service(_settings(tmp_path))
-    old_manager, responders = service.manager, service._parts.responders
+    old_manager, responders = service.manager, service.parts.responders
     new = _settings(tmp_path, "--directory", "https://other.example/acme/directory")
     try:
         with capture_logs() as logs:
-            assert await service._apply_settings(new)
+            assert await service.reload.apply(new)
         assert service.settings is new
         assert service.manager is not old_manager
-        assert service._parts.settings is new
-        assert service._parts.responders is responders
+        assert service.parts.settings is new
+        assert service.parts.responders is responders
         assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["config_reloaded"]
     finally:
-        await wiring.close(service._parts)
+        await wiring.close(service.parts)
 
 
 async def test_a_reload_that_cannot_be_built_keeps_the_running_parts(tmp_path: Path) -> None:
@@ -156,13 +156,13 @@ async def test_a_reload_that_cannot_be_built_keeps_the_running_parts(tmp_path: P
     new = _settings(tmp_path, certs=blocker / "certs")
     try:
         with capture_logs() as logs:
-            assert not await service._apply_settings(new)
+            assert not await service.reload.apply(new)
         assert [(e["event"], e["log_level"]) for e in logs] == [("config_reload_failed", "error")]
         assert str(blocker) in logs[0]["error"]
         assert service.settings is old_settings
         assert service.manager is old_manager
     finally:
-        await wiring.close(service._parts)
+        await wiring.close(service.parts)
 
 
 async def test_a_reload_waits_for_the_certificate_being_worked_on(tmp_path: Path) -> None:
@@ -170,9 +170,9 @@ async def test_a_reload_waits_for_the_certificate_being_worked_on(tmp_path: Path
     old_manager = service.manager
     new = _settings(tmp_path, "--renew-at", "0.5")
     try:
-        lock = service._lock_for("a.example")
+        lock = service.lock_for("a.example")
         await lock.acquire()  # a check or an order in progress
-        reload = asyncio.ensure_future(service._apply_settings(new))
+        reload = asyncio.ensure_future(service.reload.apply(new))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not reload.done()
@@ -181,15 +181,14 @@ async def test_a_reload_waits_for_the_certificate_being_worked_on(tmp_path: Path
         assert await asyncio.wait_for(reload, timeout=30)
         assert service.manager is not old_manager
     finally:
-        await wiring.close(service._parts)
+        await wiring.close(service.parts)
 
 
 async def test_the_control_socket_follows_the_state_directory(tmp_path: Path) -> None:
-    from sidecar.control import ControlServer, socket_path
+    from sidecar.control import socket_path
 
     service = Service(_settings(tmp_path))
-    service._control = ControlServer(socket_path(tmp_path / "state"), service._handle_control)
-    await service._control.start()
+    await service.handoff.open(tmp_path / "state")
     new = load_settings(
         build_parser().parse_args(
             [
@@ -210,12 +209,12 @@ async def test_the_control_socket_follows_the_state_directory(tmp_path: Path) ->
     )
     try:
         with capture_logs() as logs:
-            assert await service._apply_settings(new)
+            assert await service.reload.apply(new)
         assert socket_path(tmp_path / "state2").is_socket()
         assert not socket_path(tmp_path / "state").exists()
         # What only a restart changes is said, not silently ignored.
         [warning] = [e for e in logs if e["event"] == "config_needs_restart"]
         assert warning["settings"] == ["health_listen"]
     finally:
-        await service._control.aclose()
-        await wiring.close(service._parts)
+        await service.handoff.aclose()
+        await wiring.close(service.parts)

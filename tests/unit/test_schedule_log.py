@@ -58,7 +58,7 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     assert view.due is None and view.next_renewal is not None
     with capture_logs() as logs:
         for _ in range(5):
-            next_check = service._next_check(spec, unchanged)
+            next_check = service.next_check(spec, unchanged)
     [line] = _scheduled(logs)
     # The renewal time is what is logged; the next look (much sooner) rides along.
     assert line["at"] == view.next_renewal.isoformat()
@@ -68,7 +68,7 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     # The same time for another reason is another schedule.
     same_time = Outcome(spec.name, Action.FAILED, ok=False, next_retry_at=view.next_renewal)
     with capture_logs() as logs:
-        service._next_check(spec, same_time)
+        service.next_check(spec, same_time)
     assert [(e["reason"], e["at"]) for e in _scheduled(logs)] == [
         ("retry", view.next_renewal.isoformat())
     ]
@@ -76,17 +76,17 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     retry_at = utc_now() + timedelta(minutes=2)
     failed = Outcome(spec.name, Action.FAILED, ok=False, error="CA down", next_retry_at=retry_at)
     with capture_logs() as logs:
-        service._next_check(spec, failed)  # another reason: logged
-        service._next_check(spec, failed)  # the same retry: not again
+        service.next_check(spec, failed)  # another reason: logged
+        service.next_check(spec, failed)  # the same retry: not again
         moved = Outcome(
             spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(milliseconds=500)
         )
-        service._next_check(spec, moved)  # within a second: the same schedule
+        service.next_check(spec, moved)  # within a second: the same schedule
         later = Outcome(
             spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(seconds=5)
         )
-        service._next_check(spec, later)  # moved: logged
-        service._next_check(spec, unchanged)  # back to the renewal time: logged
+        service.next_check(spec, later)  # moved: logged
+        service.next_check(spec, unchanged)  # back to the renewal time: logged
     assert [(e["reason"], e["at"]) for e in _scheduled(logs)] == [
         ("retry", retry_at.isoformat()),
         ("retry", (retry_at + timedelta(seconds=5)).isoformat()),
