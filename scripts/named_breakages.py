@@ -93,14 +93,12 @@ BREAKAGES: tuple[Breakage, ...] = (
         (
             (
                 "        storage.atomic_write(\n"
-                "            self.pem_path(spec.name),\n"
-                "            combined,\n"
-                "            mode=self.settings.pem_mode,\n"
-                "            group=self.settings.pem_group,\n"
+                "            self.pem_path(name), data, mode=self.files.mode, "
+                "group=self.files.group\n"
                 "        )\n",
-                "        with open(self.pem_path(spec.name), 'wb') as file:  # BREAKAGE\n"
-                "            file.write(combined)\n"
-                "        os.chmod(self.pem_path(spec.name), self.settings.pem_mode)\n",
+                "        with open(self.pem_path(name), 'wb') as file:  # BREAKAGE\n"
+                "            file.write(data)\n"
+                "        os.chmod(self.pem_path(name), self.files.mode)\n",
             ),
         ),
         (f"{MANAGER_SCHEDULE}::test_a_renewal_replaces_the_pem_by_rename_never_in_place",),
@@ -135,15 +133,15 @@ BREAKAGES: tuple[Breakage, ...] = (
     Breakage(
         6,
         "the manager ignores --renew-at",
-        "sidecar/manager.py",
+        "sidecar/inventory.py",
         (
             (
-                "            renew_at=self.settings.renew_at,\n",
+                "            renew_at=self.renew_at,\n",
                 "            renew_at=policy.DEFAULT_RENEW_AT,  # BREAKAGE\n",
             ),
             (
-                "                self.settings.renew_at,\n",
-                "                policy.DEFAULT_RENEW_AT,  # BREAKAGE\n",
+                "policy.facts_renewal_time(facts, self.renew_at, window)",
+                "policy.facts_renewal_time(facts, policy.DEFAULT_RENEW_AT, window)  # BREAKAGE",
             ),
         ),
         (f"{MANAGER_SCHEDULE}::test_renew_at_decides_when_a_valid_certificate_is_renewed",),
@@ -169,8 +167,8 @@ BREAKAGES: tuple[Breakage, ...] = (
         "sidecar/manager.py",
         (
             (
-                "            and now < meta.next_retry_at\n",
-                "            and False  # BREAKAGE\n",
+                "and retry_at and now < retry_at:\n",
+                "and retry_at and False:  # BREAKAGE\n",
             ),
         ),
         (f"{MANAGER_SCHEDULE}::test_the_stored_backoff_is_waited_out_even_across_a_restart",),
@@ -181,9 +179,8 @@ BREAKAGES: tuple[Breakage, ...] = (
         "sidecar/manager.py",
         (
             (
-                "            permanent=policy.is_permanent_problem(\n"
-                "                problem_type if isinstance(problem_type, str) else None\n"
-                "            ),\n",
+                "            permanent=policy.is_permanent_problem("
+                "ca.problem_type if ca else None),\n",
                 "            permanent=False,  # BREAKAGE\n",
             ),
         ),
@@ -195,8 +192,8 @@ BREAKAGES: tuple[Breakage, ...] = (
         "sidecar/manager.py",
         (
             (
-                "                timeout=order_timeout(view, self.now()),\n",
-                "                timeout=ORDER_TIMEOUT,  # BREAKAGE\n",
+                "            timeout=order_timeout(view, self.now()),\n",
+                "            timeout=ORDER_TIMEOUT,  # BREAKAGE\n",
             ),
         ),
         (f"{MANAGER_SCHEDULE}::test_one_attempt_may_use_only_a_quarter_of_the_time_left",),
@@ -204,10 +201,10 @@ BREAKAGES: tuple[Breakage, ...] = (
     Breakage(
         11,
         "`revoke` never contacts the CA",
-        "sidecar/manager.py",
+        "sidecar/issuer.py",
         (
             (
-                "            await client.revoke(leaf.public_bytes(Encoding.DER), reason=reason)\n",
+                "            await client.revoke(leaf_der, reason=reason)\n",
                 "            pass  # BREAKAGE\n",
             ),
         ),
