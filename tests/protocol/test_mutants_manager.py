@@ -1,0 +1,887 @@
+"""The Manager's whole step against the in-process fake CA (and the HAProxy stand-in): what it
+writes, records, logs and answers for each outcome, with an injected clock and rng.
+
+Written where mutation testing (docs/MUTATION.md) showed the fast tiers did not look: the
+failure record and backoff, dry runs, revocation, placeholders, the account and the deploy
+record. The same flows against step-ca, Pebble and HAProxy are in tests/integration.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
+
+from sidecar import pem, policy, storage
+from sidecar.cli import build_parser
+from sidecar.config import load_settings
+from sidecar.errors import OperationError
+from sidecar.manager import Manager, Outcome
+from tests.protocol.conftest import RecordingSolver
+from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme, problem
+from tests.unit.fake_haproxy import FakeHAProxy, serve
+
+pytestmark = pytest.mark.anyio
+
+NAME = "m.example"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Clock:
+    """The manager's wall clock, moved by the test."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    # A little after the real time: the fake CA stamps notBefore with the real time.
+    return Clock(datetime.now(UTC) + timedelta(seconds=5))
+
+
+@pytest.fixture
+def ca() -> FakeAcme:
+    return FakeAcme(validate_on_response=True)
+
+
+MakeManager = Callable[..., Manager]
+
+
+@pytest.fixture
+async def make_manager(tmp_path: Path, ca: FakeAcme, clock: Clock) -> AsyncIterator[MakeManager]:
+    managers: list[Manager] = []
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes())
+
+    def make(*extra: str, domains: tuple[str, ...] = (NAME,), seed: int = 7) -> Manager:
+        argv = [
+            "issue",
+            "--directory",
+            DIRECTORY_URL,
+            "--ca-bundle",
+            str(bundle),
+            "--certs-dir",
+            str(tmp_path / "certs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            *[arg for name in domains for arg in ("--domain", name)],
+            *extra,
+        ]
+        settings = load_settings(build_parser().parse_args(argv), {})
+        manager = Manager(
+            settings,
+            now=clock,
+            rng=random.Random(seed),
+            client_options={"transport": ca.transport()},
+            solvers={"http-01": RecordingSolver()},
+        )
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        await manager.aclose()
+
+
+def unreachable_haproxy(make_manager: MakeManager, tmp_path: Path) -> Manager:
+    """A manager whose one HAProxy socket does not exist, tried once (no retry delays)."""
+    from sidecar.deploy import DeployConfig, Deployer
+
+    missing = f"unix:{tmp_path}/missing.sock"
+    manager = make_manager("--haproxy-socket", missing)
+    config = DeployConfig.build(
+        sockets=[missing], certs_dir=tmp_path / "certs", attempts=1, retry_delay=0.0
+    )
+    manager._deployer, manager._deployer_built = Deployer(config), True
+    return manager
+
+
+def leaf_of(path: Path) -> x509.Certificate:
+    return pem.parse_combined(path.read_bytes()).leaf
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+# -- a successful issuance -----------------------------------------------------------------------
+
+
+async def test_an_issuance_writes_the_pem_records_success_and_says_so(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
+    path = manager.pem_path(NAME)
+    leaf = leaf_of(path)
+    facts = pem.describe_cert(leaf)
+    assert outcome == Outcome(
+        NAME,
+        "issued",
+        ok=True,
+        serial=facts.serial_hex,
+        not_after=facts.not_after,
+        reason="missing",
+        error=None,
+        deploy={},
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None
+    (order,) = ca.orders.values()
+    assert meta.order_url == f"https://ca.test/order/{order.id}"
+    assert (meta.serial, meta.not_before, meta.not_after) == (
+        facts.serial_hex,
+        facts.not_before,
+        facts.not_after,
+    )
+    assert (meta.domains, meta.key_type) == ((NAME,), "ec-p256")
+    assert meta.issued_at == meta.last_attempt_at == meta.last_success_at == clock.now
+    assert (meta.failures, meta.last_error, meta.next_retry_at) == (0, None, None)
+    stored = manager.store.load_key(NAME)
+    assert stored is not None and pem.key_matches(leaf, stored)
+    (started,) = events(logs, "cert_renewal_started")
+    assert (started["cert"], started["reason"], started["dry_run"]) == (NAME, "missing", False)
+    (issued,) = events(logs, "cert_issued")
+    assert issued["cert"] == NAME and issued["serial"] == facts.serial_hex
+    assert issued["not_after"] == facts.not_after.isoformat()
+    assert issued["order_url"] == meta.order_url and issued["reason"] == "missing"
+    assert manager.last_ca_error is None and manager.last_ca_success == clock.now
+
+
+def _key_pem(key: Any) -> bytes:
+    return key.private_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+async def test_a_certificate_that_is_not_due_is_left_unchanged(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    first = await manager.ensure(spec)
+    second = await manager.ensure(spec, respect_backoff=True)
+    assert second == Outcome(
+        NAME, "unchanged", ok=True, serial=first.serial, not_after=first.not_after
+    )
+    assert len(ca.orders) == 1
+
+
+async def test_force_renews_a_certificate_that_is_not_due(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    first = await manager.ensure(spec)
+    forced = await manager.ensure(spec, force=True)
+    assert (forced.action, forced.reason) == ("issued", "forced")
+    assert forced.serial != first.serial
+    assert manager.store.load_previous(NAME) is not None
+
+
+async def test_the_existing_key_is_reused_unless_the_key_type_changed(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    key = _key_pem(manager.store.load_key(NAME))
+    await manager.ensure(spec, force=True)
+    assert _key_pem(manager.store.load_key(NAME)) == key
+    rsa = make_manager("--key-type", "rsa-2048")
+    (rsa_spec,) = rsa.settings.certificates
+    outcome = await rsa.ensure(rsa_spec)
+    assert outcome.reason == "key type changed"
+    assert pem.describe_cert(leaf_of(rsa.pem_path(NAME))).key_type == "rsa-2048"
+    assert _key_pem(rsa.store.load_key(NAME)) != key
+
+
+async def test_a_dry_run_orders_but_writes_and_records_nothing(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec, dry_run=True)
+    assert (outcome.action, outcome.ok, outcome.reason) == ("dry-run", True, "missing")
+    assert outcome.serial is not None and outcome.not_after is not None
+    (chain,) = ca.certificates.values()
+    leaf = x509.load_pem_x509_certificate(chain[0].encode())
+    assert outcome.serial == pem.describe_cert(leaf).serial_hex
+    assert outcome.not_after == leaf.not_valid_after_utc
+    assert not manager.pem_path(NAME).exists()
+    assert manager.store.load_meta(NAME) is None
+    (dry,) = events(logs, "cert_dry_run_succeeded")
+    assert dry["serial"] == outcome.serial and dry["cert"] == NAME
+    assert len(ca.orders) == 1
+
+
+# -- failures, backoff, waiting ------------------------------------------------------------------
+
+
+async def test_a_failure_is_recorded_with_its_backoff(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager(seed=11)
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no such thing"))
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
+    delay = policy.next_retry_delay(1, clock.now, None, random.Random(11))
+    assert outcome.action == "failed" and not outcome.ok
+    assert outcome.reason == "missing" and outcome.error is not None
+    assert outcome.next_retry_at == clock.now + delay
+    assert outcome.error_kind == "rejected"
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None
+    assert (meta.failures, meta.last_error, meta.next_retry_at, meta.last_attempt_at) == (
+        1,
+        outcome.error,
+        clock.now + delay,
+        clock.now,
+    )
+    (failed,) = events(logs, "cert_renewal_failed")
+    assert failed["cert"] == NAME and failed["reason"] == "missing"
+    assert failed["error"] == outcome.error and failed["failures"] == 1
+    assert failed["next_retry_at"] == (clock.now + delay).isoformat()
+    assert failed["error_type"] == "Malformed"
+    assert manager.last_ca_error == outcome.error
+    assert "no such thing" in outcome.error
+
+
+async def test_a_permanent_refusal_waits_the_longest_delay(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-order", 1, lambda: problem(403, "caa", "CAA record forbids"))
+    outcome = await manager.ensure(spec)
+    assert outcome.next_retry_at == clock.now + policy.MAX_RETRY_DELAY
+
+
+async def test_a_rate_limit_waits_as_long_as_the_ca_asks(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    ca.fail_times(
+        "new-order",
+        1,
+        lambda: problem(429, "rateLimited", "slow down", headers={"Retry-After": "600"}),
+    )
+    outcome = await manager.ensure(spec)
+    assert outcome.next_retry_at == clock.now + timedelta(seconds=600)
+    assert outcome.error_kind == "rate_limited"
+
+
+async def test_a_failed_dry_run_leaves_no_retry_state(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no"))
+    outcome = await manager.ensure(spec, dry_run=True)
+    assert outcome.action == "failed" and outcome.next_retry_at is None
+    assert manager.store.load_meta(NAME) is None
+
+
+async def test_backoff_is_respected_until_the_retry_time_then_failures_add_up(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-order", 2, lambda: problem(400, "malformed", "no"))
+    first = await manager.ensure(spec, respect_backoff=True)
+    assert first.next_retry_at is not None
+    waiting = await manager.ensure(spec, respect_backoff=True)
+    assert waiting == Outcome(
+        NAME,
+        "waiting",
+        ok=False,  # nothing valid is deployed
+        reason="missing",
+        error=first.error,
+        next_retry_at=first.next_retry_at,
+    )
+    view = manager.inspect(spec)
+    assert view.next_renewal == first.next_retry_at
+    clock.now = first.next_retry_at
+    second = await manager.ensure(spec, respect_backoff=True)
+    assert second.action == "failed"
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None and meta.failures == 2
+    # A one-shot command (no respect_backoff) tries at once, whatever the record says.
+    third = await manager.ensure(spec)
+    assert third.action == "issued"
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None and (meta.failures, meta.next_retry_at) == (0, None)
+
+
+async def test_waiting_with_a_valid_certificate_deployed_is_ok(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    renamed = make_manager(domains=(f"{NAME},www.m.example",))
+    (wider,) = renamed.settings.certificates
+    assert wider.name == NAME
+    assert issued.not_after is not None
+    clock.now = issued.not_after - timedelta(seconds=2)  # the next try is after expiry
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no"))
+    failed = await renamed.ensure(wider, respect_backoff=True)
+    assert (failed.action, failed.reason, failed.not_after) == (
+        "failed",
+        "names changed",
+        issued.not_after,
+    )
+    waiting = await renamed.ensure(wider, respect_backoff=True)
+    assert (waiting.action, waiting.ok) == ("waiting", True)
+    # Once the deployed certificate has expired, waiting is no longer "ok".
+    clock.now = issued.not_after
+    expired = await renamed.ensure(wider, respect_backoff=True)
+    assert (expired.action, expired.ok) == ("waiting", False)
+
+
+async def test_a_held_lock_is_a_failed_outcome_naming_the_holder(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    async with manager.store.lock(NAME, timeout=5, holder="the test"):
+        with capture_logs() as logs:
+            outcome = await manager.ensure(spec, lock_timeout=0.1)
+    assert (outcome.name, outcome.action, outcome.ok) == (NAME, "failed", False)
+    assert outcome.error is not None
+    assert re.fullmatch(
+        rf"certificate {NAME!r} is locked by the test since \S+ \(waited 0.1 s\)", outcome.error
+    )
+    (warning,) = events(logs, "cert_lock_timeout")
+    assert warning["error"] == outcome.error and warning["cert"] == NAME
+
+
+async def test_a_manager_names_itself_as_the_lock_holder(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    assert manager.holder == f"pid {os.getpid()}"
+    other = Manager(manager.settings, holder="run 1")
+    async with other.store.lock(NAME, timeout=5, holder=other.holder):
+        outcome = await manager.ensure(spec, lock_timeout=0.05)
+    assert outcome.error is not None
+    assert re.fullmatch(
+        rf"certificate {NAME!r} is locked by run 1 since \S+ \(waited 0.05 s\)", outcome.error
+    )
+
+
+# -- deploying and recording it ------------------------------------------------------------------
+
+
+async def test_a_deploy_to_haproxy_is_recorded_in_the_meta(
+    make_manager: MakeManager, tmp_path: Path, clock: Clock
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        with capture_logs() as logs:
+            outcome = await manager.ensure(spec)
+    path = str(manager.pem_path(NAME))
+    assert outcome.action == "issued" and outcome.error is None
+    assert outcome.deploy["ok"] is True and outcome.deploy["mode"] == "runtime-api"
+    assert fake.serial(path) == outcome.serial
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None
+    assert (meta.deployed_serial, meta.deployed_at) == (outcome.serial, clock.now)
+    (updated,) = events(logs, "haproxy_updated")
+    assert updated["serial"] == outcome.serial and updated["mode"] == "runtime-api"
+    assert updated["cert"] == NAME
+
+
+async def test_a_failed_deploy_keeps_the_issuance_and_says_why(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = unreachable_haproxy(make_manager, tmp_path)
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
+    assert outcome.action == "issued" and outcome.ok
+    assert outcome.deploy["ok"] is False
+    assert outcome.error is not None and outcome.error.startswith("deploy failed: ")
+    assert "socket does not exist" in outcome.error
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None and meta.deployed_serial is None
+    (failed,) = events(logs, "haproxy_update_failed")
+    assert failed["serial"] == outcome.serial and failed["mode"] == "runtime-api"
+
+
+async def test_without_haproxy_or_hooks_there_is_no_deployer(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    assert manager.deployer() is None
+    with_hook = make_manager("--deploy-hook", "/bin/true")
+    first = with_hook.deployer()
+    assert first is not None and with_hook.deployer() is first
+
+
+# -- placeholders --------------------------------------------------------------------------------
+
+
+async def test_a_placeholder_is_written_only_where_no_file_exists(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        assert await manager.ensure_placeholder(spec) is True
+    path = manager.pem_path(NAME)
+    facts = pem.describe_cert(leaf_of(path))
+    assert facts.is_placeholder and facts.names == (NAME,)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    (written,) = events(logs, "cert_placeholder_written")
+    assert written["cert"] == NAME and written["path"] == str(path)
+    before = path.read_bytes()
+    assert await manager.ensure_placeholder(spec) is False
+    assert path.read_bytes() == before
+
+
+async def test_a_placeholder_is_loaded_into_a_running_haproxy(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        with capture_logs() as logs:
+            assert await manager.ensure_placeholder(spec) is True
+    serial = pem.describe_cert(leaf_of(manager.pem_path(NAME))).serial_hex
+    assert fake.serial(str(manager.pem_path(NAME))) == serial
+    (loaded,) = events(logs, "haproxy_placeholder_loaded")
+    assert loaded["cert"] == NAME and loaded["mode"] == "runtime-api"
+
+
+async def test_a_placeholder_haproxy_cannot_take_is_left_for_its_start(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = unreachable_haproxy(make_manager, tmp_path)
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        assert await manager.ensure_placeholder(spec) is True
+    (not_loaded,) = events(logs, "haproxy_placeholder_not_loaded")
+    assert not_loaded["cert"] == NAME and "socket does not exist" in not_loaded["error"]
+    assert manager.pem_path(NAME).exists()
+
+
+# -- revocation ----------------------------------------------------------------------------------
+
+
+async def test_revoke_tells_the_ca_and_replaces_with_a_new_key(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    first = await manager.ensure(spec)
+    old_key = _key_pem(manager.store.load_key(NAME))
+    old_serial = leaf_of(manager.pem_path(NAME)).serial_number
+    with capture_logs() as logs:
+        outcome = await manager.revoke(spec, reason=1, remove=False)
+    (account_url,) = ca.accounts
+    assert ca.revoked == [(old_serial, 1, account_url)]
+    assert (outcome.action, outcome.ok, outcome.reason) == (
+        "revoked and replaced",
+        True,
+        "forced",
+    )
+    assert outcome.serial != first.serial and outcome.error is None
+    assert _key_pem(manager.store.load_key(NAME)) != old_key
+    (revoked,) = events(logs, "cert_revoked")
+    assert revoked["serial"] == first.serial and revoked["reason_code"] == 1
+
+
+async def test_revoke_with_remove_unloads_and_deletes_everything(
+    make_manager: MakeManager, ca: FakeAcme, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        first = await manager.ensure(spec)
+        assert str(manager.pem_path(NAME)) in fake.certs
+        with capture_logs() as logs:
+            outcome = await manager.revoke(spec, reason=None, remove=True)
+    assert outcome == Outcome(NAME, "removed", ok=True, serial=first.serial, error=None)
+    assert [(serial, reason) for serial, reason, _ in ca.revoked] == [
+        (int(first.serial or "0", 16), None)
+    ]
+    assert not manager.pem_path(NAME).exists()
+    assert NAME not in manager.store.stored_names()
+    assert str(manager.pem_path(NAME)) not in fake.certs
+    (removed,) = events(logs, "cert_removed")
+    assert removed["serial"] == first.serial
+
+
+async def test_a_removal_haproxy_refuses_is_a_warning(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = unreachable_haproxy(make_manager, tmp_path)
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    outcome = await manager.revoke(spec, reason=None, remove=True)
+    assert (outcome.action, outcome.ok) == ("removed", True)
+    assert outcome.error is not None
+    assert outcome.error.startswith("HAProxy unload failed: ")
+    assert not manager.pem_path(NAME).exists()
+
+
+async def test_nothing_to_revoke_is_a_failure_naming_the_file(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    outcome = await manager.revoke(spec, reason=None, remove=False)
+    assert outcome == Outcome(
+        NAME,
+        "failed",
+        ok=False,
+        error=f"no issued certificate to revoke at {manager.pem_path(NAME)}",
+    )
+    await manager.ensure_placeholder(spec)
+    placeholder = await manager.revoke(spec, reason=None, remove=False)
+    assert placeholder.error == outcome.error
+
+
+async def test_a_revocation_the_ca_refuses_changes_nothing(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    first = await manager.ensure(spec)
+    before = manager.pem_path(NAME).read_bytes()
+    ca.fail_times("revoke-cert", 1, lambda: problem(403, "unauthorized", "not yours"))
+    with capture_logs() as logs:
+        outcome = await manager.revoke(spec, reason=None, remove=True)
+    assert (outcome.name, outcome.action, outcome.ok) == (NAME, "failed", False)
+    assert outcome.error is not None and "not yours" in outcome.error
+    assert manager.pem_path(NAME).read_bytes() == before
+    assert first.serial is not None
+    (failed,) = events(logs, "cert_revocation_failed")
+    assert failed["error"] == outcome.error
+
+
+async def test_a_replacement_that_fails_after_revocation_is_reported_as_such(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no more"))
+    outcome = await manager.revoke(spec, reason=4, remove=False)
+    assert (outcome.action, outcome.ok) == ("failed", False)
+    assert outcome.error is not None
+    assert outcome.error.startswith("revoked; replacement failed: ")
+    assert "no more" in outcome.error
+    assert len(ca.revoked) == 1
+
+
+async def test_revocation_waits_for_the_lock_and_fails_naming_the_holder(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    real_lock = manager.store.lock
+    timeouts: list[float] = []
+
+    def short_lock(name: str, *, timeout: float, holder: str) -> Any:
+        timeouts.append(timeout)
+        return real_lock(name, timeout=0.05, holder=holder)
+
+    async with manager.store.lock(NAME, timeout=5, holder="another run"):
+        monkeypatch.setattr(manager.store, "lock", short_lock)
+        outcome = await manager.revoke(spec, reason=None, remove=False)
+    assert timeouts == [60.0]
+    assert (outcome.name, outcome.action, outcome.ok) == (NAME, "failed", False)
+    assert outcome.error is not None
+    assert re.fullmatch(
+        rf"certificate {NAME!r} is locked by another run since \S+ \(waited 0.05 s\)",
+        outcome.error,
+    )
+
+
+# -- the ACME account ----------------------------------------------------------------------------
+
+
+async def test_the_account_is_registered_once_with_the_contact_and_kept(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager("--email", "ops@m.example")
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        await manager.ensure(spec)
+    (payload,) = ca.new_account_payloads
+    assert payload["contact"] == ["mailto:ops@m.example"]
+    loaded = manager.store.load_account(DIRECTORY_URL)
+    assert loaded is not None and loaded[1] in ca.accounts
+    (registered,) = events(logs, "acme_account_registered")
+    assert registered["account_url"] == loaded[1]
+    again = make_manager("--email", "ops@m.example")
+    with capture_logs() as logs:
+        await again.ensure(spec, force=True)
+    assert not events(logs, "acme_account_registered")
+    assert len(ca.accounts) == 1
+
+
+async def test_an_account_the_ca_forgot_is_registered_again_and_remembered(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    first = manager.store.load_account(DIRECTORY_URL)
+    ca.reset_database()
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec, force=True)
+    assert outcome.action == "issued"
+    second = manager.store.load_account(DIRECTORY_URL)
+    assert first is not None and second is not None and first[1] != second[1]
+    assert second[1] in ca.accounts
+    (warning,) = events(logs, "acme_account_reregistered")
+    assert warning["account_url"] == second[1]
+
+
+async def test_a_client_that_cannot_register_is_a_failed_outcome_and_retried_later(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-account", 1, lambda: problem(400, "invalidContact", "bad contact"))
+    outcome = await manager.ensure(spec)
+    assert outcome.action == "failed" and "bad contact" in (outcome.error or "")
+    retried = await manager.ensure(spec)
+    assert retried.action == "issued"
+
+
+async def test_reset_client_makes_a_new_client_on_next_use(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    client = await manager.client()
+    assert await manager.client() is client
+    await manager.reset_client()
+    assert await manager.client() is not client
+
+
+# -- renewal information (ARI) -------------------------------------------------------------------
+
+
+async def test_the_renewal_window_is_fetched_again_only_when_stale(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    ca = FakeAcme(validate_on_response=True, renewal_info=True)
+    manager = make_manager()
+    manager._client_options = {"transport": ca.transport()}
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    with capture_logs() as logs:
+        await manager.refresh_renewal_info(spec, view)
+    (window,) = events(logs, "renewal_info_window")
+    assert window["start"] == "2026-01-02T04:00:00+00:00"
+    assert window["end"] == "2026-01-03T04:00:00+00:00"
+    fetches = sum(route == "renewal-info" for _, route in ca.requests)
+    await manager.refresh_renewal_info(spec, view)
+    assert sum(route == "renewal-info" for _, route in ca.requests) == fetches
+    # Retry-After (6 h) is longer than the certificate: the next look is after that.
+    clock.now += timedelta(hours=5, minutes=59)
+    await manager.refresh_renewal_info(spec, view)
+    assert sum(route == "renewal-info" for _, route in ca.requests) == fetches
+    clock.now += timedelta(minutes=2)
+    await manager.refresh_renewal_info(spec, view)
+    assert sum(route == "renewal-info" for _, route in ca.requests) == fetches + 1
+
+
+async def test_without_ari_the_ca_is_asked_again_after_a_quarter_lifetime(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None
+    lifetime = view.facts.not_after - view.facts.not_before
+    directory_reads = sum(route == "directory" for _, route in ca.requests)
+    await manager.refresh_renewal_info(spec, view)
+    entry = manager._ari[NAME]
+    assert (entry.serial, entry.window) == (view.facts.serial, None)
+    assert entry.next_fetch == clock.now + lifetime / 4
+    assert sum(route == "directory" for _, route in ca.requests) >= directory_reads
+
+
+async def test_an_unreachable_renewal_info_is_logged_and_waited_out(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    ca = FakeAcme(validate_on_response=True, renewal_info=True)
+    manager = make_manager()
+    manager._client_options = {"transport": ca.transport()}
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None
+    manager.pem_path(NAME).unlink()  # gone between the look and the question
+    with capture_logs() as logs:
+        await manager.refresh_renewal_info(spec, view)
+    (unavailable,) = events(logs, "renewal_info_unavailable")
+    assert unavailable["cert"] == NAME and "No such file" in unavailable["error"]
+    entry = manager._ari[NAME]
+    lifetime = view.facts.not_after - view.facts.not_before
+    assert (entry.window, entry.next_fetch) == (None, clock.now + lifetime / 4)
+
+
+# -- inspection ----------------------------------------------------------------------------------
+
+
+async def test_inspect_reports_the_next_renewal_time(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    manager = make_manager("--renew-at", "0.5")
+    (spec,) = manager.settings.certificates
+    missing = manager.inspect(spec)
+    assert (missing.due, missing.next_renewal) == (policy.DueReason.MISSING, clock.now)
+    assert missing.facts is None and missing.unreadable is None and missing.key_matches
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None and view.due is None and view.is_real
+    assert view.next_renewal == policy.facts_renewal_time(view.facts, 0.5)
+    assert view.path == manager.pem_path(NAME)
+    assert view.meta.serial == view.facts.serial_hex
+
+
+async def test_an_unreadable_deployed_file_is_due_and_named(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    path = manager.pem_path(NAME)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a pem")
+    view = manager.inspect(spec)
+    assert view.due is policy.DueReason.UNREADABLE and view.facts is None
+    assert view.unreadable is not None and view.unreadable.startswith(f"{path}: ")
+    path.unlink()
+    path.mkdir()
+    directory = manager.inspect(spec)
+    assert directory.unreadable is not None
+    assert directory.unreadable.startswith(f"cannot read {path}: ")
+
+
+async def test_a_replaced_file_is_read_again(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    first = manager.inspect(spec)
+    await manager.ensure(spec, force=True)
+    second = manager.inspect(spec)
+    assert first.facts is not None and second.facts is not None
+    assert first.facts.serial != second.facts.serial
+    manager.pem_path(NAME).unlink()
+    assert manager.inspect(spec).due is policy.DueReason.MISSING
+
+
+async def test_a_corrupt_meta_loses_the_retry_state_not_the_certificate(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    (manager.store.cert_dir(NAME) / "meta.json").write_text("{not json")
+    with capture_logs() as logs:
+        view = manager.inspect(spec)
+    assert view.meta == storage.CertMeta() and view.due is None
+    (corrupt,) = events(logs, "cert_meta_corrupt")
+    assert corrupt["cert"] == NAME
+
+
+# -- solvers and closing -------------------------------------------------------------------------
+
+
+async def test_solvers_are_started_once_and_closed_with_the_manager(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager(
+        "--http-listen", f"127.0.0.1:{free_port()}", "--tls-alpn-listen", f"127.0.0.1:{free_port()}"
+    )
+    manager._given_solvers = {}
+    http = await manager.solver("http-01")
+    assert await manager.solver("http-01") is http
+    alpn = await manager.solver("tls-alpn-01")
+    assert type(http).__name__ == "Http01Responder"
+    assert type(alpn).__name__ == "TlsAlpn01Responder"
+    await manager.aclose()
+    assert manager._solvers == {}
+
+
+async def test_a_solver_that_fails_to_close_is_logged(make_manager: MakeManager) -> None:
+    manager = make_manager()
+
+    class Broken(RecordingSolver):
+        async def aclose(self) -> None:
+            raise RuntimeError("stuck")
+
+    manager._solvers = {"http-01": Broken()}  # type: ignore[dict-item]
+    with capture_logs() as logs:
+        await manager.aclose()
+    (failed,) = events(logs, "responder_close_failed")
+    assert failed["error"] == "stuck"
+
+
+async def test_unusable_challenge_settings_are_operation_errors(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    with pytest.raises(OperationError) as caught:
+        await manager._start_solver("dns-01")
+    assert str(caught.value) == "--dns-hook: dns-01 needs a hook command"
+    with pytest.raises(OperationError) as caught:
+        await manager._start_solver("smtp-01")
+    assert str(caught.value) == "--challenge: unknown challenge type 'smtp-01'"
+    hooked = make_manager("--dns-hook", "/bin/true")
+    solver = await hooked._start_solver("dns-01")
+    assert type(solver).__name__ == "Dns01HookSolver"
+
+
+# -- several certificates ------------------------------------------------------------------------
+
+
+async def test_ensure_all_handles_every_certificate(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager(domains=("one.example", "two.example"))
+    specs = manager.settings.certificates
+    outcomes = await manager.ensure_all(specs, dry_run=True)
+    assert [(o.name, o.action) for o in outcomes] == [
+        ("one.example", "dry-run"),
+        ("two.example", "dry-run"),
+    ]
+    forced = await manager.ensure_all(specs, force=True)
+    assert [o.reason for o in forced] == ["missing", "missing"]
+    again = await manager.ensure_all(specs, force=True)
+    assert [o.reason for o in again] == ["forced", "forced"]

@@ -1,0 +1,137 @@
+"""What the Manager's results look like to the commands, `run` and `--json` (found uncovered by
+mutation testing, docs/MUTATION.md): the outcome's JSON both ways, its one human line, the
+revocation reasons, the certificates directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import OperationError
+from sidecar.manager import (
+    Outcome,
+    _log_fields,
+    _make_certs_dir,
+    error_text,
+    parse_revocation_reason,
+)
+
+WHEN = datetime(2026, 12, 6, 10, 30, 5, tzinfo=UTC)
+LATER = datetime(2026, 12, 6, 11, 0, 0, tzinfo=UTC)
+
+
+def test_an_outcome_survives_its_json_answer() -> None:
+    outcome = Outcome(
+        "a.example",
+        "issued",
+        ok=True,
+        serial="0A1B",
+        not_after=WHEN,
+        reason="missing",
+        error="deploy failed: x",
+        next_retry_at=LATER,
+        deploy={"ok": False, "mode": "runtime-api"},
+        error_kind="other",
+    )
+    data = outcome.to_json()
+    assert data == {
+        "name": "a.example",
+        "action": "issued",
+        "ok": True,
+        "serial": "0A1B",
+        "not_after": "2026-12-06T10:30:05+00:00",
+        "reason": "missing",
+        "error": "deploy failed: x",
+        "next_retry_at": "2026-12-06T11:00:00+00:00",
+        "deploy": {"ok": False, "mode": "runtime-api"},
+    }
+    # error_kind is a /metrics label, not part of the answer.
+    assert Outcome.from_json(data) == replace(outcome, error_kind=None)
+    bare = Outcome("b.example", "unchanged", ok=True)
+    assert bare.to_json()["not_after"] is None and bare.to_json()["next_retry_at"] is None
+    assert Outcome.from_json(bare.to_json()) == bare
+
+
+def test_an_outcome_from_odd_json_takes_what_it_can() -> None:
+    odd = Outcome.from_json(
+        {"ok": 1, "not_after": 5, "next_retry_at": None, "deploy": None, "serial": "AA"}
+    )
+    assert odd == Outcome("?", "?", ok=True, serial="AA", deploy={})
+    assert Outcome.from_json({}).ok is False
+
+
+def test_outcome_lines_for_each_action() -> None:
+    assert (
+        Outcome("a", "issued", True, serial="0A", not_after=WHEN, reason="missing").line()
+        == "a: issued serial 0A, valid until 2026-12-06 10:30:05Z (missing)"
+    )
+    assert (
+        Outcome("a", "issued", True, serial="0A", error="deploy failed: x").line()
+        == "a: issued serial 0A; warning: deploy failed: x"
+    )
+    assert (
+        Outcome("a", "unchanged", True, serial="0A", not_after=WHEN).line()
+        == "a: unchanged serial 0A, valid until 2026-12-06 10:30:05Z"
+    )
+    assert Outcome("a", "unchanged", True).line() == "a: unchanged"
+    assert (
+        Outcome("a", "failed", False, error="boom", next_retry_at=LATER, serial="0A").line()
+        == "a: failed: boom (next retry 2026-12-06 11:00:00Z)"
+    )
+    assert Outcome("a", "failed", False, error="boom").line() == "a: failed: boom"
+    assert Outcome("a", "removed", True).line() == "a: removed"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (None, None),
+        ("keyCompromise", 1),
+        ("key-compromise", 1),
+        ("KEY_COMPROMISE", 1),
+        ("superseded", 4),
+        ("0", 0),
+        ("5", 5),
+    ],
+)
+def test_revocation_reasons_by_name_or_code(text: str | None, code: int | None) -> None:
+    assert parse_revocation_reason(text) == code
+
+
+@pytest.mark.parametrize("text", ["2", "9", "caCompromise", "", "x1"])
+def test_unknown_revocation_reasons_list_the_choices(text: str) -> None:
+    with pytest.raises(OperationError) as caught:
+        parse_revocation_reason(text)
+    assert str(caught.value) == (
+        f"--reason: unknown revocation reason {text!r} (one of: unspecified, keyCompromise,"
+        " affiliationChanged, superseded, cessationOfOperation)"
+    )
+
+
+def test_error_text_is_one_line_or_the_type() -> None:
+    assert error_text(ValueError("first\n  second")) == "first second"
+    assert error_text(KeyError()) == "KeyError"
+
+
+def test_deploy_log_fields_are_the_short_ones() -> None:
+    info = {"mode": "m", "fallback": "f", "verified": True, "error": "e", "sockets": [1], "x": 2}
+    assert _log_fields(info) == {"mode": "m", "fallback": "f", "verified": True, "error": "e"}
+
+
+def test_the_certs_directory_is_made_world_traversable(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "certs"
+    umask = os.umask(0)  # the mode asked for, not the one the test runner's umask leaves
+    try:
+        _make_certs_dir(target)
+    finally:
+        os.umask(umask)
+    assert target.is_dir() and (target.stat().st_mode & 0o777) == 0o755
+    _make_certs_dir(target)  # already there: fine
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OperationError) as caught:
+        _make_certs_dir(tmp_path / "file" / "certs")
+    assert str(caught.value) == f"cannot create {tmp_path}/file/certs: Not a directory"
