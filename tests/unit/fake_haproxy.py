@@ -280,7 +280,8 @@ async def serve(fake: FakeHAProxy, path: Path | None = None) -> AsyncIterator[st
             data = await reader.read()  # the client half-closes after its command
             answer = fake.answer(data.decode())
             if answer is not None:
-                writer.write(answer.encode())
+                # surrogateescape: a test can send bytes that are not UTF-8 ("\udcff" is 0xFF)
+                writer.write(answer.encode("utf-8", "surrogateescape"))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass

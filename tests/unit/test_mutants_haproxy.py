@@ -703,3 +703,119 @@ def test_show_ssl_cert_errors_quote_the_line_and_name_the_fields() -> None:
 
 def test_a_listing_without_transaction_has_none() -> None:
     assert parse_show_ssl_cert_list("# filename\n/c/a.pem\n\n").transaction is None
+
+
+# -- more edges ------------------------------------------------------------------------------
+
+
+def test_show_proc_skips_blank_lines_and_names_what_it_cannot_read() -> None:
+    text = (
+        "\n#<PID> <type> <reloads> <uptime> <version>\n\n"
+        "7 master 4 [failed: 2] 0d 2.6.12\n# workers\n\n8 worker 0 0d 2.6.12\n"
+    )
+    assert haproxy.parse_show_proc(text) == haproxy.ProcessInfo(7, 4, 2, (8,))
+    bad = "7 master four [failed: 2] " + "x" * 100
+    with pytest.raises(ValueError) as caught:
+        haproxy.parse_show_proc(bad)
+    assert str(caught.value) == f"show proc: unexpected master line {bad[:80]!r}"
+    with pytest.raises(ValueError) as caught:
+        haproxy.parse_show_proc("# workers\n8 worker 0 0d 2.6.12\n")
+    assert str(caught.value) == "show proc: no master line"
+
+
+async def test_a_show_proc_answer_that_is_not_one_is_a_protocol_error(connect: Connect) -> None:
+    fake = loaded()
+    fake.master = True
+    fake.answers["show proc"] = ["Unknown keyword\n"]
+    runtime, address = await connect(fake)
+    with pytest.raises(HAProxyProtocolError) as caught:
+        await runtime.show_proc()
+    assert str(caught.value) == f"haproxy {address}: show proc: no master line"
+
+
+async def test_every_command_names_itself_when_refusing_a_file_name() -> None:
+    runtime = HAProxyRuntime("unix:/nonexistent/admin.sock")
+    cases = [
+        (runtime.show_ssl_cert("/c/a;b.pem"), "show ssl cert", "'/c/a;b.pem'"),
+        (runtime.remove_certificate("/c/a.pem", "#c"), "del ssl cert", "'#c'"),
+        (runtime.remove_certificate("@a", "/c"), "del ssl cert", "'@a'"),
+        (runtime.update_certificate("/c/a.pem", PEM_A, crt_list="/c d"), "set ssl cert", "'/c d'"),
+    ]
+    for call, verb, quoted in cases:
+        with pytest.raises(HAProxyCommandError) as caught:
+            await call
+        assert caught.value.command == verb
+        assert f"cannot take the file name {quoted}" in str(caught.value)
+
+
+async def test_an_answer_that_is_not_utf8_is_read_with_replacements(connect: Connect) -> None:
+    fake = loaded("/c/a.pem")
+    fake.answers["show ssl cert /c/a.pem"] = [
+        "Filename: /c/a.pem\nStatus: Used\nSubject: /CN=caf\udcff\n\n"
+    ]
+    runtime, _ = await connect(fake)
+    info = await runtime.show_ssl_cert("/c/a.pem")
+    assert info is not None and info.subject == "/CN=caf\ufffd"
+
+
+async def test_an_answer_of_exactly_the_limit_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "big.sock"
+    listing = b"# filename\n" + b"/c/x.pem\n" * ((haproxy.MAX_ANSWER_BYTES - 11) // 9)
+    listing += b"\n" * (haproxy.MAX_ANSWER_BYTES - len(listing))
+    assert len(listing) == haproxy.MAX_ANSWER_BYTES
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.write(listing)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(big, str(path))
+    try:
+        names = await HAProxyRuntime(f"unix:{path}", timeout=30).show_ssl_certs()
+        assert len(names) == (haproxy.MAX_ANSWER_BYTES - 11) // 9
+    finally:
+        server.close()
+
+
+async def test_a_connection_closed_without_an_answer_is_unreachable(tmp_path: Path) -> None:
+    path = tmp_path / "rude.sock"
+
+    async def rude(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Closing with the command unread makes the kernel reset the connection.
+        writer.transport.abort()
+
+    server = await asyncio.start_unix_server(rude, str(path))
+    try:
+        with pytest.raises(HAProxyUnreachable) as caught:
+            await HAProxyRuntime(f"unix:{path}", timeout=10).show_ssl_certs()
+        assert str(caught.value) == f"haproxy unix:{path}: connection closed by HAProxy"
+    finally:
+        server.close()
+
+
+async def test_a_listing_may_start_with_a_blank_line(connect: Connect) -> None:
+    fake = loaded()
+    fake.answers["show ssl cert"] = ["\n# filename\n/c/a.pem\n\n"]
+    runtime, _ = await connect(fake)
+    assert await runtime.show_ssl_certs() == ["/c/a.pem"]
+
+
+async def test_a_master_reload_polls_every_twentieth_of_a_second_by_default(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = loaded()
+    fake.master = True
+    before = fake._master("show proc")
+    fake.answers["show proc"] = [None, before, None]
+    runtime, _ = await connect(fake)
+    polls: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args: object) -> None:
+        polls.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(haproxy.asyncio, "sleep", recording_sleep)
+    info = await runtime.master_reload()
+    assert info.reloads == 1 and polls == [0.05]
