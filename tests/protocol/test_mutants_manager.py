@@ -8,17 +8,20 @@ record. The same flows against step-ca, Pebble and HAProxy are in tests/integrat
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import re
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 from cryptography import x509
@@ -885,3 +888,478 @@ async def test_ensure_all_handles_every_certificate(
     assert [o.reason for o in forced] == ["missing", "missing"]
     again = await manager.ensure_all(specs, force=True)
     assert [o.reason for o in again] == ["forced", "forced"]
+
+
+# -- second round: what the first mutation run still let through ------------------------------
+
+
+def ari_manager(make_manager: MakeManager, *extra: str) -> tuple[Manager, FakeAcme]:
+    ca = FakeAcme(validate_on_response=True, renewal_info=True)
+    manager = make_manager(*extra)
+    manager._client_options = {"transport": ca.transport()}
+    return manager, ca
+
+
+def renewal_info_fetches(ca: FakeAcme) -> int:
+    return sum(route == "renewal-info" for _, route in ca.requests)
+
+
+async def test_a_replacement_after_revocation_is_written_and_forced(
+    make_manager: MakeManager,
+) -> None:
+    manager, _ = ari_manager(make_manager)
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    with capture_logs() as logs:
+        outcome = await manager.revoke(spec, reason=None, remove=False)
+    assert outcome.reason == "forced"  # not re-judged by the CA's window
+    on_disk = pem.describe_cert(leaf_of(manager.pem_path(NAME)))
+    assert on_disk.serial_hex == outcome.serial
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None and meta.serial == outcome.serial
+    (revoked,) = events(logs, "cert_revoked")
+    assert revoked["cert"] == NAME
+
+
+async def test_locks_are_taken_in_the_managers_name_for_a_minute(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    manager.holder = "run 7"
+    (spec,) = manager.settings.certificates
+    taken: list[tuple[str, float, str]] = []
+    real_lock = manager.store.lock
+
+    def spy(name: str, *, timeout: float, holder: str) -> Any:
+        taken.append((name, timeout, holder))
+        return real_lock(name, timeout=timeout, holder=holder)
+
+    monkeypatch.setattr(manager.store, "lock", spy)
+    await manager.ensure(spec)
+    await manager.revoke(spec, reason=None, remove=True)
+    assert taken == [(NAME, 60.0, "run 7"), (NAME, 60.0, "run 7")]
+
+
+async def test_inspect_judges_at_the_time_it_is_given(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    assert issued.not_after is not None
+    assert manager.inspect(spec).due is None
+    assert manager.inspect(spec, issued.not_after).due is policy.DueReason.EXPIRED
+    assert manager.inspect(spec).spec == spec
+
+
+async def test_the_renewal_window_is_looked_up_again_as_the_ca_says(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    manager, ca = ari_manager(make_manager)
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None
+    lifetime = view.facts.not_after - view.facts.not_before
+    window = {"suggestedWindow": {"start": "2026-01-02T04:00:00Z", "end": "2026-01-03T04:00:00Z"}}
+    answers = [
+        httpx.Response(200, json=window),  # no Retry-After: a tenth of the lifetime
+        httpx.Response(200, json=window, headers={"Retry-After": "30"}),  # at least a minute
+    ]
+    ca.fail_times("renewal-info", 2, lambda: answers.pop(0))
+    with capture_logs() as logs:
+        await manager.refresh_renewal_info(spec, view)
+    assert manager._ari[NAME].next_fetch == clock.now + lifetime / 10
+    assert events(logs, "renewal_info_window")[0]["cert"] == NAME
+    clock.now += lifetime / 10  # exactly due: asked again
+    fetches = renewal_info_fetches(ca)
+    await manager.refresh_renewal_info(spec, view)
+    assert renewal_info_fetches(ca) == fetches + 1
+    assert manager._ari[NAME].next_fetch == clock.now + timedelta(seconds=60)
+
+
+async def test_a_one_shot_does_not_ask_for_the_renewal_window(make_manager: MakeManager) -> None:
+    manager, ca = ari_manager(make_manager)
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    assert (await manager.ensure(spec)).action == "unchanged"
+    assert renewal_info_fetches(ca) == 0
+    # `run` asks only about a certificate that is otherwise not due.
+    due = make_manager("--key-type", "ec-p384")
+    due._client_options = {"transport": ca.transport()}
+    (p384,) = due.settings.certificates
+    outcome = await due.ensure(p384, respect_backoff=True)
+    assert outcome.reason == "key type changed" and renewal_info_fetches(ca) == 0
+
+
+async def test_a_window_fetched_for_another_certificate_does_not_apply(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    from sidecar.manager import _AriEntry
+
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    past = (clock.now - timedelta(days=2), clock.now - timedelta(days=1))
+    manager._ari[NAME] = _AriEntry(1, past, clock.now)
+    assert manager.inspect(spec).due is policy.DueReason.MISSING
+    await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None and view.due is None  # the entry is for serial 1
+    manager._ari[NAME] = _AriEntry(view.facts.serial, past, clock.now)
+    assert manager.inspect(spec).due is policy.DueReason.SCHEDULED
+    future = (clock.now + timedelta(minutes=10), clock.now + timedelta(minutes=20))
+    manager._ari[NAME] = _AriEntry(view.facts.serial, future, clock.now)
+    next_renewal = manager.inspect(spec).next_renewal
+    assert next_renewal is not None and future[0] <= next_renewal < future[1]
+
+
+async def test_renew_at_decides_in_inspect(make_manager: MakeManager, clock: Clock) -> None:
+    manager = make_manager("--renew-at", "0.1")
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    assert issued.not_after is not None
+    clock.now += timedelta(minutes=9)  # past a tenth of the hour, far from the default 0.66
+    assert manager.inspect(spec).due is policy.DueReason.SCHEDULED
+    other = make_manager()
+    assert other.inspect(spec).due is None
+
+
+async def test_a_failed_forced_renewal_keeps_the_scheduled_time(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    scheduled = manager.inspect(spec).next_renewal
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no"))
+    assert (await manager.ensure(spec, force=True)).action == "failed"
+    assert manager.inspect(spec).next_renewal == scheduled
+
+
+async def test_the_second_failure_backs_off_further_with_the_managers_rng(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager(seed=3)
+    (spec,) = manager.settings.certificates
+    ca.fail_times("new-order", 2, lambda: problem(400, "malformed", "no"))
+    first = await manager.ensure(spec)
+    second = await manager.ensure(spec)
+    rng = random.Random(3)
+    policy.next_retry_delay(1, clock.now, None, rng)
+    expected = policy.next_retry_delay(2, clock.now, None, rng)
+    assert second.next_retry_at == clock.now + expected
+    assert first.name == second.name == NAME
+
+
+async def test_a_failure_near_expiry_retries_within_a_tenth_of_the_time_left(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    assert issued.not_after is not None
+    clock.now = issued.not_after - timedelta(minutes=10)
+    ca.fail_times("new-order", 1, lambda: problem(403, "caa", "forbidden"))
+    outcome = await manager.ensure(spec, force=True)
+    assert outcome.next_retry_at == clock.now + timedelta(minutes=1)
+    assert outcome.not_after == issued.not_after
+
+
+async def test_a_failure_over_a_placeholder_uses_the_hour_cap(
+    make_manager: MakeManager, ca: FakeAcme, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure_placeholder(spec)
+    ca.fail_times("new-order", 1, lambda: problem(403, "caa", "forbidden"))
+    outcome = await manager.ensure(spec)
+    assert outcome.reason == "placeholder" and outcome.not_after is None
+    assert outcome.next_retry_at == clock.now + policy.MAX_RETRY_DELAY
+
+
+async def test_a_certificate_that_cannot_be_written_is_a_recorded_failure(
+    make_manager: MakeManager, clock: Clock
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    manager.pem_path(NAME).mkdir(parents=True)  # a directory where the PEM goes
+    outcome = await manager.ensure(spec)
+    assert (outcome.name, outcome.action, outcome.reason) == (NAME, "failed", "unreadable")
+    assert outcome.error is not None and str(manager.pem_path(NAME)) in outcome.error
+    meta = manager.store.load_meta(NAME)
+    assert meta is not None and meta.failures == 1 and meta.last_error == outcome.error
+    assert outcome.next_retry_at == clock.now + timedelta(seconds=5)
+
+
+async def test_a_deployer_that_raises_does_not_undo_the_issuance(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("deployer bug")
+
+    monkeypatch.setattr(manager, "deploy", broken)
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
+        placed = await make_manager(domains=("p.example",)).ensure_placeholder(
+            make_manager(domains=("p.example",)).settings.certificates[0]
+        )
+    assert (outcome.action, outcome.ok) == ("issued", True)
+    assert outcome.deploy == {"ok": False, "error": "deployer bug"}
+    assert outcome.error == "deploy failed: deployer bug"
+    (failed,) = events(logs, "haproxy_update_failed")
+    assert failed["error"] == "deployer bug" and failed["cert"] == NAME
+    assert placed is True
+
+
+async def test_a_placeholder_whose_deploy_raises_is_still_written(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("deployer bug")
+
+    monkeypatch.setattr(manager, "deploy", broken)
+    with capture_logs() as logs:
+        assert await manager.ensure_placeholder(spec) is True
+    (failed,) = events(logs, "haproxy_placeholder_deploy_failed")
+    assert failed["cert"] == NAME and failed["error"] == "deployer bug"
+    assert manager.pem_path(NAME).exists()
+
+
+async def test_the_deploy_hook_gets_the_certificate_facts(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    out = tmp_path / "hook.env"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nenv > {out}\n")
+    hook.chmod(0o755)
+    manager = make_manager("--deploy-hook", str(hook), domains=(f"{NAME},www.m.example",))
+    (spec,) = manager.settings.certificates
+    outcome = await manager.ensure(spec)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert outcome.not_after is not None and outcome.deploy["name"] == NAME
+    assert env["CERT_NAME"] == NAME and env["CERT_SERIAL"] == outcome.serial
+    assert env["CERT_NOT_AFTER"] == outcome.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert env["CERT_DOMAINS"] == f"{NAME},www.m.example"
+
+
+async def test_a_reload_without_sockets_still_needs_a_deployer(make_manager: MakeManager) -> None:
+    manager = make_manager("--reload", "command", "--reload-command", "true")
+    assert manager.deployer() is not None
+
+
+async def test_ensure_all_without_force_leaves_valid_certificates(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager()
+    specs = manager.settings.certificates
+    await manager.ensure_all(specs)
+    assert [o.action for o in await manager.ensure_all(specs)] == ["unchanged"]
+
+
+async def test_pem_files_get_the_configured_group(make_manager: MakeManager) -> None:
+    group = os.getgid() + 1
+    manager = make_manager("--pem-group", str(group), domains=("g.example", "h.example"))
+    first, second = manager.settings.certificates
+    await manager.ensure(first)
+    await manager.ensure_placeholder(second)
+    assert manager.pem_path("g.example").stat().st_gid == group
+    assert manager.pem_path("h.example").stat().st_gid == group
+
+
+async def test_the_dns_hook_gets_the_passed_through_variables(
+    make_manager: MakeManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager("--dns-hook", "/bin/true", "--hook-env", "PROVIDER_TOKEN")
+    solver = await manager._start_solver("dns-01")
+    assert solver.passthrough == ("PROVIDER_TOKEN",)  # type: ignore[attr-defined]
+
+
+async def test_solvers_without_aclose_are_simply_dropped(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    manager._solvers = {"http-01": RecordingSolver()}  # type: ignore[dict-item]
+    await manager.aclose()
+    assert manager._solvers == {}
+
+
+async def test_haproxy_sees_the_pem_under_its_own_directory(make_manager: MakeManager) -> None:
+    manager = make_manager("--haproxy-certs-dir", "/etc/haproxy/certs")
+    assert manager.haproxy_path(NAME) == Path(f"/etc/haproxy/certs/{NAME}.pem")
+
+
+async def test_a_fresh_manager_knows_nothing_of_the_ca_yet(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = make_manager()
+    assert (manager.last_ca_error, manager.last_ca_success, manager.clock_skew) == (
+        None,
+        None,
+        None,
+    )
+    reader = Manager(
+        replace(manager.settings, state_dir=tmp_path / "elsewhere"), create_state=False
+    )
+    assert not (tmp_path / "elsewhere").exists() and reader.store.root == tmp_path / "elsewhere"
+
+
+async def test_the_cas_clock_skew_is_remembered(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    skewed = FakeAcme(validate_on_response=True, clock=time.time, date_offset=600)
+    manager = make_manager()
+    manager._client_options = {"transport": skewed.transport()}
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    assert manager.clock_skew is not None and abs(manager.clock_skew - 600) < 30
+
+
+async def test_each_order_may_take_a_quarter_of_the_time_left(
+    make_manager: MakeManager, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ca_client.client import AcmeClient
+
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    assert issued.not_after is not None
+    timeouts: list[float] = []
+    real_obtain = AcmeClient.obtain
+
+    async def spy(self: AcmeClient, *args: Any, **kwargs: Any) -> Any:
+        timeouts.append(kwargs["timeout"])
+        return await real_obtain(self, *args, **kwargs)
+
+    monkeypatch.setattr(AcmeClient, "obtain", spy)
+    clock.now = issued.not_after - timedelta(minutes=4)
+    await manager.ensure(spec, force=True)
+    assert timeouts == [60.0]
+
+
+async def test_registration_without_email_sends_no_contact_and_keeps_the_contact_given(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    assert ca.new_account_payloads[0].get("contact", []) == []
+    with_email = make_manager("--email", "ops@m.example")
+    await with_email.ensure(spec, force=True)  # its client is open from here on
+    ca.reset_database()
+    with capture_logs() as logs:
+        await with_email.ensure(spec, force=True)
+    assert events(logs, "acme_account_reregistered")
+    path = with_email.store.account_dir(DIRECTORY_URL) / "account.json"
+    assert json.loads(path.read_text())["contact"] == ["mailto:ops@m.example"]
+    with capture_logs() as logs:
+        await with_email.ensure(spec, force=True)
+    assert not events(logs, "acme_account_reregistered")
+
+
+async def test_an_account_is_registered_with_external_account_binding(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    hmac_key = b"0123456789abcdef0123456789abcdef"
+    ca = FakeAcme(validate_on_response=True, eab_keys={"kid-1": hmac_key})
+    key_file = tmp_path / "eab.key"
+    key_file.write_text(base64.urlsafe_b64encode(hmac_key).decode().rstrip("="))
+    manager = make_manager("--eab-kid", "kid-1", "--eab-hmac-key-file", str(key_file))
+    manager._client_options = {"transport": ca.transport()}
+    (spec,) = manager.settings.certificates
+    assert (await manager.ensure(spec)).action == "issued"
+    (payload,) = ca.new_account_payloads
+    assert "externalAccountBinding" in payload
+
+
+async def test_the_deployed_file_is_parsed_once_until_it_changes(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    parsed: list[bytes] = []
+    real_parse = pem.parse_combined
+
+    def counting(data: bytes) -> Any:
+        parsed.append(data)
+        return real_parse(data)
+
+    monkeypatch.setattr("sidecar.manager.pem.parse_combined", counting)
+    for _ in range(3):
+        manager.inspect(spec)
+    assert len(parsed) == 1
+    await manager.ensure(spec, force=True)
+    manager.inspect(spec)
+    manager.inspect(spec)
+    assert len(parsed) == 3  # the deploy's own parse, then one look at the new file
+
+
+async def test_unreadable_files_are_named_exactly(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    path = manager.pem_path(NAME)
+    path.mkdir(parents=True)
+    view = manager.inspect(spec)
+    assert (view.unreadable, view.key_matches) == (f"cannot read {path}: Is a directory", True)
+    path.rmdir()
+    path.write_bytes(b"garbage")
+    assert manager.inspect(spec).key_matches is True
+    certs = manager.settings.certs_dir
+    for child in certs.iterdir():
+        child.unlink()
+    certs.rmdir()
+    certs.write_text("a file where the directory was")
+    view = manager.inspect(spec)
+    assert (view.unreadable, view.key_matches) == (f"cannot read {path}: Not a directory", True)
+
+
+class SwappingDeployer:
+    """Stands in for the deployer at removal: does something to the PEM while HAProxy unloads."""
+
+    def __init__(self, path: Path, action: str) -> None:
+        self.path, self.action = path, action
+
+    async def remove(self, name: str) -> list[str]:
+        self.path.unlink()
+        if self.action == "directory":
+            (self.path / "inside").mkdir(parents=True)
+        return []
+
+
+async def test_removal_tolerates_a_pem_already_gone_and_names_one_it_cannot_delete(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    path = manager.pem_path(NAME)
+    await manager.ensure(spec)
+    monkeypatch.setattr(manager, "deployer", lambda: SwappingDeployer(path, "gone"))
+    assert (await manager.revoke(spec, reason=None, remove=True)).action == "removed"
+    await manager.ensure(spec)
+    monkeypatch.setattr(manager, "deployer", lambda: SwappingDeployer(path, "directory"))
+    outcome = await manager.revoke(spec, reason=None, remove=True)
+    assert outcome == Outcome(
+        NAME,
+        "failed",
+        ok=False,
+        error=f"revoked, but [Errno 21] Is a directory: '{path}'",
+    )
+
+
+async def test_a_refused_unload_is_logged(make_manager: MakeManager, tmp_path: Path) -> None:
+    manager = unreachable_haproxy(make_manager, tmp_path)
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    with capture_logs() as logs:
+        outcome = await manager.revoke(spec, reason=None, remove=True)
+    (failed,) = events(logs, "haproxy_remove_failed")
+    missing = f"unix:{tmp_path}/missing.sock"
+    assert failed["cert"] == NAME
+    assert failed["error"] == f"haproxy {missing}: socket does not exist"
+    assert outcome.error == f"HAProxy unload failed: {failed['error']}"

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sidecar.errors import OperationError
 from sidecar.manager import (
+    MIN_ORDER_TIMEOUT,
+    ORDER_TIMEOUT,
     Outcome,
     _log_fields,
     _make_certs_dir,
     error_text,
+    order_timeout,
     parse_revocation_reason,
 )
 
@@ -135,3 +139,12 @@ def test_the_certs_directory_is_made_world_traversable(tmp_path: Path) -> None:
     with pytest.raises(OperationError) as caught:
         _make_certs_dir(tmp_path / "file" / "certs")
     assert str(caught.value) == f"cannot create {tmp_path}/file/certs: Not a directory"
+
+
+def test_an_order_for_a_certificate_expiring_now_gets_the_full_time() -> None:
+    # At notAfter nothing is left to protect: the order may take its full time, as for an
+    # expired certificate, not the minimum a nearly expired one gets.
+    view = SimpleNamespace(is_real=True, facts=SimpleNamespace(not_after=WHEN))
+    assert order_timeout(view, WHEN) == ORDER_TIMEOUT  # type: ignore[arg-type]
+    one_second_left = order_timeout(view, WHEN - timedelta(seconds=1))  # type: ignore[arg-type]
+    assert one_second_left == MIN_ORDER_TIMEOUT
