@@ -554,7 +554,9 @@ async def test_a_failing_hook_is_reported_without_undoing_the_deploy(
 ) -> None:
     hook = tmp_path / "hook.sh"
     hook.write_text(
-        "#!/bin/sh\necho first >&2\necho '  ' >&2\necho " + "x" * 300 + " >&2\nexit 3\n"
+        "#!/bin/sh\necho first >&2\necho second >&2\necho '  ' >&2\necho "
+        + "x" * 300
+        + " >&2\nexit 3\n"
     )
     hook.chmod(0o755)
     deploy = deployer(certs, Time(), deploy_hook=[str(hook)])
@@ -720,3 +722,269 @@ def test_a_failed_deploy_without_errors_still_says_failed() -> None:
     result = DeployResult(name="a", serial="0A", mode="command", ok=False)
     assert result.summary() == "command: failed"
     assert result.to_json()["error"] is None
+
+
+# -- second round: what the first mutation run still let through ------------------------------
+
+
+@pytest.fixture
+async def tls_at_127_0_0_2() -> AsyncIterator[tuple[str, int, list[str | None]]]:
+    """The TLS server on 127.0.0.2, so that a check sent anywhere else fails."""
+    seen: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    NEW_LEAF.configure_cert(context)
+    context.sni_callback = lambda sock, name, ctx: seen.append(name)  # type: ignore[assignment,func-returns-value]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.2", 0, ssl=context)
+    try:
+        yield "127.0.0.2", server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+
+
+async def test_a_hot_update_is_then_checked_over_tls(
+    certs: Path, tmp_path: Path, tls_at_127_0_0_2: tuple[str, int, list[str | None]]
+) -> None:
+    host, port, seen = tls_at_127_0_0_2
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "s.sock") as address:
+        deploy = deployer(certs, Time(), sockets=[address], verify_address=(host, port))
+        result = await deploy.deploy(
+            "a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER, names=["a.example"]
+        )
+    assert result.ok and result.verified is True and seen == ["a.example"]
+    assert result.verification == VerifyOutcome(
+        f"{host}:{port}", True, (NameCheck("a.example", "a.example", True, norm(NEW_SERIAL)),)
+    )
+
+
+async def test_a_hot_update_the_check_contradicts_falls_back_then_checks_until_settled(
+    certs: Path, tmp_path: Path, tls_at_127_0_0_2: tuple[str, int, list[str | None]]
+) -> None:
+    # HAProxy took the update but clients still get another certificate: reload, then check
+    # again for as long as a new worker may take to start.
+    host, port, seen = tls_at_127_0_0_2
+    time = Time()
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "s.sock") as address:
+        deploy = deployer(
+            certs,
+            time,
+            sockets=[address],
+            verify_address=(host, port),
+            attempts=1,
+            reload_command="true",
+            settle_timeout=1.0,
+        )
+        result = await deploy.deploy(
+            "a", certs / "a.pem", OLD, OLD_SERIAL, not_after=NOT_AFTER, names=["a.example"]
+        )
+    wrong = f"serves serial {norm(NEW_SERIAL)}, expected {norm(OLD_SERIAL)}"
+    assert (result.ok, result.fallback, result.fallback_ok) == (False, "command", False)
+    assert result.errors == (
+        f"verify {host}:{port}: a.example: {wrong}",
+        f"verify {host}:{port}: a.example: {wrong}",
+    )
+    assert result.verification is not None and result.verification.checks[0].error == wrong
+    assert time.sleeps == [0.2, 0.4, 0.8]  # after the reload: until the settle timeout
+    assert len(seen) == 1 + 4
+
+
+async def test_a_check_with_one_attempt_makes_one_handshake(
+    certs: Path, tls_at_127_0_0_2: tuple[str, int, list[str | None]]
+) -> None:
+    host, port, seen = tls_at_127_0_0_2
+    time = Time()
+    deploy = deployer(certs, time, verify_address=(host, port), attempts=1)
+    names = ["192.0.2.7", "a.example"]  # an IP is skipped, and the next name still checked
+    result = await deploy.deploy(
+        "a", certs / "a.pem", OLD, OLD_SERIAL, not_after=NOT_AFTER, names=names
+    )
+    assert seen == ["a.example"] and time.sleeps == []
+    assert result.verification is not None and result.verification.skipped == ("192.0.2.7",)
+    assert result.ok is False and result.summary().startswith("none: verify 127.0.0.2:")
+
+
+async def test_a_handshake_that_never_completes_is_cut_short(certs: Path) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        deploy = deployer(
+            certs, Time(), verify_address=("127.0.0.1", port), attempts=1, handshake_timeout=0.2
+        )
+        async with asyncio.timeout(30):
+            result = await deploy.deploy(
+                "a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER, names=["a.example"]
+            )
+    finally:
+        server.close()
+    assert result.verification is not None
+    assert result.verification.checks == (
+        NameCheck("a.example", "a.example", False, None, "handshake failed: timed out"),
+    )
+
+
+async def test_none_mode_touches_no_socket(certs: Path, tmp_path: Path) -> None:
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "s.sock") as address:
+        deploy = deployer(certs, Time(), sockets=[address], reload="none")
+        result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.ok and result.sockets == () and fake.received == []
+
+
+async def test_after_a_reload_an_unreachable_socket_is_polled_to_the_deadline(
+    certs: Path, tmp_path: Path
+) -> None:
+    time = Time()
+    address = f"unix:{tmp_path}/missing.sock"
+    deploy = deployer(
+        certs,
+        time,
+        sockets=[address],
+        reload="command",
+        reload_command="true",
+        settle_timeout=0.1,
+        socket_timeout=1.5,
+    )
+    assert deploy.runtimes[0].timeout == 1.5
+    result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.ok is False
+    assert result.sockets == (
+        SocketOutcome(address, False, "failed", None, 4, "socket does not exist"),
+    )
+    assert result.duration == pytest.approx(0.02 + 0.04 + 0.08)
+
+
+async def test_a_failed_reload_is_a_plain_false(certs: Path) -> None:
+    deploy = deployer(certs, Time(), reload="command", reload_command="false")
+    result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.ok is False and result.to_json()["ok"] is False
+    no_command = deployer(certs, Time(), reload="command")
+    result = await no_command.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.errors == ("no reload command configured",)
+
+
+async def test_a_reload_command_that_hangs_is_stopped(certs: Path) -> None:
+    deploy = deployer(
+        certs, Time(), reload="command", reload_command="sleep 30", command_timeout=0.2
+    )
+    async with asyncio.timeout(20):
+        result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.errors == ("reload command sleep: sleep timed out after 0.2 s",)
+
+
+async def test_every_failing_master_is_reported(certs: Path, tmp_path: Path) -> None:
+    one = fake_with(certs, master=True)
+    two = fake_with(certs, master=True)
+    one.fail_reloads = two.fail_reloads = True
+    async with (
+        serve(one, tmp_path / "1.sock") as first,
+        serve(two, tmp_path / "2.sock") as second,
+    ):
+        deploy = deployer(certs, Time(), sockets=[first, second], reload="master-reload")
+        result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    message = "reload: the new configuration did not load"
+    assert result.errors == (f"haproxy {first}: {message}; haproxy {second}: {message}",)
+
+
+async def test_two_failed_sockets_are_both_in_the_summary(certs: Path, tmp_path: Path) -> None:
+    one, two = f"unix:{tmp_path}/1.sock", f"unix:{tmp_path}/2.sock"
+    deploy = deployer(certs, Time(), sockets=[one, two], attempts=1)
+    result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    joined = f"{one}: socket does not exist; {two}: socket does not exist"
+    assert result.summary() == f"runtime-api: {joined}"
+    assert result.to_json()["error"] == joined
+
+
+async def test_a_pid_file_that_is_not_text_has_no_pid(certs: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "haproxy.pid"
+    pid_file.write_bytes(b"\xff\xfe12\n")
+    deploy = deployer(certs, Time(), reload="signal", reload_pid_file=pid_file)
+    result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.errors == (f"pid file {pid_file}: no pid in it",)
+
+
+async def test_only_pid_1_is_refused_as_a_pid(
+    certs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    pid_file = tmp_path / "haproxy.pid"
+    pid_file.write_text("2\n")
+    deploy = deployer(certs, Time(), reload="signal", reload_pid_file=pid_file)
+    result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
+    assert result.ok and sent == [(2, signal.SIGUSR2)]
+
+
+async def test_deployed_serial_with_one_socket(certs: Path, tmp_path: Path) -> None:
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "s.sock") as address:
+        assert await deployer(certs, Time(), sockets=[address]).deployed_serial("a") == norm(
+            OLD_SERIAL
+        )
+
+
+async def test_hooks_run_detached_from_our_terminal(
+    certs: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "stdin"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nreadlink /proc/self/fd/0 > {out}\necho hook-says-hello\n")
+    hook.chmod(0o755)
+    read_end, write_end = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read_end, 0)  # our stdin is a pipe: the hook must not get it
+    try:
+        result = await deployer(certs, Time(), deploy_hook=[str(hook)]).deploy(
+            "a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER
+        )
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
+    assert result.hook == HookOutcome(True, 0, None)
+    assert out.read_text().strip() == "/dev/null"
+    assert "hook-says-hello" not in capfd.readouterr().out
+
+
+async def test_a_hooks_last_error_line_is_kept_even_if_not_utf8(
+    certs: Path, tmp_path: Path
+) -> None:
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        "#!/bin/sh\necho first >&2\necho second >&2\nprintf 'caf\\377\\n' >&2\nexit 1\n"
+    )
+    hook.chmod(0o755)
+    result = await deployer(certs, Time(), deploy_hook=[str(hook)]).deploy(
+        "a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER
+    )
+    assert result.hook == HookOutcome(False, 1, "exit status 1: caf\ufffd")
+
+
+async def test_hook_times_are_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert _iso_utc(dt.datetime(2030, 1, 2, 3, 4, 5)) == "2030-01-02T03:04:05Z"
+        plus_one = dt.timezone(dt.timedelta(hours=1))
+        moment = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=plus_one)
+        assert _iso_utc(moment) == "2030-01-02T02:04:05Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_an_empty_command_is_named_exactly() -> None:
+    with pytest.raises(ValueError) as caught:
+        DeployConfig.build(reload_command=" ")
+    assert str(caught.value) == "empty command"
