@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -441,3 +442,65 @@ async def test_a_zero_timeout_tries_once(tmp_path: Path) -> None:
                 pass
     async with store.lock("a", timeout=0):
         pass
+
+
+# -- second round ----------------------------------------------------------------------------
+
+
+def test_a_leftover_that_vanishes_meanwhile_does_not_stop_the_cleaning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(10):
+        (tmp_path / f".c{i}.pem.tmp").write_text("")
+    real_unlink = os.unlink
+    calls: list[str] = []
+
+    def racing_unlink(path: str) -> None:
+        calls.append(path)
+        real_unlink(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")  # another cleaner
+
+    monkeypatch.setattr(os, "unlink", racing_unlink)
+    removed = clean_stale_temp_files(tmp_path)
+    assert len(calls) == 10 and len(removed) == 9 and os.listdir(tmp_path) == []
+
+
+def test_a_leftover_that_cannot_be_removed_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leftover = tmp_path / ".a.pem.tmp"
+    leftover.write_text("")
+
+    def refuse(path: str) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    error = _error(clean_stale_temp_files, tmp_path)
+    assert str(error) == f"cannot remove {leftover}: Permission denied"
+    assert error.path == leftover
+
+
+def test_meta_times_without_a_zone_are_utc_by_convention() -> None:
+    meta = CertMeta.from_json('{"issued_at": "2026-01-01T12:00:00"}')
+    assert meta.issued_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+async def test_a_long_holder_description_is_cut_cleanly(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    async with store.lock("a", holder="€" * 300):  # 900 bytes: the read stops mid-character
+        with pytest.raises(LockTimeout) as caught:
+            async with store.lock("a", timeout=0):
+                pass
+    assert caught.value.holder == "€" * 200
+
+
+async def test_the_holder_says_since_when_in_utc(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    async with store.lock("a", holder="run 1"):
+        with pytest.raises(LockTimeout) as caught:
+            async with store.lock("a", timeout=0):
+                pass
+    assert re.fullmatch(
+        r"run 1 since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", caught.value.holder
+    ), caught.value.holder
