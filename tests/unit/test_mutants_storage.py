@@ -504,3 +504,18 @@ async def test_the_holder_says_since_when_in_utc(tmp_path: Path) -> None:
     assert re.fullmatch(
         r"run 1 since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", caught.value.holder
     ), caught.value.holder
+
+
+def test_zone_less_meta_times_are_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        meta = CertMeta.from_json('{"issued_at": "2026-01-01T12:00:00"}')
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert meta.issued_at == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
