@@ -1363,3 +1363,55 @@ async def test_a_refused_unload_is_logged(make_manager: MakeManager, tmp_path: P
     assert failed["cert"] == NAME
     assert failed["error"] == f"haproxy {missing}: socket does not exist"
     assert outcome.error == f"HAProxy unload failed: {failed['error']}"
+
+
+# -- third round ------------------------------------------------------------------------------
+
+
+async def test_a_meta_that_cannot_be_written_is_logged_not_raised(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    meta = manager.store.cert_dir(NAME) / "meta.json"
+
+    def disk_full(name: str, value: storage.CertMeta) -> None:
+        raise storage.StorageError(f"cannot write {meta}: No space left on device", meta)
+
+    monkeypatch.setattr(manager.store, "save_meta", disk_full)
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
+    assert outcome.action == "issued"  # the certificate is what matters; it is written
+    assert manager.pem_path(NAME).exists()
+    (failed,) = events(logs, "cert_meta_write_failed")
+    assert failed["cert"] == NAME
+    assert failed["error"] == f"cannot write {meta}: No space left on device"
+
+
+async def test_a_first_registration_is_stored_whole(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager("--email", "ops@m.example")
+    (spec,) = manager.settings.certificates
+    with capture_logs() as logs:
+        await manager.ensure(spec)
+    assert not events(logs, "acme_account_reregistered")
+    document = json.loads((manager.store.account_dir(DIRECTORY_URL) / "account.json").read_text())
+    (url,) = ca.accounts
+    assert document == {
+        "url": url,
+        "directory": DIRECTORY_URL,
+        "contact": ["mailto:ops@m.example"],
+    }
+
+
+async def test_a_reregistration_without_email_stores_no_contact(
+    make_manager: MakeManager, ca: FakeAcme
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    ca.reset_database()
+    await manager.ensure(spec, force=True)
+    document = json.loads((manager.store.account_dir(DIRECTORY_URL) / "account.json").read_text())
+    assert document["contact"] == [] and document["url"] in ca.accounts
