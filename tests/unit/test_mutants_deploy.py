@@ -818,7 +818,8 @@ async def test_a_handshake_that_never_completes_is_cut_short(certs: Path) -> Non
         deploy = deployer(
             certs, Time(), verify_address=("127.0.0.1", port), attempts=1, handshake_timeout=0.2
         )
-        async with asyncio.timeout(30):
+        # The configured 0.2 s, not the 5 s default of fetch_served_certificate.
+        async with asyncio.timeout(4):
             result = await deploy.deploy(
                 "a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER, names=["a.example"]
             )
@@ -988,3 +989,15 @@ def test_an_empty_command_is_named_exactly() -> None:
     with pytest.raises(ValueError) as caught:
         DeployConfig.build(reload_command=" ")
     assert str(caught.value) == "empty command"
+
+
+async def test_every_name_that_fails_the_check_is_in_the_error(
+    certs: Path, tls_at_127_0_0_2: tuple[str, int, list[str | None]]
+) -> None:
+    host, port, _ = tls_at_127_0_0_2
+    deploy = deployer(certs, Time(), verify_address=(host, port), attempts=1)
+    result = await deploy.deploy(
+        "a", certs / "a.pem", OLD, OLD_SERIAL, not_after=NOT_AFTER, names=["a.example", "b.example"]
+    )
+    wrong = f"serves serial {norm(NEW_SERIAL)}, expected {norm(OLD_SERIAL)}"
+    assert result.errors == (f"verify {host}:{port}: a.example: {wrong}; b.example: {wrong}",)
