@@ -819,3 +819,28 @@ async def test_a_master_reload_polls_every_twentieth_of_a_second_by_default(
     monkeypatch.setattr(haproxy.asyncio, "sleep", recording_sleep)
     info = await runtime.master_reload()
     assert info.reloads == 1 and polls == [0.05]
+
+
+async def test_an_answer_one_byte_over_the_limit_is_refused_naming_the_socket(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "big.sock"
+    answer = b"# filename\n" + b"x" * (haproxy.MAX_ANSWER_BYTES - 10)
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(big, str(path))
+    try:
+        with pytest.raises(HAProxyProtocolError) as caught:
+            await HAProxyRuntime(f"unix:{path}", timeout=30).show_ssl_certs()
+    finally:
+        server.close()
+    assert len(answer) == haproxy.MAX_ANSWER_BYTES + 1
+    assert str(caught.value) == (
+        f"haproxy unix:{path}: answer larger than {haproxy.MAX_ANSWER_BYTES} bytes:"
+        " not HAProxy's CLI?"
+    )
