@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import random
 import re
@@ -1415,3 +1416,18 @@ async def test_a_reregistration_without_email_stores_no_contact(
     await manager.ensure(spec, force=True)
     document = json.loads((manager.store.account_dir(DIRECTORY_URL) / "account.json").read_text())
     assert document["contact"] == [] and document["url"] in ca.accounts
+
+
+async def test_the_client_is_told_the_stored_account_url_so_a_reset_ca_is_noticed(
+    make_manager: MakeManager, ca: FakeAcme, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    with caplog.at_level(logging.WARNING, logger="ca_client.client"):
+        await manager.ensure(spec)
+    assert "re-registered" not in caplog.text  # a first registration is not a re-registration
+    ca.reset_database()
+    restarted = make_manager()  # a new process: it opens its client with the stored URL
+    with caplog.at_level(logging.WARNING, logger="ca_client.client"):
+        await restarted.ensure(spec, force=True)
+    assert "re-registered" in caplog.text
