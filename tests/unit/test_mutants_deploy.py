@@ -1001,3 +1001,8 @@ async def test_every_name_that_fails_the_check_is_in_the_error(
     )
     wrong = f"serves serial {norm(NEW_SERIAL)}, expected {norm(OLD_SERIAL)}"
     assert result.errors == (f"verify {host}:{port}: a.example: {wrong}; b.example: {wrong}",)
+
+
+def test_a_verify_host_is_kept_as_written_apart_from_ipv6_brackets() -> None:
+    assert DeployConfig.build(verify_address="HAPROX:443").verify_address == ("HAPROX", 443)
+    assert DeployConfig.build(verify_address="[fe80::1]:443").verify_address == ("fe80::1", 443)
