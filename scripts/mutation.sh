@@ -18,6 +18,8 @@
 # a figure to read, not a gate: not in CI, see docs/MUTATION.md for the time it takes).
 #
 # Parallelism: MUTATION_CHILDREN forked test processes (default 1: the machine is shared).
+# Time: a full run from an empty mutants/ took 18 min 45 s with MUTATION_CHILDREN=2 on the
+# shared 2-core machine (the first module also records which test reaches which function).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
