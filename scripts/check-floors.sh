@@ -36,6 +36,9 @@ PY
 
 venv="$(mktemp -d /tmp/cert-sidecar-floors.XXXXXX)"
 trap 'rm -rf "${venv}"' EXIT
+# mktemp -d makes it 0700: tests/unit/test_preflight.py runs cert-sidecar from this venv as an
+# unprivileged user, who must be able to read the installed packages.
+chmod 0755 "${venv}"
 python3 -m venv "${venv}"
 # pip.conf's local indexes may be absent; their "is ignored" warnings are noise here.
 "${venv}/bin/pip" install -q --disable-pip-version-check -c constraints/floors.txt -e '.[test]' \

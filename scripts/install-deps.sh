@@ -33,6 +33,8 @@ TEST_PACKAGES=(
     # setpriv/runuser, to run a case as an unprivileged user (root ignores file modes).
     util-linux
     ca-certificates
+    # curl: the README's first-run commands fetch through HAProxy with it (test_readme.py).
+    curl
 )
 
 missing=()

@@ -33,25 +33,11 @@ from sidecar.config import (
 )
 from sidecar.domains import validate_certificate_name
 from sidecar.errors import ConfigError, SidecarError, one_line
+from sidecar.outcome import REVOCATION_REASONS, canonical_reason
 
 __all__ = ["PROG", "REVOCATION_REASONS", "build_parser", "main"]
 
 PROG: Final = "cert-sidecar"
-
-# RFC 5280 §5.3.1 CRLReason codes a subscriber may give (RFC 8555 §7.6 passes the code).
-# The CA-only reasons (cACompromise, certificateHold, ...) are left out on purpose.
-REVOCATION_REASONS: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "unspecified": 0,
-        "keyCompromise": 1,
-        "affiliationChanged": 3,
-        "superseded": 4,
-        "cessationOfOperation": 5,
-    }
-)
-_REASON_BY_FOLDED: Final = {
-    name.lower().replace("-", "").replace("_", ""): name for name in REVOCATION_REASONS
-}
 
 # command -> (module, function); imported only when that command runs.
 _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
@@ -79,10 +65,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _reason(text: str) -> str:
-    folded = text.lower().replace("-", "").replace("_", "")
-    if folded not in _REASON_BY_FOLDED:
+    name = canonical_reason(text)
+    if name is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(REVOCATION_REASONS)}")
-    return _REASON_BY_FOLDED[folded]
+    return name
+
+
+def _setting_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,11 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Keeps HAProxy serving valid TLS certificates from an ACME CA (step-ca).",
         epilog="Every setting is also an environment variable and a config-file key; "
-        f"see '{PROG} <command> --help'. Precedence: flag > environment > file > default.",
+        f"see '{PROG} <command> --help'. Precedence: flag > environment > file > default. "
+        "Settings flags go before or after the command; after it, they win.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    # The settings flags are accepted before the command too (`cert-sidecar --config FILE run`,
+    # as with git or docker); each command's --help lists them, so here they are not shown.
+    add_setting_arguments(parser)
+    for action in _setting_actions(parser):
+        action.help = argparse.SUPPRESS
     settings = _Parser(add_help=False)
     add_setting_arguments(settings)
+    # argparse copies every attribute of a command's namespace over the top-level one, defaults
+    # included: without SUPPRESS, a flag given before the command would be reset to None. With
+    # it, a command sets only what was written after it (which then wins).
+    for action in _setting_actions(settings):
+        action.default = argparse.SUPPRESS
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:

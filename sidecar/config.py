@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, TypeGuard, get_args
 from urllib.parse import urlsplit
 
 from sidecar import domains
@@ -53,22 +53,29 @@ __all__ = [
     "CertificateSpec",
     "ConfigError",
     "Option",
+    "ReloadMode",
     "Settings",
     "add_setting_arguments",
     "check_ca_bundle",
     "check_directories",
+    "default_reload_mode",
     "describe",
+    "is_reload_mode",
     "load_settings",
     "parse_bool",
     "parse_host_port",
     "parse_pem_mode",
+    "parse_signal",
     "resolve_group",
+    "split_command",
 ]
 
 ENV_PREFIX: Final = "CERT_SIDECAR_"
 KEY_TYPES: Final = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CHALLENGES: Final = ("http-01", "tls-alpn-01", "dns-01")
-RELOAD_MODES: Final = ("runtime-api", "master-reload", "signal", "command", "none")
+# How HAProxy loads a new certificate. The one definition: the deployer takes this type.
+ReloadMode = Literal["runtime-api", "master-reload", "signal", "command", "none"]
+RELOAD_MODES: Final[tuple[ReloadMode, ...]] = get_args(ReloadMode)
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
@@ -296,7 +303,7 @@ class Settings:
     renew_at: float
     haproxy_sockets: tuple[HAProxyAddress, ...]
     haproxy_certs_dir: Path
-    reload: str
+    reload: ReloadMode
     reload_command: tuple[str, ...] | None
     reload_signal: signal.Signals | None
     reload_pid_file: Path | None
@@ -575,17 +582,27 @@ def _pem_group(raw: _Raw) -> int | None:
         raise ConfigError(raw.label, str(exc)) from None
 
 
+def split_command(text: str) -> tuple[str, ...]:
+    """A command line split like a shell would (no shell runs it); ValueError if it cannot be,
+    or if nothing is left."""
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"cannot split {text!r}: {exc}") from None
+    if not argv:
+        raise ValueError("must not be empty")
+    return argv
+
+
 def _command(raw: _Raw) -> tuple[str, ...] | None:
     """A command line split like a shell would (no shell runs it); it must exist now."""
     if raw.value is None:
         return None
     text = _string(raw)
     try:
-        argv = tuple(shlex.split(text))
+        argv = split_command(text)
     except ValueError as exc:
-        raise ConfigError(raw.label, f"cannot split {text!r}: {exc}") from None
-    if not argv:
-        raise ConfigError(raw.label, "must not be empty")
+        raise ConfigError(raw.label, str(exc)) from None
     program = argv[0]
     if os.sep in program:
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
@@ -637,17 +654,26 @@ def _renew_at(raw: _Raw) -> float:
     return float(value)
 
 
-def _signal(raw: _Raw) -> signal.Signals | None:
-    if raw.value is None:
-        return None
-    text = _string(raw) if not isinstance(raw.value, int) else str(raw.value)
+def parse_signal(value: str | int) -> signal.Signals:
+    """A signal by name (``SIGUSR2``, ``usr2``, any case) or number; ValueError otherwise."""
+    text = str(value).strip()
     try:
         if text.isdigit():
             return signal.Signals(int(text))
         name = text.upper()
         return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
     except (KeyError, ValueError):
-        raise ConfigError(raw.label, f"{text!r} is not a signal name like SIGUSR2") from None
+        raise ValueError(f"{text!r} is not a signal name like SIGUSR2") from None
+
+
+def _signal(raw: _Raw) -> signal.Signals | None:
+    if raw.value is None:
+        return None
+    text = _string(raw) if not isinstance(raw.value, int) else str(raw.value)
+    try:
+        return parse_signal(text)
+    except ValueError as exc:
+        raise ConfigError(raw.label, str(exc)) from None
 
 
 def _key_type(raw: _Raw) -> KeyType:
@@ -894,13 +920,58 @@ def load_settings(
     ``check_ca_bundle`` and ``check_directories``).
     """
     _check_unknown_env(environ)
+    sources, file = _load_sources(args, environ)
+    # The sections are parsed in this order, each setting in a fixed order within its section,
+    # so that the first bad setting is always the one reported.
+    ca = _ca_section(sources)
+    acme = _acme_section(sources)
+    storage = _storage_section(sources)
+    haproxy, socket_texts = _haproxy_section(sources, storage["certs_dir"])
+    runtime = _runtime_section(sources)
+    certificates = _certificate_specs(
+        _certificate_inputs(sources, file),
+        acme["key_type"],
+        sources.get("challenge"),
+        acme["dns_hook"],
+        require_certificates=require_certificates,
+    )
+    return Settings(
+        **ca,
+        **acme,
+        **storage,
+        **haproxy,
+        **runtime,
+        certificates=certificates,
+        config_file=file.path if file else None,
+        setting_labels=MappingProxyType(dict(sources.labels)),
+        haproxy_socket_texts=socket_texts,
+    )
+
+
+def _load_sources(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[_Sources, _FileConfig | None]:
+    """Flags, environment and (once its path is known from those two) the config file."""
     sources = _Sources(args, environ, {})
     located = _config_path(sources)
     file = _read_config_file(*located) if located else None
     if file is not None:
         sources = _Sources(args, environ, file.values)
-    get = sources.get
+    return sources, file
 
+
+class _CaSection(TypedDict):
+    directory: str
+    ca_bundle: Path
+    system_trust: bool
+    email: str | None
+    eab_kid: str | None
+    eab_hmac_key: bytes | None
+
+
+def _ca_section(sources: _Sources) -> _CaSection:
+    """Which CA, how it is trusted, and the account's contact and external binding."""
+    get = sources.get
     directory = _directory_url(get("directory"))
     ca_bundle = _path(get("ca_bundle"))
     system_trust = bool(_bool(get("system_trust")))
@@ -915,13 +986,47 @@ def load_settings(
         )
     if eab_key is not None and eab_kid is None:
         raise ConfigError(eab_label or _ENV_EAB_KEY, "needs the key id too: --eab-kid")
-    key_type = _key_type(get("key_type"))
-    challenge_raw = get("challenge")
-    challenge = _choice(challenge_raw, CHALLENGES)
-    http_listen = _host_port(get("http_listen"))
-    tls_alpn_listen = _host_port(get("tls_alpn_listen"))
-    dns_hook_raw = get("dns_hook")
-    dns_hook = _command(dns_hook_raw)
+    return _CaSection(
+        directory=directory,
+        ca_bundle=ca_bundle,
+        system_trust=system_trust,
+        email=email,
+        eab_kid=eab_kid,
+        eab_hmac_key=eab_key,
+    )
+
+
+class _AcmeSection(TypedDict):
+    key_type: KeyType
+    challenge: str
+    http_listen: tuple[str, int]
+    tls_alpn_listen: tuple[str, int]
+    dns_hook: tuple[str, ...] | None
+
+
+def _acme_section(sources: _Sources) -> _AcmeSection:
+    """The defaults for each certificate's key and challenge, and the challenges' settings."""
+    get = sources.get
+    return _AcmeSection(
+        key_type=_key_type(get("key_type")),
+        challenge=_choice(get("challenge"), CHALLENGES),
+        http_listen=_host_port(get("http_listen")),
+        tls_alpn_listen=_host_port(get("tls_alpn_listen")),
+        dns_hook=_command(get("dns_hook")),
+    )
+
+
+class _StorageSection(TypedDict):
+    certs_dir: Path
+    state_dir: Path
+    pem_mode: int
+    pem_group: int | None
+    renew_at: float
+
+
+def _storage_section(sources: _Sources) -> _StorageSection:
+    """Where files go, with which mode and group, and when a certificate is due."""
+    get = sources.get
     certs_dir = _path(get("certs_dir"))
     state_dir = _path(get("state_dir"))
     mode_raw = get("pem_mode")
@@ -933,32 +1038,72 @@ def load_settings(
         pem_mode = parse_pem_mode(mode_raw.value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(mode_raw.label, str(exc)) from None
-    pem_group = _pem_group(get("pem_group"))
-    renew_at = _renew_at(get("renew_at"))
+    return _StorageSection(
+        certs_dir=certs_dir,
+        state_dir=state_dir,
+        pem_mode=pem_mode,
+        pem_group=_pem_group(get("pem_group")),
+        renew_at=_renew_at(get("renew_at")),
+    )
 
-    sockets_raw = get("haproxy_sockets")
-    socket_texts, haproxy_sockets = _haproxy_sockets(sockets_raw)
+
+class _HAProxySection(TypedDict):
+    haproxy_sockets: tuple[HAProxyAddress, ...]
+    haproxy_certs_dir: Path
+    reload: ReloadMode
+    reload_command: tuple[str, ...] | None
+    reload_signal: signal.Signals | None
+    reload_pid_file: Path | None
+    verify_address: tuple[str, int] | None
+    deploy_hook: tuple[str, ...] | None
+    hook_env: tuple[str, ...]
+
+
+def _haproxy_section(sources: _Sources, certs_dir: Path) -> tuple[_HAProxySection, tuple[str, ...]]:
+    """How certificates reach HAProxy, and the socket addresses as written."""
+    get = sources.get
+    socket_texts, haproxy_sockets = _haproxy_sockets(get("haproxy_sockets"))
     certs_raw = get("haproxy_certs_dir")
     haproxy_certs_dir = certs_dir if certs_raw.value is None else _path(certs_raw, local=False)
     reload_raw = get("reload")
     reload = (
-        _choice(reload_raw, RELOAD_MODES)
+        _reload_mode(reload_raw)
         if reload_raw.value is not None
-        else ("runtime-api" if haproxy_sockets else "none")
+        else default_reload_mode(bool(haproxy_sockets))
     )
     reload_command = _command(get("reload_command"))
     signal_raw = get("reload_signal")
     reload_signal = _signal(signal_raw)
-    pid_raw = get("reload_pid_file")
-    reload_pid_file = _optional_path(pid_raw)
+    reload_pid_file = _optional_path(get("reload_pid_file"))
     if reload_signal is not None and reload_pid_file is None:
         raise ConfigError(signal_raw.label, "needs --reload-pid-file to know whom to signal")
     if reload_pid_file is not None and reload_signal is None:
         reload_signal = _DEFAULT_RELOAD_SIGNAL
     _check_reload(reload, reload_raw.label, haproxy_sockets, reload_command, reload_pid_file)
-    verify_address = _optional_host_port(get("verify_address"))
-    deploy_hook = _command(get("deploy_hook"))
-    hook_env = _hook_env(get("hook_env"))
+    section = _HAProxySection(
+        haproxy_sockets=haproxy_sockets,
+        haproxy_certs_dir=haproxy_certs_dir,
+        reload=reload,
+        reload_command=reload_command,
+        reload_signal=reload_signal,
+        reload_pid_file=reload_pid_file,
+        verify_address=_optional_host_port(get("verify_address")),
+        deploy_hook=_command(get("deploy_hook")),
+        hook_env=_hook_env(get("hook_env")),
+    )
+    return section, socket_texts
+
+
+class _RuntimeSection(TypedDict):
+    health_listen: tuple[str, int]
+    placeholder: bool | None
+    log_format: str
+    log_level: str
+
+
+def _runtime_section(sources: _Sources) -> _RuntimeSection:
+    """The health listener, the placeholder switch and logging."""
+    get = sources.get
     health_listen = _host_port(get("health_listen"))
     placeholder = _bool(get("placeholder"))
     format_raw = get("log_format")
@@ -967,17 +1112,31 @@ def load_settings(
         if format_raw.value is not None
         else ("console" if sys.stderr is not None and sys.stderr.isatty() else "json")
     )
-    log_level = _choice(get("log_level"), LOG_LEVELS)
+    return _RuntimeSection(
+        health_listen=health_listen,
+        placeholder=placeholder,
+        log_format=log_format,
+        log_level=_choice(get("log_level"), LOG_LEVELS),
+    )
 
-    certificates: list[CertificateSpec] = []
-    names: set[str] = set()
-    inputs = _certificate_inputs(sources, file)
+
+def _certificate_specs(
+    inputs: Sequence[_CertInput],
+    key_type: KeyType,
+    challenge_raw: _Raw,
+    dns_hook: tuple[str, ...] | None,
+    *,
+    require_certificates: bool,
+) -> tuple[CertificateSpec, ...]:
+    """Every certificate, validated, then checked against the others and the dns-01 hook."""
     if not inputs and require_certificates:
         raise ConfigError(
             "--domain",
             f"no certificates configured: give --domain, {_ENV_DOMAINS} or [[certificates]]"
             " in the config file",
         )
+    certificates: list[CertificateSpec] = []
+    names: set[str] = set()
     for cert_input in inputs:
         spec, challenge_label = _certificate(cert_input, key_type, challenge_raw)
         if spec.name in names:
@@ -988,42 +1147,7 @@ def load_settings(
                 challenge_label, f"dns-01 needs a hook: --dns-hook or {ENV_PREFIX}DNS_HOOK"
             )
         certificates.append(spec)
-
-    return Settings(
-        directory=directory,
-        ca_bundle=ca_bundle,
-        system_trust=system_trust,
-        email=email,
-        eab_kid=eab_kid,
-        eab_hmac_key=eab_key,
-        key_type=key_type,
-        challenge=challenge,
-        http_listen=http_listen,
-        tls_alpn_listen=tls_alpn_listen,
-        dns_hook=dns_hook,
-        certs_dir=certs_dir,
-        state_dir=state_dir,
-        pem_mode=pem_mode,
-        pem_group=pem_group,
-        renew_at=renew_at,
-        haproxy_sockets=haproxy_sockets,
-        haproxy_certs_dir=haproxy_certs_dir,
-        reload=reload,
-        reload_command=reload_command,
-        reload_signal=reload_signal,
-        reload_pid_file=reload_pid_file,
-        verify_address=verify_address,
-        deploy_hook=deploy_hook,
-        health_listen=health_listen,
-        placeholder=placeholder,
-        log_format=log_format,
-        log_level=log_level,
-        certificates=tuple(certificates),
-        config_file=file.path if file else None,
-        setting_labels=MappingProxyType(dict(sources.labels)),
-        haproxy_socket_texts=socket_texts,
-        hook_env=hook_env,
-    )
+    return tuple(certificates)
 
 
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -1067,8 +1191,23 @@ def _haproxy_sockets(raw: _Raw) -> tuple[tuple[str, ...], tuple[HAProxyAddress, 
     return texts, tuple(addresses)
 
 
+def is_reload_mode(text: str) -> TypeGuard[ReloadMode]:
+    return text in RELOAD_MODES
+
+
+def default_reload_mode(has_sockets: bool) -> ReloadMode:
+    """The contract's default: the runtime API when a socket is configured, else nothing."""
+    return "runtime-api" if has_sockets else "none"
+
+
+def _reload_mode(raw: _Raw) -> ReloadMode:
+    text = _choice(raw, RELOAD_MODES)
+    assert is_reload_mode(text)  # _choice refused anything else
+    return text
+
+
 def _check_reload(
-    reload: str,
+    reload: ReloadMode,
     label: str,
     sockets: tuple[HAProxyAddress, ...],
     command: tuple[str, ...] | None,

@@ -41,7 +41,7 @@ from typing import Any, Final
 import structlog
 
 from ca_client.lifecycle import StartStop
-from sidecar.errors import OperationError, one_line
+from sidecar.errors import OperationError, error_text, one_line, os_error_text
 
 __all__ = [
     "ANSWER_KEYS",
@@ -100,13 +100,6 @@ class ControlProtocolError(ControlError):
 
 class ControlSocketBusy(ControlError):
     """Another live process already answers on the control socket."""
-
-
-def _os_error_text(exc: OSError) -> str:
-    """``connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return one_line(str(exc)) or type(exc).__name__
 
 
 def socket_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -285,7 +278,7 @@ class ControlServer(StartStop):
                 "is another cert-sidecar run active?"
             ) from exc
         except OSError as exc:
-            raise ControlError(f"cannot check {self._path}: {_os_error_text(exc)}") from exc
+            raise ControlError(f"cannot check {self._path}: {os_error_text(exc)}") from exc
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -297,7 +290,7 @@ class ControlServer(StartStop):
             private = Path(tempfile.mkdtemp(prefix=_BIND_DIR_PREFIX, dir=directory))  # mode 0700
         except OSError as exc:
             raise ControlError(
-                f"cannot create the control socket in {directory}: {_os_error_text(exc)}"
+                f"cannot create the control socket in {directory}: {os_error_text(exc)}"
             ) from exc
         temporary = private / "s"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -312,7 +305,7 @@ class ControlServer(StartStop):
             sock.close()
             self._remove_socket_file()
             raise ControlError(
-                f"cannot create the control socket {self._path}: {_os_error_text(exc)}"
+                f"cannot create the control socket {self._path}: {os_error_text(exc)}"
             ) from exc
         finally:
             with contextlib.suppress(OSError):
@@ -421,7 +414,7 @@ class ControlServer(StartStop):
             # The handler should answer failures itself; this keeps a bug from leaving the
             # client without an answer (and the listener keeps serving).
             log.exception("control_request_failed", command=request["command"])
-            return make_answer(False, 1, error=str(exc) or type(exc).__name__)
+            return make_answer(False, 1, error=error_text(exc))
         try:
             return _validate_answer(answer)
         except ControlProtocolError as exc:
@@ -471,7 +464,7 @@ async def request(
         ) from exc
     except OSError as exc:
         raise ControlError(
-            f"cannot talk to the running sidecar at {path}: {_os_error_text(exc)}"
+            f"cannot talk to the running sidecar at {path}: {os_error_text(exc)}"
         ) from exc
     finally:
         if writer is not None:

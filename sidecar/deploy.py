@@ -38,19 +38,30 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import math
 import os
-import shlex
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 
 from ca_client.childenv import child_environment
+from ca_client.retry import poll_delays
+from sidecar.config import (
+    RELOAD_MODES,
+    ReloadMode,
+    Settings,
+    default_reload_mode,
+    parse_host_port,
+    parse_signal,
+    split_command,
+)
+from sidecar.errors import error_text
 from sidecar.haproxy import (
     HAProxyAddress,
     HAProxyError,
@@ -67,6 +78,7 @@ __all__ = [
     "DeployConfig",
     "DeployResult",
     "Deployer",
+    "FallbackKind",
     "HookOutcome",
     "NameCheck",
     "SocketOutcome",
@@ -76,7 +88,8 @@ __all__ = [
     "sni_for",
 ]
 
-RELOAD_MODES = ("runtime-api", "master-reload", "signal", "command", "none")
+# The reloads the runtime API may fall back to when a hot update fails.
+FallbackKind = Literal["command", "signal"]
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -86,13 +99,14 @@ class DeployConfig:
     """How to deploy; mirrors the ``[haproxy]`` settings plus the timeouts.
 
     ``reload=None`` picks the contract's default: ``runtime-api`` with sockets, else ``none``.
-    Commands may be given as argv tuples or as one string (split like a shell, no shell).
+    The fields are typed values: ``sidecar.config`` parses what the user wrote, once
+    (``deployer_from_settings``); ``build`` is the shorthand for tests and benchmarks.
     """
 
     sockets: tuple[HAProxyAddress, ...] = ()
     certs_dir: Path = Path("/etc/haproxy/certs")
     haproxy_certs_dir: Path | None = None
-    reload: str | None = None
+    reload: ReloadMode | None = None
     reload_command: tuple[str, ...] | None = None
     reload_signal: signal.Signals | None = None
     reload_pid_file: Path | None = None
@@ -120,21 +134,30 @@ class DeployConfig:
         verify_address: tuple[str, int] | str | None = None,
         **other: Any,
     ) -> DeployConfig:
-        """Like the constructor, but accepting the spellings a user would write."""
+        """Like the constructor, but accepting the spellings a user would write, parsed by the
+        same functions as the settings (``sidecar.config``, ``sidecar.haproxy``)."""
         return cls(
             sockets=tuple(
                 s if isinstance(s, HAProxyAddress) else parse_haproxy_address(s) for s in sockets
             ),
             reload_command=_argv(reload_command),
             deploy_hook=_argv(deploy_hook),
-            reload_signal=_signal(reload_signal),
-            verify_address=_host_port(verify_address),
+            reload_signal=(
+                reload_signal
+                if reload_signal is None or isinstance(reload_signal, signal.Signals)
+                else parse_signal(reload_signal)
+            ),
+            verify_address=(
+                parse_host_port(verify_address)
+                if isinstance(verify_address, str)
+                else verify_address
+            ),
             **other,
         )
 
     @property
-    def mode(self) -> str:
-        mode = self.reload or ("runtime-api" if self.sockets else "none")
+    def mode(self) -> ReloadMode:
+        mode = self.reload or default_reload_mode(bool(self.sockets))
         if mode not in RELOAD_MODES:
             raise ValueError(f"unknown reload mode {mode!r}: one of {', '.join(RELOAD_MODES)}")
         return mode
@@ -143,46 +166,29 @@ class DeployConfig:
 def _argv(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    argv = tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        argv = split_command(value) if value.strip() else ()
+    else:
+        argv = tuple(value)
     if not argv:
         raise ValueError("empty command")
     return argv
 
 
-def _signal(value: signal.Signals | str | int | None) -> signal.Signals | None:
-    if value is None or isinstance(value, signal.Signals):
-        return value
-    if isinstance(value, int):
-        return signal.Signals(value)
-    name = value.strip().upper()
-    if name.isdigit():
-        return signal.Signals(int(name))
-    return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-
-
-def _host_port(value: tuple[str, int] | str | None) -> tuple[str, int] | None:
-    if value is None or isinstance(value, tuple):
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, not {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def deployer_from_settings(settings: Any) -> Deployer:
-    """A Deployer for ``sidecar.config.Settings`` (fields named as in DESIGN.md)."""
+def deployer_from_settings(settings: Settings) -> Deployer:
+    """The process's Deployer: every field is already parsed and checked by ``load_settings``."""
     return Deployer(
         DeployConfig(
-            sockets=tuple(settings.haproxy_sockets),
-            certs_dir=Path(settings.certs_dir),
-            haproxy_certs_dir=Path(settings.haproxy_certs_dir),
+            sockets=settings.haproxy_sockets,
+            certs_dir=settings.certs_dir,
+            haproxy_certs_dir=settings.haproxy_certs_dir,
             reload=settings.reload,
-            reload_command=_argv(settings.reload_command),
-            reload_signal=_signal(settings.reload_signal),
+            reload_command=settings.reload_command,
+            reload_signal=settings.reload_signal,
             reload_pid_file=settings.reload_pid_file,
-            verify_address=_host_port(settings.verify_address),
-            deploy_hook=_argv(settings.deploy_hook),
-            hook_env=tuple(getattr(settings, "hook_env", ())),
+            verify_address=settings.verify_address,
+            deploy_hook=settings.deploy_hook,
+            hook_env=settings.hook_env,
         )
     )
 
@@ -236,10 +242,10 @@ class DeployResult:
 
     name: str
     serial: str
-    mode: str
+    mode: ReloadMode
     ok: bool
     sockets: tuple[SocketOutcome, ...] = ()
-    fallback: str | None = None  # "command" or "signal" when runtime-api fell back
+    fallback: FallbackKind | None = None  # when runtime-api fell back
     fallback_ok: bool | None = None
     verification: VerifyOutcome | None = None
     hook: HookOutcome | None = None
@@ -309,6 +315,26 @@ async def fetch_served_certificate(
     if not der:
         raise ssl.SSLError("the server presented no certificate")
     return x509.load_der_x509_certificate(der)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One deploy as it goes: what is expected, and what has happened so far."""
+
+    expected: str
+    path: str
+    names: tuple[str, ...]
+    ok: bool = False
+    errors: list[str] = field(default_factory=list)
+    sockets: list[SocketOutcome] = field(default_factory=list)
+    fallback: FallbackKind | None = None
+    fallback_ok: bool | None = None
+    verification: VerifyOutcome | None = None
+
+    def record_sockets(self, outcomes: Sequence[SocketOutcome]) -> bool:
+        """Note the failed sockets' errors; True when every one succeeded."""
+        self.errors += [f"{s.address}: {s.error}" for s in outcomes if not s.ok]
+        return all(s.ok for s in outcomes)
 
 
 # --------------------------------------------------------------------------- the deployer
@@ -410,95 +436,95 @@ class Deployer:
         spelling; ``names`` are the certificate's DNS names (SNI for ``--verify-address``).
         """
         started = self._clock()
-        expected = normalize_serial(serial_hex)
-        path = self.haproxy_path(pem_path)
-        errors: list[str] = []
-        sockets: list[SocketOutcome] = []
-        fallback: str | None = None
-        fallback_ok: bool | None = None
-        verification: VerifyOutcome | None = None
-        mode = self.mode
-
-        if mode == "runtime-api":
-            try:
-                check_payload(pem)
-            except InvalidPayload as exc:
-                # Not sendable over the CLI; a reload still loads the file from disk.
-                sockets = [
-                    SocketOutcome(str(r.address), False, "failed", error=str(exc))
-                    for r in self.runtimes
-                ]
-            else:
-                # One socket after the other: two addresses may reach the same process (a
-                # stats socket and its master CLI), and its one transaction slot would make
-                # concurrent updates collide. Each update takes a few milliseconds.
-                sockets = [await self._hot_update(r, path, pem, expected) for r in self.runtimes]
-            errors += [f"{s.address}: {s.error}" for s in sockets if not s.ok]
-            ok = all(s.ok for s in sockets)
-            if ok and self.config.verify_address:
-                verification = await self._verify(names, expected, settle=False)
-                ok = verification.ok
-                if not ok:
-                    errors.append(_verify_error(verification))
-            if not ok and (fallback := self._fallback_kind()) is not None:
-                reload_error = await self._reload(fallback)
-                if reload_error is not None:
-                    errors.append(f"fallback {fallback}: {reload_error}")
-                    fallback_ok = False
-                else:
-                    # The reloaded HAProxy read the PEM from disk: confirm on the sockets that
-                    # answered before. One that was unreachable cannot confirm anything; it
-                    # stays reported as failed but does not veto a reload that worked.
-                    reachable = [
-                        r for r, s in zip(self.runtimes, sockets, strict=True) if s.reachable
-                    ]
-                    confirmed = list(
-                        await asyncio.gather(*(self._confirm(r, path, expected) for r in reachable))
-                    )
-                    by_address = {s.address: s for s in confirmed}
-                    sockets = [by_address.get(s.address, s) for s in sockets]
-                    errors += [f"{s.address}: {s.error}" for s in confirmed if not s.ok]
-                    ok = all(s.ok for s in confirmed)
-                    if ok and self.config.verify_address:
-                        verification = await self._verify(names, expected, settle=True)
-                        ok = verification.ok
-                        if not ok:
-                            errors.append(_verify_error(verification))
-                    fallback_ok = ok
+        job = _Job(normalize_serial(serial_hex), self.haproxy_path(pem_path), tuple(names))
+        if self.mode == "runtime-api":
+            await self._deploy_hot(job, pem)
         else:
-            reload_error = await self._reload(mode) if mode != "none" else None
-            if reload_error is not None:
-                errors.append(reload_error)
-                ok = False
-            else:
-                if mode != "none":
-                    sockets = await self._confirm_all(path, expected)
-                    errors += [f"{s.address}: {s.error}" for s in sockets if not s.ok]
-                ok = all(s.ok for s in sockets)
-                if ok and self.config.verify_address:
-                    verification = await self._verify(names, expected, settle=mode != "none")
-                    ok = verification.ok
-                    if not ok:
-                        errors.append(_verify_error(verification))
-
+            await self._deploy_by_reload(job)
         hook: HookOutcome | None = None
-        if ok and self.config.deploy_hook:
-            hook = await self._run_hook(name, pem_path, expected, not_after, names)
+        if job.ok and self.config.deploy_hook:
+            hook = await _run_hook(
+                self.config, name, pem_path, serial=job.expected, not_after=not_after, names=names
+            )
             if not hook.ok:
-                errors.append(f"deploy hook: {hook.error}")
+                job.errors.append(f"deploy hook: {hook.error}")
         return DeployResult(
             name=name,
-            serial=expected,
-            mode=mode,
-            ok=ok,
-            sockets=tuple(sockets),
-            fallback=fallback,
-            fallback_ok=fallback_ok,
-            verification=verification,
+            serial=job.expected,
+            mode=self.mode,
+            ok=job.ok,
+            sockets=tuple(job.sockets),
+            fallback=job.fallback,
+            fallback_ok=job.fallback_ok,
+            verification=job.verification,
             hook=hook,
-            errors=tuple(errors),
+            errors=tuple(job.errors),
             duration=self._clock() - started,
         )
+
+    async def _deploy_hot(self, job: _Job, pem: bytes) -> None:
+        """``runtime-api``: update every socket, check, and reload instead when that failed."""
+        try:
+            check_payload(pem)
+        except InvalidPayload as exc:
+            # Not sendable over the CLI; a reload still loads the file from disk.
+            job.sockets = [
+                SocketOutcome(str(r.address), False, "failed", error=str(exc))
+                for r in self.runtimes
+            ]
+        else:
+            # One socket after the other: two addresses may reach the same process (a stats
+            # socket and its master CLI), and its one transaction slot would make concurrent
+            # updates collide. Each update takes a few milliseconds.
+            job.sockets = [
+                await self._hot_update(r, job.path, pem, job.expected) for r in self.runtimes
+            ]
+        job.ok = job.record_sockets(job.sockets)
+        await self._check_served(job, settle=False)
+        if not job.ok and (fallback := _fallback_kind(self.config)) is not None:
+            job.fallback = fallback
+            await self._fallback_reload(job, fallback)
+
+    async def _fallback_reload(self, job: _Job, fallback: FallbackKind) -> None:
+        """After a failed hot update: reload, then confirm on the sockets that answered."""
+        reload_error = await self._reload(fallback)
+        if reload_error is not None:
+            job.errors.append(f"fallback {fallback}: {reload_error}")
+            job.fallback_ok = False
+            return
+        # The reloaded HAProxy read the PEM from disk: confirm on the sockets that answered
+        # before. One that was unreachable cannot confirm anything; it stays reported as failed
+        # but does not veto a reload that worked.
+        reachable = [r for r, s in zip(self.runtimes, job.sockets, strict=True) if s.reachable]
+        confirmed = list(
+            await asyncio.gather(*(self._confirm(r, job.path, job.expected) for r in reachable))
+        )
+        by_address = {s.address: s for s in confirmed}
+        job.sockets = [by_address.get(s.address, s) for s in job.sockets]
+        job.ok = job.record_sockets(confirmed)
+        await self._check_served(job, settle=True)
+        job.fallback_ok = job.ok
+
+    async def _deploy_by_reload(self, job: _Job) -> None:
+        """Every mode but ``runtime-api``: reload (unless ``none``), confirm, check."""
+        mode = self.mode
+        reload_error = await self._reload(mode) if mode != "none" else None
+        if reload_error is not None:
+            job.errors.append(reload_error)
+            job.ok = False
+            return
+        if mode != "none":
+            job.sockets = await self._confirm_all(job.path, job.expected)
+        job.ok = job.record_sockets(job.sockets)
+        await self._check_served(job, settle=mode != "none")
+
+    async def _check_served(self, job: _Job, *, settle: bool) -> None:
+        """With ``--verify-address``, and only while all went well: what a handshake gets."""
+        if job.ok and self.config.verify_address:
+            job.verification = await self._verify(job.names, job.expected, settle=settle)
+            job.ok = job.verification.ok
+            if not job.ok:
+                job.errors.append(_verify_error(job.verification))
 
     # -- runtime API
 
@@ -508,7 +534,7 @@ class Deployer:
         address = str(runtime.address)
         error = "not tried"
         reachable = True
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, math.inf)
         attempts = max(1, self.config.attempts)
         for attempt in range(1, attempts + 1):
             try:
@@ -523,8 +549,7 @@ class Deployer:
                     return SocketOutcome(address, True, action, update.serial, attempt)
                 error = f"show ssl cert reports serial {update.serial} ({update.status})"
             if attempt < attempts:
-                await self._sleep(delay)
-                delay *= 2
+                await self._sleep(next(delays))
         return SocketOutcome(address, False, "failed", None, attempts, error, reachable)
 
     async def _confirm_all(self, path: str, expected: str) -> list[SocketOutcome]:
@@ -540,7 +565,7 @@ class Deployer:
         """
         address = str(runtime.address)
         deadline = self._clock() + self.config.settle_timeout
-        delay = 0.02
+        delays = poll_delays(0.02, 2, 0.5)
         attempts = 0
         while True:
             attempts += 1
@@ -556,24 +581,16 @@ class Deployer:
                 error = f"serves serial {served}" if info else f"{path} is not loaded"
             if self._clock() >= deadline:
                 return SocketOutcome(address, False, "failed", served, attempts, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await self._sleep(next(delays))
 
     # -- reloads
 
-    def _fallback_kind(self) -> str | None:
-        if self.config.reload_command:
-            return "command"
-        if self.config.reload_signal is not None and self.config.reload_pid_file is not None:
-            return "signal"
-        return None
-
-    async def _reload(self, kind: str) -> str | None:
+    async def _reload(self, kind: ReloadMode) -> str | None:
         """Run a reload of ``kind``; None on success, else a one-line error."""
         if kind == "command":
-            return await self._reload_command()
+            return await _reload_command(self.config)
         if kind == "signal":
-            return self._send_signal()
+            return _send_signal(self.config)
         if kind == "master-reload":
             masters = [r for r in self.runtimes if r.address.master]
             if not masters:
@@ -586,36 +603,6 @@ class Deployer:
                     errors.append(str(exc))
             return "; ".join(errors) or None
         return f"unknown reload mode {kind!r}"
-
-    async def _reload_command(self) -> str | None:
-        argv = self.config.reload_command
-        if not argv:
-            return "no reload command configured"
-        env = child_environment(passthrough=self.config.hook_env)
-        outcome = await _run(argv, env, self.config.command_timeout)
-        return None if outcome.ok else f"reload command {argv[0]}: {outcome.error}"
-
-    def _send_signal(self) -> str | None:
-        sig = self.config.reload_signal or signal.SIGUSR2
-        pid_file = self.config.reload_pid_file
-        if pid_file is None:
-            return "no pid file configured"
-        try:
-            text = pid_file.read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            return f"pid file {pid_file}: {exc.strerror or type(exc).__name__}"
-        # HAProxy's pid file holds one pid per line (the master's first in master-worker mode).
-        first = text.split()[0] if text.split() else ""
-        if not first.isdigit() or int(first) <= 1:
-            return f"pid file {pid_file}: no pid in it"
-        pid = int(first)
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return f"{sig.name} to pid {pid} (from {pid_file}): no such process"
-        except PermissionError:
-            return f"{sig.name} to pid {pid} (from {pid_file}): not permitted"
-        return None
 
     # -- verification
 
@@ -639,7 +626,7 @@ class Deployer:
         self, host: str, port: int, name: str, sni: str, expected: str, *, settle: bool
     ) -> NameCheck:
         deadline = self._clock() + self.config.settle_timeout
-        delay = self.config.retry_delay
+        delays = poll_delays(self.config.retry_delay, 2, 1.0)
         attempts = max(1, self.config.attempts)
         attempt = 0
         while True:
@@ -659,32 +646,78 @@ class Deployer:
             done = self._clock() >= deadline if settle else attempt >= attempts
             if done:
                 return NameCheck(name, sni, False, served, error)
-            await self._sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await self._sleep(next(delays))
 
-    # -- hook
 
-    async def _run_hook(
-        self,
-        name: str,
-        pem_path: Path,
-        serial: str,
-        not_after: dt.datetime,
-        names: Sequence[str],
-    ) -> HookOutcome:
-        assert self.config.deploy_hook is not None
-        # Never dict(os.environ): that holds the EAB HMAC key (ca_client.childenv).
-        env = child_environment(
-            {
-                "CERT_NAME": name,
-                "CERT_PEM": str(pem_path),
-                "CERT_SERIAL": serial,
-                "CERT_NOT_AFTER": _iso_utc(not_after),
-                "CERT_DOMAINS": ",".join(names),
-            },
-            passthrough=self.config.hook_env,
-        )
-        return await _run(self.config.deploy_hook, env, self.config.hook_timeout)
+# --------------------------------------------------------------------------- reloads and the hook
+
+
+def _fallback_kind(config: DeployConfig) -> FallbackKind | None:
+    """The reload to fall back on when a hot update fails, if one is configured."""
+    if config.reload_command:
+        return "command"
+    if config.reload_signal is not None and config.reload_pid_file is not None:
+        return "signal"
+    return None
+
+
+async def _reload_command(config: DeployConfig) -> str | None:
+    """Run ``--reload-command``; None on success, else a one-line error."""
+    argv = config.reload_command
+    if not argv:
+        return "no reload command configured"
+    env = child_environment(passthrough=config.hook_env)
+    outcome = await _run(argv, env, config.command_timeout)
+    return None if outcome.ok else f"reload command {argv[0]}: {outcome.error}"
+
+
+def _send_signal(config: DeployConfig) -> str | None:
+    """Signal the process in ``--reload-pid-file``; None on success, else a one-line error."""
+    sig = config.reload_signal or signal.SIGUSR2
+    pid_file = config.reload_pid_file
+    if pid_file is None:
+        return "no pid file configured"
+    try:
+        text = pid_file.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        return f"pid file {pid_file}: {exc.strerror or type(exc).__name__}"
+    # HAProxy's pid file holds one pid per line (the master's first in master-worker mode).
+    first = text.split()[0] if text.split() else ""
+    if not first.isdigit() or int(first) <= 1:
+        return f"pid file {pid_file}: no pid in it"
+    pid = int(first)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return f"{sig.name} to pid {pid} (from {pid_file}): no such process"
+    except PermissionError:
+        return f"{sig.name} to pid {pid} (from {pid_file}): not permitted"
+    return None
+
+
+async def _run_hook(
+    config: DeployConfig,
+    name: str,
+    pem_path: Path,
+    *,
+    serial: str,
+    not_after: dt.datetime,
+    names: Sequence[str],
+) -> HookOutcome:
+    """Run ``--deploy-hook`` with the certificate described in its environment."""
+    assert config.deploy_hook is not None
+    # Never dict(os.environ): that holds the EAB HMAC key (ca_client.childenv).
+    env = child_environment(
+        {
+            "CERT_NAME": name,
+            "CERT_PEM": str(pem_path),
+            "CERT_SERIAL": serial,
+            "CERT_NOT_AFTER": _iso_utc(not_after),
+            "CERT_DOMAINS": ",".join(names),
+        },
+        passthrough=config.hook_env,
+    )
+    return await _run(config.deploy_hook, env, config.hook_timeout)
 
 
 def _iso_utc(moment: dt.datetime) -> str:
@@ -694,10 +727,8 @@ def _iso_utc(moment: dt.datetime) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    # asyncio.timeout raises a bare TimeoutError, whose text would be its type's name.
+    return "timed out" if isinstance(exc, TimeoutError) else error_text(exc)
 
 
 def _verify_error(verification: VerifyOutcome) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_CERT_NAME",
     "IdentifierKind",
     "certificate_name",
+    "comparable_name",
     "is_wildcard",
     "normalize_dns_name",
     "normalize_identifier",
@@ -111,6 +112,16 @@ def normalize_identifier(value: str) -> tuple[IdentifierKind, str]:
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
         raise ValueError(f"{value!r}: an address with a zone index cannot be in a certificate")
     return "ip", str(address)
+
+
+def comparable_name(name: str) -> str:
+    """A name as a TLS client compares it: an IP address canonical, a DNS name without a
+    trailing dot and in lower case. For names already stored or read from a certificate, so it
+    never refuses one (``normalize_identifier`` is the check for names a user writes)."""
+    try:
+        return str(ipaddress.ip_address(name.strip()))
+    except ValueError:
+        return name.strip().rstrip(".").lower()
 
 
 def is_wildcard(name: str) -> bool:

@@ -14,12 +14,33 @@ two branches so that the exit code follows from the branch.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "OperationError", "SidecarError", "one_line"]
+import os
+
+__all__ = [
+    "ConfigError",
+    "OperationError",
+    "SidecarError",
+    "error_text",
+    "one_line",
+    "os_error_text",
+]
 
 
 def one_line(text: str) -> str:
     """Collapse whitespace (newlines included) so an error is always a single line."""
     return " ".join(text.split())
+
+
+def error_text(error: BaseException) -> str:
+    """A failure in one line: its message, or its type's name when it has none."""
+    return one_line(str(error)) or type(error).__name__
+
+
+def os_error_text(error: OSError) -> str:
+    """``connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
+    if error.errno:
+        return os.strerror(error.errno).lower()
+    return error_text(error)
 
 
 class SidecarError(Exception):

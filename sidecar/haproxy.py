@@ -69,7 +69,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sidecar.errors import OperationError
+from ca_client.retry import poll_delays
+from sidecar.errors import OperationError, one_line
 
 __all__ = [
     "HAProxyAccessDenied",
@@ -164,7 +165,7 @@ class InvalidPayload(ValueError):
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    line = one_line(text)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -535,13 +536,14 @@ class HAProxyRuntime:
         verb = " ".join(line.split()[:3])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        delay = _LOCKED_RETRY_FIRST_DELAY
+        delays = poll_delays(_LOCKED_RETRY_FIRST_DELAY, 2, 0.2)
         async with _lock("conversation", self._name):
             while True:
                 text = await self._send(data)
                 if not _store_locked(text):
                     break
                 # Another process's command holds the store; ours was refused, not run.
+                delay = next(delays)
                 if loop.time() + delay > deadline:
                     raise HAProxyCommandError(
                         self._name,
@@ -550,7 +552,6 @@ class HAProxyRuntime:
                         f" {self.timeout:g} s",
                     )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
         if text.startswith("Permission denied"):
             raise HAProxyAccessDenied(
                 self._name, verb, "permission denied (the socket needs 'level admin')"

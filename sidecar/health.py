@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,8 +29,9 @@ from typing import Any, Protocol, TextIO
 from ca_client.challenges import _http
 from ca_client.challenges._http import HeadNotRead, HttpRequest, HttpRequestError, read_request_head
 from ca_client.challenges._limits import ConnectionLimits
+from ca_client.challenges._listen import dual_stack_socket, normalize_host
 from ca_client.lifecycle import StartStop
-from sidecar.errors import OperationError, one_line
+from sidecar.errors import OperationError, one_line, os_error_text
 from sidecar.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
 )
@@ -103,13 +102,6 @@ class HealthSnapshot:
     detail: str | None = None
 
 
-def _os_error_text(exc: OSError) -> str:
-    """``connection refused`` rather than asyncio's ``Connect call failed ('127.0.0.1', 1)``."""
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return one_line(str(exc)) or type(exc).__name__
-
-
 # --- pure: request parsing and answers ---------------------------------------------------------
 
 
@@ -174,28 +166,6 @@ def _utc_now() -> datetime:
 # --- the server ------------------------------------------------------------------------------
 
 
-def _dual_stack_socket(port: int) -> socket.socket:
-    """``::`` for both address families: asyncio sets IPV6_V6ONLY on every IPv6 socket it opens,
-    but a user who writes ``[::]:9102`` expects IPv4 probes to reach it too."""
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _bare_host(host: str) -> str:
-    if host.startswith("[") and host.endswith("]"):
-        return host[1:-1]
-    return host
-
-
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -218,7 +188,7 @@ class HealthServer(StartStop):
         clock: Callable[[], datetime] = _utc_now,
         liveness: Callable[[], tuple[bool, str | None]] | None = None,
     ) -> None:
-        self._host = _bare_host(host)
+        self._host = normalize_host(host)
         self._port = port
         self._snapshot = snapshot
         self._clock = clock
@@ -249,7 +219,7 @@ class HealthServer(StartStop):
         try:
             if self._host == "::":
                 self._server = await asyncio.start_server(
-                    self._on_connection, sock=_dual_stack_socket(self._port), limit=MAX_HEAD_BYTES
+                    self._on_connection, sock=dual_stack_socket(self._port), limit=MAX_HEAD_BYTES
                 )
             else:
                 self._server = await asyncio.start_server(
@@ -261,7 +231,7 @@ class HealthServer(StartStop):
                 )
         except OSError as exc:
             address = f"{_url_host(self._host or '*')}:{self._port}"
-            reason = _os_error_text(exc)
+            reason = os_error_text(exc)
             raise HealthBindError(f"--health-listen {address}: cannot listen: {reason}") from exc
         logger.debug("health_listening", extra={"addresses": self.addresses})
 
@@ -361,7 +331,7 @@ class _HasHealthListen(Protocol):
 def connect_host(listen_host: str) -> str:
     """Where to connect for a server listening on ``listen_host``: the wildcard addresses are not
     destinations, so use the loopback of the same family."""
-    host = _bare_host(listen_host)
+    host = normalize_host(listen_host)
     if host in ("", "0.0.0.0"):  # noqa: S104 - comparing, not binding
         return "127.0.0.1"
     if host == "::":
@@ -395,7 +365,7 @@ async def _probe(host: str, port: int) -> tuple[int, bytes]:
             if chunks:
                 raise
             # A reset before any byte is not "unreachable": something accepted, then dropped us.
-            raise _NoAnswer(_os_error_text(exc)) from exc
+            raise _NoAnswer(os_error_text(exc)) from exc
         response = b"".join(chunks)
     finally:
         writer.close()
@@ -455,7 +425,7 @@ async def cmd_healthcheck(
         )
         return 1
     except OSError as exc:
-        reason = _os_error_text(exc)
+        reason = os_error_text(exc)
         print(f"healthcheck: cannot reach {url}: {one_line(reason)}", file=out)
         return 1
     except ValueError as exc:

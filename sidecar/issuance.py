@@ -12,9 +12,11 @@ import os
 import sys
 from typing import Any
 
+from sidecar import preflight, wiring
 from sidecar.config import CertificateSpec, Settings
+from sidecar.control import request
 from sidecar.errors import OperationError
-from sidecar.manager import Manager, Outcome, parse_revocation_reason
+from sidecar.outcome import Outcome, revocation_code
 from sidecar.trust import load_ca_bundle
 
 # A renewal pass handed to a running sidecar may include slow orders (a DNS hook waiting for
@@ -25,21 +27,12 @@ HANDOFF_TIMEOUT = 900.0
 def _check_before_network(settings: Settings) -> None:
     """Everything that is wrong before any network I/O is a configuration error (exit 2)."""
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
-    if not settings.certificates:
-        from sidecar.errors import ConfigError
-
-        raise ConfigError(
-            "--domain", "no certificate configured (give --domain or [[certificates]])"
-        )
-    from sidecar import preflight
-
+    # Settings without certificates never get here: load_settings refuses them (exit 2).
     preflight.check(settings)
 
 
 async def _hand_off(settings: Settings, payload: dict[str, Any]) -> int | None:
     """Let a running sidecar do it; None when there is none."""
-    from sidecar.control import request
-
     answer = await request(settings.state_dir, payload, timeout=HANDOFF_TIMEOUT)
     if answer is None:
         return None
@@ -65,8 +58,10 @@ async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool)
     handed = await _hand_off(settings, {"command": command, "force": force, "dry_run": dry_run})
     if handed is not None:
         return handed
-    async with Manager(settings, holder=f"{command} pid {os.getpid()}") as manager:
-        outcomes = await manager.ensure_all(settings.certificates, force=force, dry_run=dry_run)
+    async with wiring.opened(settings, holder=f"{command} pid {os.getpid()}") as parts:
+        outcomes = await parts.manager.ensure_all(
+            settings.certificates, force=force, dry_run=dry_run
+        )
     for outcome in outcomes:
         _print(outcome)
     return _exit_code(outcomes)
@@ -91,18 +86,19 @@ def find_spec(settings: Settings, name: str) -> CertificateSpec:
 async def cmd_revoke(
     settings: Settings, name: str, *, reason: str | None = None, remove: bool = False
 ) -> int:
-    reason_code = parse_revocation_reason(reason)
+    try:
+        reason_code = revocation_code(reason)
+    except ValueError as error:
+        raise OperationError(f"--reason: {error}") from None
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     spec = find_spec(settings, name)
-    from sidecar import preflight
-
     preflight.check(settings)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
     )
     if handed is not None:
         return handed
-    async with Manager(settings, holder=f"revoke pid {os.getpid()}") as manager:
-        outcome = await manager.revoke(spec, reason=reason_code, remove=remove)
+    async with wiring.opened(settings, holder=f"revoke pid {os.getpid()}") as parts:
+        outcome = await parts.manager.revoke(spec, reason=reason_code, remove=remove)
     _print(outcome)
     return 0 if outcome.ok else 1

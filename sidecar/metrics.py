@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import platform
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -103,6 +103,12 @@ class CertStatus:
     served_matches: bool | None = None
     last_failure: datetime | None = None
     last_error_kind: ErrorKind | None = None
+    # For ``status`` only: the file exists but does not parse (``state`` says "missing", the one
+    # state label /metrics has for "no usable certificate"), the policy's reason to renew now,
+    # and when the stored backoff ends.
+    unreadable: bool = False
+    due: str | None = None
+    next_retry_at: datetime | None = None
 
 
 def certificate_state(not_after: datetime | None, is_placeholder: bool, now: datetime) -> CertState:
@@ -130,37 +136,35 @@ def status_from_facts(
     served_matches: bool | None = None,
     last_failure: datetime | None = None,
     last_error_kind: ErrorKind | None = None,
+    unreadable: bool = False,
+    due: str | None = None,
+    next_retry_at: datetime | None = None,
 ) -> CertStatus:
     """Build a `CertStatus` from a described certificate (``None``: no usable certificate)."""
-    if facts is None:
-        return CertStatus(
-            name=name,
-            domains=tuple(domains),
-            next_renewal=next_renewal,
-            last_error=last_error,
-            consecutive_failures=consecutive_failures,
-            last_success=last_success,
-            deployed_serial=deployed_serial,
-            served_matches=served_matches,
-            last_failure=last_failure,
-            last_error_kind=last_error_kind,
-            state="missing",
-        )
-    return CertStatus(
+    common = CertStatus(
         name=name,
         domains=tuple(domains),
-        not_before=facts.not_before,
-        not_after=facts.not_after,
-        serial=facts.serial_hex,
+        state="missing",
         next_renewal=next_renewal,
         last_error=last_error,
         consecutive_failures=consecutive_failures,
         last_success=last_success,
-        is_placeholder=facts.is_placeholder,
         deployed_serial=deployed_serial,
         served_matches=served_matches,
         last_failure=last_failure,
         last_error_kind=last_error_kind,
+        unreadable=unreadable,
+        due=due,
+        next_retry_at=next_retry_at,
+    )
+    if facts is None:
+        return common
+    return replace(
+        common,
+        not_before=facts.not_before,
+        not_after=facts.not_after,
+        serial=facts.serial_hex,
+        is_placeholder=facts.is_placeholder,
         state=certificate_state(facts.not_after, facts.is_placeholder, now),
     )
 
@@ -418,114 +422,132 @@ def _timestamp(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
-def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> str:
-    """All metrics as Prometheus text (format 0.0.4); ends with a newline.
+# A per-certificate family's samples for one certificate: (value, labels after ``name``); a
+# ``None`` value is left out.
+_CertSamples = Callable[[CertStatus, datetime], Sequence[tuple[float | None, Mapping[str, str]]]]
 
-    Samples whose value is unknown (no certificate yet, no success yet, CA not asked yet) are
-    left out rather than given a made-up value.
-    """
+
+def _one(value: float | None) -> Sequence[tuple[float | None, Mapping[str, str]]]:
+    return [(value, {})]
+
+
+def _flag(flag: bool) -> int:
+    return 1 if flag else 0
+
+
+# The per-certificate families in exposition order: name, HELP text, samples per certificate.
+_CERTIFICATE_FAMILIES: tuple[tuple[str, str, _CertSamples], ...] = (
+    (
+        "certificate_not_before_timestamp_seconds",
+        "Certificate notBefore, Unix time.",
+        lambda status, now: _one(_timestamp(status.not_before)),
+    ),
+    (
+        "certificate_not_after_timestamp_seconds",
+        "Certificate notAfter, Unix time.",
+        lambda status, now: _one(_timestamp(status.not_after)),
+    ),
+    (
+        "certificate_next_renewal_timestamp_seconds",
+        "When the next renewal (or retry) of the certificate is scheduled, Unix time.",
+        lambda status, now: _one(_timestamp(status.next_renewal)),
+    ),
+    (
+        "certificate_consecutive_failures",
+        "Failed renewal attempts since the certificate's last success.",
+        lambda status, now: _one(status.consecutive_failures),
+    ),
+    (
+        "certificate_last_success_timestamp_seconds",
+        "When the certificate was last obtained successfully, Unix time.",
+        lambda status, now: _one(_timestamp(status.last_success)),
+    ),
+    (
+        "certificate_is_placeholder",
+        "1 while the certificate is the self-signed placeholder.",
+        lambda status, now: _one(_flag(status.is_placeholder)),
+    ),
+    (
+        "certificate_ready",
+        "1 when the certificate does not block readiness.",
+        lambda status, now: _one(_flag(not certificate_problems(status, now))),
+    ),
+    (
+        "certificate_state",
+        "1 for the certificate's current state (missing, placeholder, valid, expired).",
+        lambda status, now: [
+            (_flag(status.state == candidate), {"state": candidate}) for candidate in CERT_STATES
+        ],
+    ),
+    (
+        "certificate_info",
+        "The certificate on disk; the serial is in a label.",
+        lambda status, now: [] if status.serial is None else [(1, {"serial": status.serial})],
+    ),
+    (
+        "certificate_deployed_info",
+        "The certificate HAProxy reports (show ssl cert) or, without a socket, the file's; "
+        "the serial is in a label.",
+        lambda status, now: (
+            [] if status.deployed_serial is None else [(1, {"serial": status.deployed_serial})]
+        ),
+    ),
+    (
+        "certificate_served_matches",
+        "1 when the last check found HAProxy serving the current certificate, 0 when not.",
+        lambda status, now: (
+            [] if status.served_matches is None else _one(_flag(status.served_matches))
+        ),
+    ),
+    (
+        "certificate_last_failure_timestamp_seconds",
+        "When an attempt to obtain the certificate last failed, Unix time.",
+        lambda status, now: _one(_timestamp(status.last_failure)),
+    ),
+    (
+        "certificate_last_error_info",
+        "1 while the certificate's renewal is failing; the kind of its last error is in a label "
+        "(" + ", ".join(ERROR_KINDS) + ").",
+        lambda status, now: (
+            [] if status.last_error_kind is None else [(1, {"kind": status.last_error_kind})]
+        ),
+    ),
+)
+
+
+def _process_families(statuses: Sequence[CertStatus], now: datetime) -> list[_Family]:
     build = _Family("build_info", "gauge", "Build information; always 1.")
     build.add(1, version=__version__, python=platform.python_version())
-
     ready, _ = readiness(statuses, now)
     ready_family = _Family(
         "ready", "gauge", "1 when /readyz answers 200: no certificate blocks readiness."
     )
-    ready_family.add(1 if ready else 0)
-
+    ready_family.add(_flag(ready))
     certificates = _Family("certificates", "gauge", "Number of configured certificates.")
     certificates.add(len(statuses))
+    return [build, ready_family, certificates]
 
-    not_before = _Family(
-        "certificate_not_before_timestamp_seconds", "gauge", "Certificate notBefore, Unix time."
-    )
-    not_after = _Family(
-        "certificate_not_after_timestamp_seconds", "gauge", "Certificate notAfter, Unix time."
-    )
-    next_renewal = _Family(
-        "certificate_next_renewal_timestamp_seconds",
-        "gauge",
-        "When the next renewal (or retry) of the certificate is scheduled, Unix time.",
-    )
-    failures = _Family(
-        "certificate_consecutive_failures",
-        "gauge",
-        "Failed renewal attempts since the certificate's last success.",
-    )
-    last_success = _Family(
-        "certificate_last_success_timestamp_seconds",
-        "gauge",
-        "When the certificate was last obtained successfully, Unix time.",
-    )
-    placeholder = _Family(
-        "certificate_is_placeholder",
-        "gauge",
-        "1 while the certificate is the self-signed placeholder.",
-    )
-    cert_ready = _Family(
-        "certificate_ready", "gauge", "1 when the certificate does not block readiness."
-    )
-    state = _Family(
-        "certificate_state",
-        "gauge",
-        "1 for the certificate's current state (missing, placeholder, valid, expired).",
-    )
-    info = _Family(
-        "certificate_info", "gauge", "The certificate on disk; the serial is in a label."
-    )
-    deployed = _Family(
-        "certificate_deployed_info",
-        "gauge",
-        "The certificate HAProxy reports (show ssl cert) or, without a socket, the file's; "
-        "the serial is in a label.",
-    )
-    served = _Family(
-        "certificate_served_matches",
-        "gauge",
-        "1 when the last check found HAProxy serving the current certificate, 0 when not.",
-    )
-    last_failure = _Family(
-        "certificate_last_failure_timestamp_seconds",
-        "gauge",
-        "When an attempt to obtain the certificate last failed, Unix time.",
-    )
-    last_error = _Family(
-        "certificate_last_error_info",
-        "gauge",
-        "1 while the certificate's renewal is failing; the kind of its last error is in a label "
-        "(" + ", ".join(ERROR_KINDS) + ").",
-    )
-    for status in statuses:
-        name = status.name
-        not_before.add(_timestamp(status.not_before), name=name)
-        not_after.add(_timestamp(status.not_after), name=name)
-        next_renewal.add(_timestamp(status.next_renewal), name=name)
-        failures.add(status.consecutive_failures, name=name)
-        last_success.add(_timestamp(status.last_success), name=name)
-        placeholder.add(1 if status.is_placeholder else 0, name=name)
-        cert_ready.add(0 if certificate_problems(status, now) else 1, name=name)
-        for candidate in CERT_STATES:
-            state.add(1 if status.state == candidate else 0, name=name, state=candidate)
-        if status.serial is not None:
-            info.add(1, name=name, serial=status.serial)
-        if status.deployed_serial is not None:
-            deployed.add(1, name=name, serial=status.deployed_serial)
-        if status.served_matches is not None:
-            served.add(1 if status.served_matches else 0, name=name)
-        last_failure.add(_timestamp(status.last_failure), name=name)
-        if status.last_error_kind is not None:
-            last_error.add(1, name=name, kind=status.last_error_kind)
 
+def _certificate_families(statuses: Sequence[CertStatus], now: datetime) -> list[_Family]:
+    families = []
+    for name, help_text, samples in _CERTIFICATE_FAMILIES:
+        family = _Family(name, "gauge", help_text)
+        for status in statuses:
+            for value, labels in samples(status, now):
+                family.add(value, name=status.name, **labels)
+        families.append(family)
+    return families
+
+
+def _activity_families(metrics: Metrics) -> list[_Family]:
     renewals = _Family("renewals_total", "counter", "Attempts to obtain a certificate, by result.")
     for result, count in sorted(metrics.renewals.items()):
         renewals.add(count, result=result)
-
     deploys = _Family(
         "haproxy_deploys_total", "counter", "Certificate deploys to HAProxy, by result and mode."
     )
     for (result, mode), count in sorted(metrics.deploys.items()):
         deploys.add(count, result=result, mode=mode)
-
     haproxy_up = _Family(
         "haproxy_up",
         "gauge",
@@ -533,43 +555,31 @@ def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> s
         "it failed; the socket as configured.",
     )
     for socket, up in sorted(metrics.haproxy_up.items()):
-        haproxy_up.add(1 if up else 0, socket=socket)
-
+        haproxy_up.add(_flag(up), socket=socket)
     ca_reachable = _Family(
         "ca_reachable", "gauge", "1 when the last exchange with the ACME CA succeeded."
     )
     if metrics.ca_reachable is not None:
-        ca_reachable.add(1 if metrics.ca_reachable else 0)
-
+        ca_reachable.add(_flag(metrics.ca_reachable))
     skew = _Family(
         "clock_skew_seconds",
         "gauge",
         "Local clock minus the CA's Date header, in seconds, at the last exchange.",
     )
     skew.add(metrics.clock_skew)
+    return [renewals, deploys, haproxy_up, ca_reachable, skew]
 
+
+def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> str:
+    """All metrics as Prometheus text (format 0.0.4); ends with a newline.
+
+    Samples whose value is unknown (no certificate yet, no success yet, CA not asked yet) are
+    left out rather than given a made-up value.
+    """
     families = [
-        build,
-        ready_family,
-        certificates,
-        not_before,
-        not_after,
-        next_renewal,
-        failures,
-        last_success,
-        placeholder,
-        cert_ready,
-        state,
-        info,
-        deployed,
-        served,
-        last_failure,
-        last_error,
-        renewals,
-        deploys,
-        haproxy_up,
-        ca_reachable,
-        skew,
+        *_process_families(statuses, now),
+        *_certificate_families(statuses, now),
+        *_activity_families(metrics),
     ]
     lines = [line for family in families for line in family.lines()]
     return "\n".join(lines) + "\n"

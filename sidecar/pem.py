@@ -10,7 +10,6 @@ that says what is wrong and never quotes key material.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,18 +21,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from sidecar.domains import comparable_name
 from sidecar.placeholder import is_placeholder
 
 __all__ = [
     "CertFacts",
     "CombinedPem",
-    "Inspection",
     "PemError",
     "PrivateKey",
     "cert_names",
     "combined_pem",
     "describe_cert",
-    "inspect_combined",
     "key_matches",
     "key_type_name",
     "normalise_names",
@@ -175,22 +173,6 @@ def parse_combined(data: bytes) -> CombinedPem:
     return bundle
 
 
-@dataclass(frozen=True, slots=True)
-class Inspection:
-    """A deployed combined PEM as the renewal policy sees it (see ``policy.due_reason``)."""
-
-    facts: CertFacts
-    key_matches: bool
-
-
-def inspect_combined(data: bytes) -> Inspection:
-    """Describe a deployed combined PEM; a key that does not match is reported, not raised,
-    so the policy can say "key mismatch" instead of "unreadable". Other faults raise PemError.
-    """
-    bundle = _parse_combined(data)
-    return Inspection(describe_cert(bundle.leaf), key_matches(bundle.leaf, bundle.key))
-
-
 def _parse_combined(data: bytes) -> CombinedPem:
     if not data.strip():
         raise PemError("the file is empty")
@@ -234,16 +216,9 @@ def key_type_name(key: object) -> str | None:
     return None
 
 
-def _normalise_name(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name.strip().rstrip(".").lower()
-
-
 def normalise_names(names: Iterable[str]) -> frozenset[str]:
     """Names compared the way a TLS client would: DNS names case-insensitively, IPs canonically."""
-    return frozenset(_normalise_name(name) for name in names)
+    return frozenset(comparable_name(name) for name in names)
 
 
 def cert_names(cert: x509.Certificate) -> tuple[str, ...]:

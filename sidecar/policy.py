@@ -10,13 +10,12 @@ minute, so a "60-second" certificate spans two minutes and the fractions below a
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import random
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sidecar.pem import CertFacts, PemError, inspect_combined
+from sidecar.pem import CertFacts, normalise_names
 
 __all__ = [
     "DEFAULT_RENEW_AT",
@@ -29,7 +28,6 @@ __all__ = [
     "DueReason",
     "check_interval",
     "due_reason",
-    "due_reason_for_pem",
     "facts_renewal_time",
     "is_permanent_problem",
     "jitter_fraction",
@@ -149,13 +147,6 @@ def facts_renewal_time(
     )
 
 
-def _canonical(name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name.rstrip(".").lower()
-
-
 def due_reason(
     now: datetime,
     facts: CertFacts | None,
@@ -182,7 +173,7 @@ def due_reason(
         return DueReason.PLACEHOLDER
     if not key_matches:
         return DueReason.KEY_MISMATCH
-    if {_canonical(n) for n in wanted_names} != {_canonical(n) for n in facts.names}:
+    if normalise_names(wanted_names) != normalise_names(facts.names):
         return DueReason.NAMES_CHANGED
     if wanted_key_type is not None and facts.key_type != wanted_key_type:
         return DueReason.KEY_TYPE_CHANGED
@@ -196,42 +187,6 @@ def due_reason(
     if force:
         return DueReason.FORCED
     return None
-
-
-def due_reason_for_pem(
-    now: datetime,
-    data: bytes | None,
-    *,
-    wanted_names: Iterable[str],
-    wanted_key_type: str | None = None,
-    renew_at: float = DEFAULT_RENEW_AT,
-    ari_window: tuple[datetime, datetime] | None = None,
-    force: bool = False,
-) -> tuple[DueReason | None, CertFacts | None]:
-    """``due_reason`` for the bytes of a deployed combined PEM (None: no file), with its facts
-    (None when missing or unreadable), so that run, status and /metrics judge a file alike."""
-    facts: CertFacts | None = None
-    unreadable = False
-    matches = True
-    if data is not None:
-        try:
-            inspection = inspect_combined(data)
-        except PemError:
-            unreadable = True
-        else:
-            facts, matches = inspection.facts, inspection.key_matches
-    reason = due_reason(
-        now,
-        facts,
-        wanted_names=wanted_names,
-        wanted_key_type=wanted_key_type,
-        renew_at=renew_at,
-        unreadable=unreadable,
-        key_matches=matches,
-        ari_window=ari_window,
-        force=force,
-    )
-    return reason, facts
 
 
 def check_interval(lifetime: timedelta) -> timedelta:

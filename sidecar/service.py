@@ -8,6 +8,10 @@ Start-up never needs ordering help from compose:
 5. each certificate gets a scheduler job (apscheduler 3, asyncio) that checks it, renews it
    when the policy says so, and schedules its own next run.
 
+The parts that answer outside events live beside it: `bundle_watch` (the CA bundle),
+`handoff` (the control socket), `reload` (the config file); `Service` holds what they share:
+the parts built from the settings, the per-certificate locks, the scheduler and the metrics.
+
 The cadence comes from each certificate's lifetime (`policy.check_interval`), so 5-minute and
 24-hour certificates are both watched closely enough; a failure reschedules at the backoff
 time stored in the state directory, so a restart keeps waiting instead of hammering the CA.
@@ -19,16 +23,25 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sidecar import metrics, pem, policy
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from sidecar import metrics, policy, preflight, wiring
+from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
-from sidecar.errors import ConfigError, SidecarError
+from sidecar.errors import error_text
+from sidecar.handoff import Handoff
+from sidecar.health import HealthServer, HealthSnapshot
+from sidecar.inventory import cert_status, utc_now
 from sidecar.logs import get_logger
-from sidecar.manager import Manager, Outcome, error_text, parse_revocation_reason, utc_now
+from sidecar.manager import Manager, ServedCheck
+from sidecar.outcome import Action, DeploySummary, Outcome
+from sidecar.reload import ConfigReload
+from sidecar.storage import clean_stale_temp_files
 
 log = get_logger("sidecar.service")
 
@@ -37,9 +50,8 @@ STOP_GRACE = 4.0
 # Clock skew beyond this is worth a warning: with 5-minute certificates a minute of skew
 # already makes fresh certificates look not-yet-valid or nearly expired.
 CLOCK_SKEW_WARNING = 5.0
-# How long to wait before retrying when the CA bundle exists but does not parse yet (it may be
-# in the middle of being written by a CA that does not write atomically).
-BUNDLE_RECHECK = 2.0
+# A renewal time that moved by less than this is the same schedule (not logged again).
+SCHEDULE_LOG_SLACK = timedelta(seconds=1)
 
 
 class Service:
@@ -50,22 +62,43 @@ class Service:
         settings: Settings,
         *,
         reload_settings: Callable[[], Settings] | None = None,
+        manager: Manager | None = None,
     ) -> None:
         self.settings = settings
-        self._reload_settings = reload_settings
-        self.manager = Manager(settings, holder=f"run pid {os.getpid()}")
-        deployer = self.manager.deployer()
+        self.holder = f"run pid {os.getpid()}"
+        # Everything made from the settings; replaced as a whole when the config file changes.
+        # Tests may hand in a Manager (on an in-process CA, with a fake clock and its own
+        # solvers); the set around it is then that manager with unused responders.
+        self.parts = (
+            wiring.Parts(settings, manager, wiring.Responders(settings))
+            if manager is not None
+            else wiring.build(settings, holder=self.holder)
+        )
+        deployer = self.manager.deployer
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
-        self._stop = asyncio.Event()
-        self._served: dict[str, bool | None] = {}
+        self.stopping = asyncio.Event()
         # When an attempt last failed in this process, and why (for /metrics).
         self._failed: dict[str, tuple[datetime, metrics.ErrorKind]] = {}
-        self._deployed: dict[str, str | None] = {}
-        self._scheduler: Any = None
+        self._scheduler: AsyncIOScheduler | None = None
         self._busy: dict[str, asyncio.Lock] = {}
-        self._bundle_ready = asyncio.Event()
-        self._bundle_seen: bytes | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The last schedule logged per certificate: (renewal time, why), see next_check.
+        self._logged_schedule: dict[str, tuple[datetime, str]] = {}
+        # The parts that act on outside events, each holding its own state.
+        self.bundle = BundleWatch(self)
+        self.handoff = Handoff(self)
+        self.reload = ConfigReload(self, reload_settings)
+
+    @property
+    def manager(self) -> Manager:
+        """The current configuration's manager (a reload replaces it)."""
+        return self.parts.manager
+
+    def adopt(self, parts: wiring.Parts) -> wiring.Parts:
+        """Take a freshly built set of parts (a reload, under every lock); returns the old."""
+        retired, self.parts = self.parts, parts
+        self.settings = parts.settings
+        return retired
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -73,12 +106,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        from sidecar.control import ControlServer, socket_path
-        from sidecar.health import HealthServer
-        from sidecar.storage import clean_stale_temp_files
-
         health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
-        control = ControlServer(socket_path(self.settings.state_dir), self._handle_control)
         try:
             await health.start()
             log.info(
@@ -90,33 +118,33 @@ class Service:
             if self.settings.placeholder is not False:
                 for spec in self.settings.certificates:
                     await self.manager.ensure_placeholder(spec)
-            await control.start()
-            self._spawn(self._watch_bundle())
-            if self.settings.config_file is not None and self._reload_settings is not None:
-                self._spawn(self._watch_config(self.settings.config_file))
-            await self._wait_or_stop(self._bundle_ready.wait())
-            if not self._stop.is_set():
+            await self.handoff.open(self.settings.state_dir)
+            self.spawn(self.bundle.watch())
+            if self.settings.config_file is not None and self.reload.enabled:
+                self.spawn(self.reload.watch(self.settings.config_file))
+            await self.wait_or_stop(self.bundle.ready.wait())
+            if not self.stopping.is_set():
                 await self._start_scheduler()
-                await self._stop.wait()
+                await self.stopping.wait()
         finally:
-            await self._shutdown(health, control)
+            await self._shutdown(health)
         log.info("service_stopped")
         return 0
 
     def _on_signal(self, signum: int) -> None:
         log.info("service_stopping", signal=signal.Signals(signum).name)
-        self._stop.set()
+        self.stopping.set()
 
-    async def _wait_or_stop(self, awaitable: Any) -> None:
+    async def wait_or_stop(self, awaitable: Awaitable[Any]) -> None:
         waiter = asyncio.ensure_future(awaitable)
-        stopper = asyncio.ensure_future(self._stop.wait())
+        stopper = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for future in (waiter, stopper):
                 future.cancel()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -127,7 +155,7 @@ class Service:
         if not task.cancelled() and task.exception() is not None:
             log.error("service_task_failed", error=error_text(task.exception()))  # type: ignore[arg-type]
 
-    async def _shutdown(self, health: Any, control: Any) -> None:
+    async def _shutdown(self, health: HealthServer) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         # In-flight orders are abandoned: the lock dies with the cancelled task (or the
@@ -140,7 +168,10 @@ class Service:
         deadline = loop.time() + STOP_GRACE
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
-        for closer in (control.aclose, self.manager.aclose, health.aclose):
+        closers = [self._close_parts, health.aclose]
+        if self.handoff.server is not None:
+            closers.insert(0, self.handoff.server.aclose)
+        for closer in closers:
             try:
                 async with asyncio.timeout(max(0.5, deadline - loop.time())):
                     await closer()
@@ -149,122 +180,20 @@ class Service:
             except Exception as error:
                 log.warning("service_stop_failed", error=error_text(error))
 
-    # -- the CA bundle ------------------------------------------------------------------------
-
-    def _bundle_state(self) -> tuple[bytes | None, str | None]:
-        from sidecar.trust import load_ca_bundle
-
-        try:
-            text = load_ca_bundle(self.settings.ca_bundle)
-        except ConfigError as error:
-            return None, str(error)
-        return text.encode(), None
-
-    async def _watch_bundle(self) -> None:
-        """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
-        import watchfiles
-
-        path = self.settings.ca_bundle
-        announced = False
-        while not self._stop.is_set():
-            data, problem = self._bundle_state()
-            if data is not None and data != self._bundle_seen:
-                first = self._bundle_seen is None
-                self._bundle_seen = data
-                if first:
-                    log.info("ca_bundle_ready", path=str(path))
-                    self._bundle_ready.set()
-                else:
-                    await self._bundle_rotated()
-            elif data is None and not announced:
-                log.warning("ca_bundle_waiting", path=str(path), problem=problem)
-                announced = True
-            watched = _existing_parent(path)
-            try:
-                # The parent is watched rather than the file: the file may not exist yet, and
-                # volume writers often replace it by rename, which a file watch would miss.
-                async for _changes in watchfiles.awatch(
-                    watched,
-                    stop_event=self._stop,
-                    watch_filter=lambda _change, changed: _leads_to(Path(changed), path),
-                    debounce=200,
-                    rust_timeout=int(BUNDLE_RECHECK * 1000) if data is None else 30_000,
-                    yield_on_timeout=True,
-                    recursive=watched != path.parent,
-                ):
-                    break
-            except (OSError, RuntimeError) as error:
-                log.warning("ca_bundle_watch_failed", error=error_text(error))
-                await self._wait_or_stop(asyncio.sleep(BUNDLE_RECHECK))
-
-    async def _bundle_rotated(self) -> None:
-        """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
-        log.info("ca_bundle_changed", path=str(self.settings.ca_bundle))
-        await self.manager.reset_client()
-        roots = _load_roots(self._bundle_seen or b"")
-        for spec in self.settings.certificates:
-            view = self.manager.inspect(spec)
-            if not view.is_real:
-                continue
-            if not _chain_verifies(view.path, roots):
-                log.warning("cert_untrusted_by_new_root", cert=spec.name)
-                self._spawn(self._check(spec.name, force=True))
-
-    # -- configuration reload -----------------------------------------------------------------
-
-    async def _watch_config(self, path: Path) -> None:
-        import watchfiles
-
-        # The directory is watched (editors and config management replace files by rename),
-        # but only events for the file itself count: a log file or anything else beside it
-        # must not trigger reloads.
-        async for _changes in watchfiles.awatch(
-            path.parent,
-            stop_event=self._stop,
-            debounce=300,
-            recursive=False,
-            watch_filter=lambda _change, changed: Path(changed).name == path.name,
-        ):
-            if not path.exists():  # noqa: ASYNC240 - one stat of a local file
-                continue
-            assert self._reload_settings is not None
-            try:
-                new = self._reload_settings()
-            except SidecarError as error:
-                log.error("config_reload_failed", error=error_text(error))
-                continue
-            if new == self.settings:
-                continue  # touched, not changed
-            self._apply_settings(new)
-
-    def _apply_settings(self, new: Settings) -> None:
-        old_names = {spec.name for spec in self.settings.certificates}
-        new_names = {spec.name for spec in new.certificates}
-        self.settings = new
-        self.manager.settings = new
-        added = sorted(new_names - old_names)
-        removed = sorted(old_names - new_names)
-        log.info("config_reloaded", added=added, removed=removed)
-        for name in removed:
-            # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
-            with contextlib.suppress(Exception):
-                self._scheduler.remove_job(name)
-        for spec in new.certificates:
-            self._schedule(spec.name, utc_now())
+    async def _close_parts(self) -> None:
+        await wiring.close(self.parts)
 
     # -- scheduling ---------------------------------------------------------------------------
 
     async def _start_scheduler(self) -> None:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._scheduler.start()
         now = utc_now()
         for spec in self.settings.certificates:
-            self._schedule(spec.name, now)
+            self.schedule(spec.name, now)
 
-    def _schedule(self, name: str, when: datetime) -> None:
-        if self._scheduler is None or self._stop.is_set():
+    def schedule(self, name: str, when: datetime) -> None:
+        if self._scheduler is None or self.stopping.is_set():
             return
         self._scheduler.add_job(
             self._fire,
@@ -279,26 +208,34 @@ class Service:
             max_instances=1,
         )
 
+    def unschedule(self, name: str) -> None:
+        """Stop checking a certificate (no longer configured)."""
+        if self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(name)
+        self._logged_schedule.pop(name, None)
+
     async def _fire(self, name: str) -> None:
         """The scheduler's job: the check runs as our own task, so shutdown can cancel it."""
-        self._spawn(self._check(name))
+        self.spawn(self.check(name))
 
-    def _spec(self, name: str) -> CertificateSpec | None:
+    def spec(self, name: str) -> CertificateSpec | None:
         return self.settings.certificate(name)
 
-    def _lock_for(self, name: str) -> asyncio.Lock:
+    def lock_for(self, name: str) -> asyncio.Lock:
         return self._busy.setdefault(name, asyncio.Lock())
 
-    async def _check(self, name: str, *, force: bool = False) -> Outcome | None:
+    async def check(self, name: str, *, force: bool = False) -> Outcome | None:
         """One scheduled look at a certificate: renew when due, make sure HAProxy has it."""
-        spec = self._spec(name)
-        if spec is None:
-            return None
-        async with self._lock_for(name):
-            outcome = await self._check_locked(spec, force=force, dry_run=False)
+        async with self.lock_for(name):
+            # Looked up under the lock: a reload may have changed it while this waited.
+            spec = self.spec(name)
+            if spec is None:
+                return None
+            outcome = await self.check_locked(spec, force=force, dry_run=False)
         return outcome
 
-    async def _check_locked(
+    async def check_locked(
         self, spec: CertificateSpec, *, force: bool, dry_run: bool, respect_backoff: bool = True
     ) -> Outcome:
         try:
@@ -307,115 +244,77 @@ class Service:
             )
         except Exception as error:  # a bug must not stop this certificate's schedule
             log.exception("cert_check_crashed", cert=spec.name)
-            outcome = Outcome(spec.name, "failed", ok=False, error=error_text(error))
-        self._record(outcome)
-        if outcome.action == "failed" and not dry_run:
+            outcome = Outcome.failed(spec.name, error_text(error))
+        self.record(outcome)
+        if outcome.action is Action.FAILED and not dry_run:
             self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
-        if outcome.action == "unchanged":
-            await self._ensure_served(spec)
+        if outcome.action is Action.UNCHANGED:
+            self._record_served(await self.manager.ensure_served(spec))
         if not dry_run:
-            self._schedule(spec.name, self._next_check(spec, outcome))
+            self.schedule(spec.name, self.next_check(spec, outcome))
         return outcome
 
-    def _record(self, outcome: Outcome) -> None:
-        if outcome.action in ("issued", "dry-run"):
+    def record(self, outcome: Outcome) -> None:
+        if outcome.action in (Action.ISSUED, Action.DRY_RUN):
             self.metrics.record_renewal("success")
             self.metrics.set_ca_reachable(True)
-        elif outcome.action == "failed":
+        elif outcome.action is Action.FAILED:
             self.metrics.record_renewal("failure")
             if self.manager.last_ca_error:
                 self.metrics.set_ca_reachable(False, self.manager.last_ca_error)
-        if outcome.deploy:
-            mode = str(outcome.deploy.get("mode") or self.settings.reload)
-            self.metrics.record_deploy("success" if outcome.deploy.get("ok") else "failure", mode)
-            self._record_sockets(
-                (s.get("address"), s.get("ok"), s.get("reachable", True))
-                for s in outcome.deploy.get("sockets") or ()
-            )
-            self._served[outcome.name] = bool(outcome.deploy.get("ok"))
-            if outcome.deploy.get("ok"):
-                self._deployed[outcome.name] = outcome.serial
+        if outcome.deploy is not None:
+            self._record_deploy(outcome.deploy)
         skew = self.manager.clock_skew
         if skew is not None:
             self.metrics.set_clock_skew(skew)
             if abs(skew) > CLOCK_SKEW_WARNING:
                 log.warning("clock_skew", seconds=round(skew, 1), cert=outcome.name)
 
-    def _next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
+    def next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
         now = utc_now()
         view = self.manager.inspect(spec, now)
-        if outcome.action in ("failed", "waiting") and outcome.next_retry_at is not None:
-            when = outcome.next_retry_at
+        if outcome.action in (Action.FAILED, Action.WAITING) and outcome.next_retry_at is not None:
+            target, why = outcome.next_retry_at, "retry"
         elif view.next_renewal is not None:
-            when = view.next_renewal
+            target, why = view.next_renewal, "renewal"
         else:
-            when = now + policy.MIN_RETRY_DELAY
+            target, why = now + policy.MIN_RETRY_DELAY, "recheck"
+        when = target
         if view.facts is not None and not view.facts.is_placeholder:
             lifetime = view.facts.not_after - view.facts.not_before
             when = min(when, now + policy.check_interval(lifetime))
         when = max(when, now + timedelta(milliseconds=100))
-        log.info("cert_renewal_scheduled", cert=spec.name, at=when.isoformat())
+        self._log_schedule(spec.name, target, why, when)
         return when
 
-    async def _ensure_served(self, spec: CertificateSpec) -> None:
-        """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
-        deployer = self.manager.deployer()
-        if deployer is None or not self.settings.haproxy_sockets:
+    def _log_schedule(self, name: str, target: datetime, why: str, when: datetime) -> None:
+        """Log the renewal time when it moves, not on every check: the checks in between (every
+        few minutes for a day-long certificate) only confirm it."""
+        last = self._logged_schedule.get(name)
+        if last is not None and last[1] == why and abs(last[0] - target) <= SCHEDULE_LOG_SLACK:
             return
-        path = self.manager.pem_path(spec.name)
-        try:
-            data = path.read_bytes()
-            facts = pem.describe_cert(pem.parse_combined(data).leaf)
-            served = await self._served_serial(deployer, spec.name)
-        except Exception as error:
-            log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
-            self._served[spec.name] = None
-            return
-        self._deployed[spec.name] = served
-        if served == facts.serial_hex:
-            self._served[spec.name] = True
-            return
-        log.warning("haproxy_serves_other", cert=spec.name, served=served, file=facts.serial_hex)
-        try:
-            result = await self.manager.deploy(spec, data)
-        except Exception as error:
-            log.error("haproxy_update_failed", cert=spec.name, error=error_text(error))
-            self._served[spec.name] = False
-            return
-        if result is not None:
-            self.metrics.record_deploy("success" if result.ok else "failure", result.mode)
-            self._record_sockets((s.address, s.ok, s.reachable) for s in result.sockets)
-            self._served[spec.name] = result.ok
-            if result.ok:
-                self._deployed[spec.name] = facts.serial_hex
-                log.info("haproxy_updated", cert=spec.name, serial=facts.serial_hex)
+        self._logged_schedule[name] = (target, why)
+        log.info(
+            "cert_renewal_scheduled",
+            cert=name,
+            at=target.isoformat(),
+            reason=why,
+            next_check=when.isoformat(),
+        )
 
-    async def _served_serial(self, deployer: Any, name: str) -> str | None:
-        """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
-        socket's outcome goes into cert_sidecar_haproxy_up: deployed_serial skips a socket that
-        does not answer, so a stopped HAProxy would go unseen until a deploy to it failed."""
-        from sidecar.haproxy import HAProxyError
+    def _record_deploy(self, deploy: DeploySummary) -> None:
+        mode = deploy.mode or self.settings.reload
+        self.metrics.record_deploy("success" if deploy.ok else "failure", mode)
+        self._record_sockets((s.address, s.ok, s.reachable) for s in deploy.sockets)
 
-        path = deployer.haproxy_path(name)
-        answers: list[str | None] = []
-        errors: list[HAProxyError] = []
-        for runtime in deployer.runtimes:
-            try:
-                info = await runtime.show_ssl_cert(path)
-            except HAProxyError as error:
-                errors.append(error)
-                self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), False)
-                continue
-            self.metrics.set_haproxy_up(self._socket_label(str(runtime.address)), True)
-            answers.append(info.serial if info is not None and info.loaded else None)
-        if not answers:
-            raise errors[0]
-        for failure in errors:  # the others answered: this one is only logged here
-            log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
-        # As deployed_serial: the common answer, or None (redeploy) when they disagree.
-        return answers[0] if len(set(answers)) == 1 else None
+    def _record_served(self, check: ServedCheck) -> None:
+        """A look at what HAProxy serves: each socket that was asked, and any redeploy."""
+        for address, answered in check.sockets:
+            self.metrics.set_haproxy_up(self._socket_label(address), answered)
+        if check.deploy is not None:
+            self._record_deploy(check.deploy)
 
-    def _record_sockets(self, sockets: Iterable[tuple[Any, Any, Any]]) -> None:
+    def _record_sockets(self, sockets: Iterable[tuple[str, bool, bool]]) -> None:
         """A deploy's sockets (address, ok, reachable): one that worked answered, one that could
         not be used did not. Where HAProxy answered but the deploy failed, it is left as it
         was: deploys_total and served_matches report that failure."""
@@ -436,144 +335,36 @@ class Service:
         result = []
         for spec in self.settings.certificates:
             view = self.manager.inspect(spec, now)
-            failed = self._failed.get(spec.name)
-            # Failing since before this process started: the time is stored, the kind is not.
-            since = view.meta.last_attempt_at if view.meta.failures else None
+            served = self.manager.inventory.served(spec.name)
+            file_serial = view.facts.serial_hex if view.facts else None
             result.append(
-                metrics.status_from_facts(
-                    spec.name,
-                    spec.domains,
-                    view.facts,
+                cert_status(
+                    view,
                     now,
-                    next_renewal=view.next_renewal,
-                    last_error=view.meta.last_error or view.unreadable,
-                    consecutive_failures=view.meta.failures,
-                    last_success=view.meta.last_success_at,
-                    deployed_serial=self._deployed.get(spec.name)
-                    or (view.facts.serial_hex if view.facts else None),
-                    served_matches=self._served.get(spec.name),
-                    last_failure=failed[0] if failed else since,
-                    last_error_kind=failed[1] if failed and view.meta.failures else None,
+                    deployed_serial=served.serial or file_serial,
+                    served_matches=served.matches,
+                    last_failure=self._failed.get(spec.name),
                 )
             )
         return result
 
     def _liveness(self) -> tuple[bool, str | None]:
         """Cheap: `/healthz` is probed often and must not read every certificate."""
-        if self._stop.is_set():
+        if self.stopping.is_set():
             return False, "shutting down"
         if self._scheduler is not None and not self._scheduler.running:
             return False, "the scheduler stopped"
-        return True, None if self._bundle_ready.is_set() else "waiting for the CA bundle"
+        return True, None if self.bundle.ready.is_set() else "waiting for the CA bundle"
 
-    def _snapshot(self) -> Any:
-        from sidecar.health import HealthSnapshot
-
+    def _snapshot(self) -> HealthSnapshot:
         alive, detail = self._liveness()
         return HealthSnapshot(self.statuses(), self.metrics, alive=alive, detail=detail)
-
-    # -- the control socket -------------------------------------------------------------------
-
-    async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        from sidecar.control import make_answer
-
-        command = request.get("command")
-        log.info("control_request", command=command, peer_uid=request.get("peer_uid"))
-        if command in ("issue", "renew"):
-            if not self._bundle_ready.is_set():
-                return make_answer(
-                    False, 1, error="the running sidecar is waiting for the CA bundle"
-                )
-            force = bool(request.get("force"))
-            dry_run = bool(request.get("dry_run"))
-            outcomes = await asyncio.gather(
-                *(self._handoff_one(spec, force, dry_run) for spec in self.settings.certificates)
-            )
-            ok = all(o.ok for o in outcomes)
-            return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
-        if command == "revoke":
-            spec = self._spec(str(request.get("name")))
-            if spec is None:
-                return make_answer(
-                    False, 1, error=f"no configured certificate {request.get('name')!r}"
-                )
-            reason = parse_revocation_reason(request.get("reason"))
-            async with self._lock_for(spec.name):
-                outcome = await self.manager.revoke(
-                    spec, reason=reason, remove=bool(request.get("remove"))
-                )
-                self._record(outcome)
-            if outcome.action != "removed":
-                self._schedule(spec.name, self._next_check(spec, outcome))
-            return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
-        if command == "status":
-            statuses = self.statuses()
-            now = utc_now()
-            return make_answer(True, 0, results=[metrics.status_to_json(s, now) for s in statuses])
-        return make_answer(False, 2, error=f"unknown command {command!r}")
-
-    async def _handoff_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
-        async with self._lock_for(spec.name):
-            return await self._check_locked(
-                spec, force=force, dry_run=dry_run, respect_backoff=False
-            )
-
-
-def _leads_to(changed: Path, target: Path) -> bool:
-    """Whether a change matters for ``target``: the file itself, or a directory on its way."""
-    return changed == target or changed in target.parents
-
-
-def _existing_parent(path: Path) -> Path:
-    """The nearest directory that exists, to watch for the bundle's appearance."""
-    for candidate in [path.parent, *path.parent.parents]:
-        if candidate.is_dir():
-            return candidate
-    return Path("/")
-
-
-def _load_roots(data: bytes) -> list[Any]:
-    try:
-        return pem.parse_certificates(data)
-    except pem.PemError:
-        return []
-
-
-def _chain_verifies(path: Path, roots: list[Any]) -> bool:
-    """Whether the deployed chain leads to one of ``roots`` (signature check, top down)."""
-    from cryptography.exceptions import InvalidSignature
-
-    try:
-        bundle = pem.parse_combined(path.read_bytes())
-    except (OSError, pem.PemError):
-        return True  # nothing to judge; the normal check handles unreadable files
-    top = ([bundle.leaf, *bundle.chain])[-1]
-    for root in roots:
-        if top.fingerprint(_sha256()) == root.fingerprint(_sha256()):
-            return True
-        try:
-            top.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return True
-    return False
-
-
-def _sha256() -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return hashes.SHA256()
 
 
 async def cmd_run(
     settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
 ) -> int:
-    if not settings.certificates:
-        raise ConfigError(
-            "--domain", "no certificate configured (give --domain or [[certificates]])"
-        )
-    from sidecar import preflight
-
+    # load_settings has refused a configuration without certificates (exit 2) already.
     preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()

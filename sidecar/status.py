@@ -7,8 +7,11 @@ import sys
 from datetime import datetime, timedelta
 from typing import Any
 
+from sidecar import wiring
 from sidecar.config import Settings
-from sidecar.manager import CertView, Manager, utc_now
+from sidecar.deploy import Deployer
+from sidecar.inventory import Inventory, cert_status, utc_now
+from sidecar.metrics import CertStatus
 
 
 def _left(now: datetime, until: datetime | None) -> str:
@@ -31,50 +34,47 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
 
-def view_record(view: CertView, now: datetime, deployed_serial: str | None) -> dict[str, Any]:
-    facts = view.facts
-    state = "missing"
-    if view.unreadable:
-        state = "unreadable"
-    elif facts is not None:
-        state = (
-            "placeholder"
-            if facts.is_placeholder
-            else ("expired" if facts.not_after <= now else "valid")
-        )
+def status_record(status: CertStatus, now: datetime) -> dict[str, Any]:
+    """One certificate for ``status --json`` and the table, from the shared `CertStatus`
+    (`sidecar.inventory.cert_status`); the field names are this command's own."""
+    state = "unreadable" if status.unreadable else status.state
     return {
-        "name": view.spec.name,
-        "names": list(view.spec.domains),
+        "name": status.name,
+        "names": list(status.domains),
         "state": state,
-        "serial": facts.serial_hex if facts else None,
-        "not_before": facts.not_before.isoformat() if facts else None,
-        "not_after": facts.not_after.isoformat() if facts else None,
-        "seconds_left": int((facts.not_after - now).total_seconds()) if facts else None,
-        "next_renewal": view.next_renewal.isoformat() if view.next_renewal else None,
-        "due": str(view.due) if view.due else None,
-        "last_error": view.meta.last_error or view.unreadable,
-        "failures": view.meta.failures,
-        "next_retry_at": view.meta.next_retry_at.isoformat() if view.meta.next_retry_at else None,
-        "last_success": view.meta.last_success_at.isoformat()
-        if view.meta.last_success_at
-        else None,
-        "deployed_serial": deployed_serial,
+        "serial": status.serial,
+        "not_before": _iso(status.not_before),
+        "not_after": _iso(status.not_after),
+        "seconds_left": int((status.not_after - now).total_seconds()) if status.not_after else None,
+        "next_renewal": _iso(status.next_renewal),
+        "due": status.due,
+        "last_error": status.last_error,
+        "failures": status.consecutive_failures,
+        "next_retry_at": _iso(status.next_retry_at),
+        "last_success": _iso(status.last_success),
+        "deployed_serial": status.deployed_serial,
     }
 
 
-async def collect(settings: Settings, manager: Manager) -> list[dict[str, Any]]:
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+async def collect(
+    settings: Settings, inventory: Inventory, deployer: Deployer | None
+) -> list[dict[str, Any]]:
+    """Every certificate's record; what HAProxy serves is asked live where a socket is set."""
     now = utc_now()
     records = []
-    deployer = manager.deployer() if settings.haproxy_sockets else None
     for spec in settings.certificates:
-        view = manager.inspect(spec, now)
+        view = inventory.inspect(spec, now)
         deployed = view.facts.serial_hex if view.facts else None
-        if deployer is not None:
+        if deployer is not None and deployer.runtimes:
             try:
                 deployed = await deployer.deployed_serial(spec.name)
             except Exception as error:
                 deployed = f"? ({type(error).__name__})"
-        records.append(view_record(view, now, deployed))
+        records.append(status_record(cert_status(view, now, deployed_serial=deployed), now))
     return records
 
 
@@ -113,8 +113,8 @@ def render_table(records: list[dict[str, Any]], now: datetime) -> str:
 
 
 async def cmd_status(settings: Settings, *, as_json: bool = False) -> int:
-    async with Manager(settings, create_state=False) as manager:
-        records = await collect(settings, manager)
+    inventory = wiring.inventory(settings, create_state=False)
+    records = await collect(settings, inventory, wiring.deployer(settings))
     if as_json:
         json.dump({"certificates": records}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -44,6 +44,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ca_client.retry import clamp_to_deadline, poll_delays
+from sidecar.domains import validate_certificate_name
 from sidecar.errors import OperationError
 
 __all__ = [
@@ -70,8 +72,6 @@ _DIR_MODE = 0o700
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
-# Certificate names become file names (CONTRACT.md "Files"); "." and ".." would escape.
-_NAME = re.compile(r"[A-Za-z0-9._-]+")
 # Our temporary files: ".<final name>.<16 hex digits>". HAProxy skips dot-files in a crt dir.
 _TEMP_RANDOM_BYTES = 8
 _TEMP_FILE = re.compile(r"\..+\.[0-9a-f]{16}")
@@ -366,10 +366,13 @@ def _key_to_pem(key: PrivateKey) -> bytes:
 
 
 def check_cert_name(name: str) -> str:
-    """``name`` if it is a safe file name (CONTRACT.md: ``[A-Za-z0-9._-]+``), else ValueError."""
-    if not _NAME.fullmatch(name) or name in {".", ".."}:
-        raise ValueError(f"invalid certificate name {name!r}")
-    return name
+    """``name`` if it is a valid certificate name, else ValueError: the rule is
+    ``domains.validate_certificate_name``'s, the one the settings were checked with."""
+    try:
+        return validate_certificate_name(name)
+    except ValueError as exc:
+        # "invalid certificate name 'a b' may hold only ...": the rule's own words.
+        raise ValueError(f"invalid {exc}") from None
 
 
 # Another process (a running `run` beside a one-shot) may be mid-write in the state directory:
@@ -646,16 +649,14 @@ class StateStore:
 async def _acquire(fd: int, name: str, timeout: float) -> None:  # noqa: ASYNC109
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    delay = _LOCK_FIRST_DELAY
+    delays = poll_delays(_LOCK_FIRST_DELAY, 2, _LOCK_MAX_DELAY)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 raise LockTimeout(name, _read_holder(fd), timeout) from None
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _LOCK_MAX_DELAY)
+            await asyncio.sleep(clamp_to_deadline(next(delays), loop.time(), deadline))
         else:
             return
 

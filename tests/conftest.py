@@ -1,8 +1,15 @@
-"""Shared test set-up: the real peers' fixtures live in tests/peers/ and are loaded here."""
+"""Shared test set-up: the real peers' fixtures live in tests/peers/ and are loaded here.
+
+Under CI (tests/peers/require.py, ``in_ci``) a session that skipped anything fails: a skip
+that no test helper turned into a failure (a ``skipif`` mark, an ``importorskip``, a plugin)
+must not hide a test from a green run.
+"""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.peers.require import in_ci
 
 pytest_plugins = [
     "tests.peers.loopback",
@@ -15,3 +22,42 @@ pytest_plugins = [
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class SkipsFailUnderCI:
+    """Collects every skip of the session and turns a passing exit status into a failure."""
+
+    def __init__(self) -> None:
+        self.skips: list[tuple[str, str]] = []
+
+    def _record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        # An xfail is reported as skipped too, with `wasxfail`: it is not a skip.
+        if report.skipped and not hasattr(report, "wasxfail"):
+            longrepr = report.longrepr
+            reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+            self.skips.append((report.nodeid, reason))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self._record(report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._record(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.skips and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.skips:
+            return
+        terminalreporter.write_sep(
+            "=", f"CI is set: {len(self.skips)} skipped, which fails the run", red=True
+        )
+        for nodeid, reason in self.skips:
+            terminalreporter.write_line(f"SKIPPED {nodeid}: {reason}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if in_ci():
+        config.pluginmanager.register(SkipsFailUnderCI(), "cert-sidecar-skips-fail-under-ci")

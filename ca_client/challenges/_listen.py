@@ -47,7 +47,7 @@ async def start_listener(
     address = format_address(bind_host or "*", port)
     try:
         if bind_host == "::":
-            return await asyncio.start_server(handler, sock=_dual_stack_socket(port), limit=limit)
+            return await asyncio.start_server(handler, sock=dual_stack_socket(port), limit=limit)
         return await asyncio.start_server(
             handler, bind_host or None, port, limit=limit, reuse_address=True, backlog=_BACKLOG
         )
@@ -57,7 +57,12 @@ async def start_listener(
         raise ResponderBindError(challenge_type, address, reason) from exc
 
 
-def _dual_stack_socket(port: int) -> socket.socket:
+def dual_stack_socket(port: int) -> socket.socket:
+    """A listening socket on ``::`` that IPv4 clients reach too (``IPV6_V6ONLY`` off).
+
+    asyncio sets IPV6_V6ONLY on every IPv6 socket it opens; a user who writes ``[::]:80``
+    expects IPv4 to reach it as well. Shared with the sidecar's health server.
+    """
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

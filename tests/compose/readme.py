@@ -9,8 +9,9 @@ import re
 from tests.compose.stack import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
-_BLOCK = re.compile(r"^<!-- test: (?P<name>[\w-]+) -->\n+```\w*\n(?P<body>.*?)^```$",
-                    re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(
+    r"^<!-- test: (?P<name>[\w-]+) -->\n+```\w*\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL
+)
 
 
 def readme_blocks() -> dict[str, str]:

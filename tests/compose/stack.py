@@ -8,7 +8,6 @@ Kept apart from the test modules so the checks read as a list of claims about th
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -18,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
 from cryptography import x509
+
+# Re-exported for the compose tests: skip locally, fail under CI.
+from tests.peers.require import require  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "compose"
@@ -29,23 +30,14 @@ T = TypeVar("T")
 # Every shared volume's owner and mode, whatever the engine and the order of creation
 # (docker/README.md, "Shared volumes"): the writer's image sets it up.
 VOLUME_RULES = {
-    "step-root-ca": "1000:1000 755",   # step-ca's user writes the root; others read it
+    "step-root-ca": "1000:1000 755",  # step-ca's user writes the root; others read it
     "haproxy-certs": "10001:99 2750",  # cert-sidecar writes, HAProxy's group reads
-    "haproxy-run": "10001:99 2770",    # HAProxy (group 99) makes its socket, cert-sidecar uses it
-    "state": "10001:99 750",           # cert-sidecar's own
-    "step-ca": "1000:1000 755",        # step-ca's own
+    "haproxy-run": "10001:99 2770",  # HAProxy (group 99) makes its socket, cert-sidecar uses it
+    "state": "10001:99 750",  # cert-sidecar's own
+    "step-ca": "1000:1000 755",  # step-ca's own
 }
 
 ENGINES = ("podman", "docker")
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a compose peer is missing, but fail under CI: there, nothing may skip."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{reason} (CI=true: a missing peer is a failure)")
-    pytest.skip(reason)
 
 
 def docker_cli() -> str:
@@ -78,8 +70,10 @@ def wait_for(
         if result is not None:
             return result
         if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline_s:.0f} s waiting for {what}"
-                                 f" (last error: {last_error!r})")
+            raise AssertionError(
+                f"timed out after {deadline_s:.0f} s waiting for {what}"
+                f" (last error: {last_error!r})"
+            )
         time.sleep(interval_s)
 
 
@@ -89,7 +83,10 @@ def scripts_environment() -> dict[str, str]:
     the same settings as podman run from the scripts."""
     dump = subprocess.run(
         ["bash", "-c", f'source "{SCRIPTS / "env.sh"}" && env -0'],
-        check=True, capture_output=True, timeout=30)
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     pairs = (item.split("=", 1) for item in dump.stdout.decode().split("\0") if "=" in item)
     return dict(pairs)
 
@@ -112,14 +109,19 @@ class ComposeStack:
     """One compose project of compose.yaml (plus overrides) on the local images, under one
     engine: "podman" (its Docker API service) or "docker" (docker-engine.sh's engine)."""
 
-    def __init__(self, project: str, env: Mapping[str, str], https_port: int,
-                 engine: str = "podman") -> None:
+    def __init__(
+        self, project: str, env: Mapping[str, str], https_port: int, engine: str = "podman"
+    ) -> None:
         assert engine in ENGINES, engine
         self.engine = engine
         self.project = project
         self.https_port = https_port
-        self.env = {**scripts_environment(), **env, "COMPOSE_PROJECT_NAME": project,
-                    "STACK_ENGINE": engine}
+        self.env = {
+            **scripts_environment(),
+            **env,
+            "COMPOSE_PROJECT_NAME": project,
+            "STACK_ENGINE": engine,
+        }
         if engine == "docker":
             self.env["DOCKER_HOST"] = self.env["DOCKER_ENGINE_HOST"]
         self.sidecar_image = self.env["CERT_SIDECAR_TEST_IMAGE"]
@@ -128,27 +130,40 @@ class ComposeStack:
 
     # -- processes -------------------------------------------------------------------------
 
-    def run(self, *args: str, timeout: float = 300, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), check=False, env=self.env, cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+    def run(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(args),
+            check=False,
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n"
-                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return self.run("bash", str(SCRIPTS / "stack.sh"), *args, timeout=timeout, check=check)
 
-    def cli(self, *args: str, timeout: float = 120, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """The engine's own CLI: podman, or the docker client on the engine's socket."""
         if self.engine == "podman":
             return self.run("podman", *args, timeout=timeout, check=check)
-        return self.run(docker_cli(), "-H", self.env["DOCKER_HOST"], *args, timeout=timeout,
-                        check=check)
+        return self.run(
+            docker_cli(), "-H", self.env["DOCKER_HOST"], *args, timeout=timeout, check=check
+        )
 
     # The podman e2e was written against podman's CLI; both CLIs take the same arguments here.
     podman = cli
@@ -174,8 +189,9 @@ class ComposeStack:
         return str(health.get("Status", ""))
 
     def volume_path(self, volume: str) -> Path:
-        mountpoint = self.cli("volume", "inspect", f"{self.project}_{volume}",
-                              "--format", "{{.Mountpoint}}").stdout.strip()
+        mountpoint = self.cli(
+            "volume", "inspect", f"{self.project}_{volume}", "--format", "{{.Mountpoint}}"
+        ).stdout.strip()
         return Path(mountpoint)
 
     def volume_owners(self) -> dict[str, str]:
@@ -193,9 +209,11 @@ class ComposeStack:
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={self.project}"
         found = {}
-        for kind, args in (("containers", ("ps", "-a", "-q")),
-                           ("volumes", ("volume", "ls", "-q")),
-                           ("networks", ("network", "ls", "-q"))):
+        for kind, args in (
+            ("containers", ("ps", "-a", "-q")),
+            ("volumes", ("volume", "ls", "-q")),
+            ("networks", ("network", "ls", "-q")),
+        ):
             found[kind] = self.cli(*args, "--filter", label).stdout.split()
         return found
 
@@ -214,8 +232,10 @@ class ComposeStack:
         """Connect to HAProxy's published port with SNI `name`, trusting only `root_pem`,
         verify chain and name, and make one HTTP request through the TLS connection."""
         context = ssl.create_default_context(cadata=root_pem.decode())
-        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname=name) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
             assert der is not None
             tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())

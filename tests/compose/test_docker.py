@@ -44,17 +44,23 @@ RENEWAL_DEADLINE = 240.0
 ORDERS = {
     # order: (project, README blocks used as overrides (none: the test override), names,
     #         how cert-sidecar updates HAProxy)
-    "up": ("cert-sidecar-docker-up", (),
-           ("demo.openchami.cluster", "api.openchami.cluster", "auth.openchami.cluster"),
-           "runtime-api"),
-    "create-start": ("cert-sidecar-docker-v2", ("add-a-name", "master-cli"),
-                     ("demo.openchami.cluster", "api.openchami.cluster"), "master-reload"),
+    "up": (
+        "cert-sidecar-docker-up",
+        (),
+        ("demo.openchami.cluster", "api.openchami.cluster", "auth.openchami.cluster"),
+        "runtime-api",
+    ),
+    "create-start": (
+        "cert-sidecar-docker-v2",
+        ("add-a-name", "master-cli"),
+        ("demo.openchami.cluster", "api.openchami.cluster"),
+        "master-reload",
+    ),
 }
 
 
 class DockerRun:
-    def __init__(self, stack: ComposeStack, order: str, names: tuple[str, ...],
-                 mode: str) -> None:
+    def __init__(self, stack: ComposeStack, order: str, names: tuple[str, ...], mode: str) -> None:
         self.stack = stack
         self.order = order
         self.names = names
@@ -63,8 +69,9 @@ class DockerRun:
 
 
 @pytest.fixture(scope="module", params=list(ORDERS))
-def run(request: pytest.FixtureRequest, docker_engine: str,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRun]:
+def run(
+    request: pytest.FixtureRequest, docker_engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DockerRun]:
     order: str = request.param
     project, overrides, names, mode = ORDERS[order]
     files = "compose.yaml"
@@ -90,10 +97,15 @@ def run(request: pytest.FixtureRequest, docker_engine: str,
             stack.compose("up", "-d")
         else:
             for volume in VOLUME_RULES:
-                stack.cli("volume", "create",
-                          "--label", f"com.docker.compose.project={project}",
-                          "--label", f"com.docker.compose.volume={volume}",
-                          f"{project}_{volume}")
+                stack.cli(
+                    "volume",
+                    "create",
+                    "--label",
+                    f"com.docker.compose.project={project}",
+                    "--label",
+                    f"com.docker.compose.volume={volume}",
+                    f"{project}_{volume}",
+                )
             stack.compose("up", "--no-start")
             stack.up_started = time.monotonic()
             stack.compose("start")
@@ -114,9 +126,11 @@ def served_all(run: DockerRun) -> dict[str, Served]:
 
 def test_shared_volumes_belong_to_their_writers(run: DockerRun) -> None:
     stack = run.stack
-    wait_for("step-ca's root in the step-root-ca volume",
-             lambda: True if (stack.volume_path("step-root-ca") / "root_ca.crt").exists()
-             else None, deadline_s=120)
+    wait_for(
+        "step-ca's root in the step-root-ca volume",
+        lambda: True if (stack.volume_path("step-root-ca") / "root_ca.crt").exists() else None,
+        deadline_s=120,
+    )
     assert stack.volume_owners() == VOLUME_RULES
 
 
@@ -125,11 +139,14 @@ def test_verified_certificate_through_haproxy(run: DockerRun) -> None:
         served = served_all(run)
         return served if all(s.status_line.endswith("200 OK") for s in served.values()) else None
 
-    served = wait_for("a verified certificate for every name", all_valid,
-                      deadline_s=FIRST_CERT_DEADLINE)
+    served = wait_for(
+        "a verified certificate for every name", all_valid, deadline_s=FIRST_CERT_DEADLINE
+    )
     elapsed = time.monotonic() - run.stack.up_started
-    print(f"\nDocker Engine, {run.order}: first verified certificate for every name"
-          f" {elapsed:.1f} s after {'up' if run.order == 'up' else 'start'}")
+    print(
+        f"\nDocker Engine, {run.order}: first verified certificate for every name"
+        f" {elapsed:.1f} s after {'up' if run.order == 'up' else 'start'}"
+    )
     for name, result in served.items():
         assert f"cert-sidecar demo: {name}" in result.body
     run.first_served = served
@@ -137,15 +154,27 @@ def test_verified_certificate_through_haproxy(run: DockerRun) -> None:
 
 def test_haproxy_health_is_the_running_process(run: DockerRun) -> None:
     stack = run.stack
-    wait_for("HAProxy healthy", lambda: True if stack.health("haproxy") == "healthy" else None,
-             deadline_s=120)
+    wait_for(
+        "HAProxy healthy",
+        lambda: True if stack.health("haproxy") == "healthy" else None,
+        deadline_s=120,
+    )
     # The same check, in the same image, with no HAProxy running: it must say unhealthy
     # (a check of the config file alone would pass here).
     inspected = json.loads(stack.cli("inspect", stack.container("haproxy")).stdout)[0]
     test = inspected["Config"]["Healthcheck"]["Test"]
     assert test[0] == "CMD" and "haproxy -c" not in " ".join(test), test
-    idle = stack.cli("run", "--rm", "--network", "none", "--entrypoint", test[1],
-                     stack.env["HAPROXY_TEST_IMAGE"], *test[2:], check=False)
+    idle = stack.cli(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        test[1],
+        stack.env["HAPROXY_TEST_IMAGE"],
+        *test[2:],
+        check=False,
+    )
     assert idle.returncode != 0, idle
     running = stack.cli("exec", stack.container("haproxy"), *test[1:], check=False)
     assert running.returncode == 0, running
@@ -183,8 +212,11 @@ def test_renews_in_place(run: DockerRun) -> None:
     assert (haproxy_state.get("StartedAt"), haproxy_state.get("RestartCount")) == started
     # Through the mode this run configured (the master-cli recipe: a master CLI reload).
     logs = stack.cli("logs", stack.container("cert-sidecar"))
-    events = [json.loads(line) for line in (logs.stdout + logs.stderr).splitlines()
-              if line.startswith("{") and '"haproxy_updated"' in line]
+    events = [
+        json.loads(line)
+        for line in (logs.stdout + logs.stderr).splitlines()
+        if line.startswith("{") and '"haproxy_updated"' in line
+    ]
     # The deploys of new certificates name their mode (a re-deploy of an unchanged one does
     # not).
     modes = {event["mode"] for event in events if "mode" in event}

@@ -53,8 +53,12 @@ FQDN = "foobar.openchami.cluster"  # OpenCHAMI's quickstart default SYSTEM_NAME.
 HAPROXY_ID = "65532"  # uid and gid of cgr.dev/chainguard/haproxy
 SIDECAR_UID = "10001"
 STACK_DIR = "tests/compose/openchami"
-FILES = (f"{STACK_DIR}/base.yml", f"{STACK_DIR}/autocert.yml",
-         f"{STACK_DIR}/haproxy-api-gateway.yml", "docker/openchami/cert-sidecar.yml")
+FILES = (
+    f"{STACK_DIR}/base.yml",
+    f"{STACK_DIR}/autocert.yml",
+    f"{STACK_DIR}/haproxy-api-gateway.yml",
+    "docker/openchami/cert-sidecar.yml",
+)
 SIDECAR_IMAGE = "localhost/cert-sidecar:openchami-test"
 KEEPALIVE = f"{PROJECT}-keepalive"  # holds the shared engine up (hold_engine); no compose label
 LIFETIME = "60s"
@@ -71,18 +75,31 @@ class DockerStack(ComposeStack):
     def __init__(self, env: dict[str, str], https_port: int) -> None:
         super().__init__(PROJECT, env, https_port, engine="docker")
 
-    def compose(self, *args: str, timeout: float = 300, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         files = [arg for name in FILES for arg in ("-f", str(REPO_ROOT / name))]
-        return self.run("docker-compose", "--project-directory", str(REPO_ROOT / STACK_DIR),
-                        *files, *args, timeout=timeout, check=check)
+        return self.run(
+            "docker-compose",
+            "--project-directory",
+            str(REPO_ROOT / STACK_DIR),
+            *files,
+            *args,
+            timeout=timeout,
+            check=check,
+        )
 
 
 def require_tools() -> None:
-    missing = [tool for tool in ("dockerd", "docker-compose", "podman", "debootstrap")
-               if shutil.which(tool) is None]
-    require(not missing, f"the OpenCHAMI compose test needs {', '.join(missing)} "
-            "(scripts/install-deps.sh)")
+    missing = [
+        tool
+        for tool in ("dockerd", "docker-compose", "podman", "debootstrap")
+        if shutil.which(tool) is None
+    ]
+    require(
+        not missing,
+        f"the OpenCHAMI compose test needs {', '.join(missing)} (scripts/install-deps.sh)",
+    )
     require(os.geteuid() == 0, "the OpenCHAMI compose test runs dockerd and podman as root")
 
 
@@ -95,15 +112,41 @@ def acme_sh_leftover() -> bytes:
 
 def create_root_owned_volume(stack: DockerStack) -> None:
     name = f"{PROJECT}_haproxy-certs"
-    stack.cli("volume", "create", "--label", f"com.docker.compose.project={PROJECT}",
-                 "--label", "com.docker.compose.volume=haproxy-certs", name)
+    stack.cli(
+        "volume",
+        "create",
+        "--label",
+        f"com.docker.compose.project={PROJECT}",
+        "--label",
+        "com.docker.compose.volume=haproxy-certs",
+        name,
+    )
     pem = f"/certs/{FQDN}.pem"
     result = subprocess.run(
-        [docker_cli(), "-H", stack.env["DOCKER_HOST"], "run", "--rm", "-i", "--user", "0:0",
-         "--network", "none",
-         "-v", f"{name}:/certs", stack.env["PYTHON_BASE_TAG"],
-         "sh", "-c", f"umask 077 && cat > {pem}"],
-        input=acme_sh_leftover(), env=stack.env, capture_output=True, timeout=120, check=False)
+        [
+            docker_cli(),
+            "-H",
+            stack.env["DOCKER_HOST"],
+            "run",
+            "--rm",
+            "-i",
+            "--user",
+            "0:0",
+            "--network",
+            "none",
+            "-v",
+            f"{name}:/certs",
+            stack.env["PYTHON_BASE_TAG"],
+            "sh",
+            "-c",
+            f"umask 077 && cat > {pem}",
+        ],
+        input=acme_sh_leftover(),
+        env=stack.env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -122,18 +165,28 @@ def stack() -> Iterator[DockerStack]:
     stack = DockerStack(env, https_port)
     engine = str(SCRIPTS / "docker-engine.sh")
     engine_was_running = stack.run("bash", engine, "status", check=False).returncode == 0
-    stack.env.update(STEP_CA_IMAGE=stack.env["STEP_CA_TEST_IMAGE"],
-                     HAPROXY_IMAGE=stack.env["HAPROXY_TEST_IMAGE"],
-                     ACME_SH_IMAGE=stack.env["PYTHON_BASE_TAG"])
+    stack.env.update(
+        STEP_CA_IMAGE=stack.env["STEP_CA_TEST_IMAGE"],
+        HAPROXY_IMAGE=stack.env["HAPROXY_TEST_IMAGE"],
+        ACME_SH_IMAGE=stack.env["PYTHON_BASE_TAG"],
+    )
     stack.run("bash", str(SCRIPTS / "build-images.sh"), timeout=1200)
     try:
         hold_engine(stack, engine)
         # The image as docker/openchami/README.md builds it (HAProxy's group is 65532), from
         # the offline build context build-images.sh assembles (no index inside containers).
-        stack.cli("build", "--quiet", "--build-arg",
-                  f"BASE_IMAGE={stack.env['PYTHON_BASE_TAG']}", "--build-arg",
-                  f"HAPROXY_GID={HAPROXY_ID}", "--tag", SIDECAR_IMAGE,
-                  stack.env["CERT_SIDECAR_TEST_CONTEXT"], timeout=900)
+        stack.cli(
+            "build",
+            "--quiet",
+            "--build-arg",
+            f"BASE_IMAGE={stack.env['PYTHON_BASE_TAG']}",
+            "--build-arg",
+            f"HAPROXY_GID={HAPROXY_ID}",
+            "--tag",
+            SIDECAR_IMAGE,
+            stack.env["CERT_SIDECAR_TEST_CONTEXT"],
+            timeout=900,
+        )
         stack.force_down()  # a run that died half-way must not leave its volumes to this one
         create_root_owned_volume(stack)
         yield stack
@@ -161,8 +214,18 @@ def hold_engine(stack: DockerStack, engine: str) -> None:
         if stack.run("bash", engine, "load-local", timeout=600, check=False).returncode != 0:
             continue
         stack.cli("rm", "--force", KEEPALIVE, check=False)
-        kept = stack.cli("run", "--detach", "--name", KEEPALIVE, "--network", "none",
-                         stack.env["PYTHON_BASE_TAG"], "sleep", "infinity", check=False)
+        kept = stack.cli(
+            "run",
+            "--detach",
+            "--name",
+            KEEPALIVE,
+            "--network",
+            "none",
+            stack.env["PYTHON_BASE_TAG"],
+            "sleep",
+            "infinity",
+            check=False,
+        )
         if kept.returncode == 0:
             return
     raise AssertionError("could not start docker-engine.sh's engine and keep it running")
@@ -179,13 +242,13 @@ def served(stack: DockerStack) -> Served:
 
 # -- 1. the pre-existing volume --------------------------------------------------------------
 
+
 def test_a_root_owned_certs_volume_is_refused_in_one_line(stack: DockerStack) -> None:
     certs = stack.volume_path("haproxy-certs")
     assert owner_mode(certs)[0] == "0:0"
     assert owner_mode(certs / f"{FQDN}.pem") == ("0:0", "0600")
     result = stack.compose("run", "--rm", "--no-deps", "-T", "cert-sidecar", check=False)
-    lines = [line for line in result.stderr.splitlines()
-             if line.startswith("cert-sidecar:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cert-sidecar:")]
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -201,14 +264,17 @@ def test_the_opt_in_fix_gives_the_volume_to_the_sidecar_and_haproxy_group(
     certs = stack.volume_path("haproxy-certs")
     assert owner_mode(certs) == (f"{SIDECAR_UID}:{HAPROXY_ID}", "2750")
     assert owner_mode(certs / f"{FQDN}.pem") == (f"{SIDECAR_UID}:{HAPROXY_ID}", "0640")
-    assert owner_mode(stack.volume_path("cert-sidecar-run")) == (f"{SIDECAR_UID}:{HAPROXY_ID}",
-                                                            "2770")
+    assert owner_mode(stack.volume_path("cert-sidecar-run")) == (
+        f"{SIDECAR_UID}:{HAPROXY_ID}",
+        "2770",
+    )
     # Idempotent: a second run changes nothing and succeeds.
     stack.compose("run", "--rm", "-T", "cert-sidecar-volumes")
     assert owner_mode(certs) == (f"{SIDECAR_UID}:{HAPROXY_ID}", "2750")
 
 
 # -- 2. the stack with the override ----------------------------------------------------------
+
 
 def test_haproxy_serves_a_verified_step_ca_certificate(stack: DockerStack) -> None:
     started = time.monotonic()
@@ -218,11 +284,14 @@ def test_haproxy_serves_a_verified_step_ca_certificate(stack: DockerStack) -> No
     stack.compose("start")
     first = wait_for(
         f"HAProxy to serve a step-ca certificate for {FQDN}",
-        lambda: served(stack), deadline_s=FIRST_CERT_DEADLINE)
-    print(f"\nfirst verified certificate through HAProxy {time.monotonic() - started:.1f} s "
-          "after `up --no-start`")
-    names = first.certificate.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+        lambda: served(stack),
+        deadline_s=FIRST_CERT_DEADLINE,
+    )
+    print(
+        f"\nfirst verified certificate through HAProxy {time.monotonic() - started:.1f} s "
+        "after `up --no-start`"
+    )
+    names = first.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [FQDN]
     assert first.status_line.endswith("200 OK"), first.status_line
     # acme.sh's services were replaced, not run: no container, and nothing owns the FQDN name.
@@ -237,8 +306,10 @@ def test_the_shape_is_openchamis(stack: DockerStack) -> None:
     haproxy = json.loads(stack.cli("inspect", stack.container("haproxy")).stdout)[0]
     assert haproxy["Config"]["User"] == f"{HAPROXY_ID}:{HAPROXY_ID}"
     top = stack.cli("top", stack.container("haproxy"), "-o", "pid,uid,gid,comm").stdout
-    assert any(line.split()[1:3] == [HAPROXY_ID, HAPROXY_ID] and "haproxy" in line
-               for line in top.splitlines()), top
+    assert any(
+        line.split()[1:3] == [HAPROXY_ID, HAPROXY_ID] and "haproxy" in line
+        for line in top.splitlines()
+    ), top
     # step-ca is on cert-internal only; cert-sidecar answers to the FQDN there.
     step_ca = json.loads(stack.cli("inspect", stack.container("step-ca")).stdout)[0]
     assert list(step_ca["NetworkSettings"]["Networks"]) == [f"{PROJECT}_cert-internal"]
@@ -248,7 +319,8 @@ def test_the_shape_is_openchamis(stack: DockerStack) -> None:
     pem = stack.volume_path("haproxy-certs") / f"{FQDN}.pem"
     assert owner_mode(pem) == (f"{SIDECAR_UID}:{HAPROXY_ID}", "0640")
     assert owner_mode(stack.volume_path("cert-sidecar-run") / "admin.sock")[0] == (
-        f"{HAPROXY_ID}:{HAPROXY_ID}")
+        f"{HAPROXY_ID}:{HAPROXY_ID}"
+    )
 
 
 def test_renewals_are_loaded_into_the_running_haproxy(stack: DockerStack) -> None:
@@ -260,18 +332,25 @@ def test_renewals_are_loaded_into_the_running_haproxy(stack: DockerStack) -> Non
         now = served(stack)
         return now if now.serial != before.serial else None
 
-    renewed = wait_for("a renewed certificate through HAProxy", renewal,
-                       deadline_s=RENEWAL_DEADLINE)
+    renewed = wait_for(
+        "a renewed certificate through HAProxy", renewal, deadline_s=RENEWAL_DEADLINE
+    )
     assert renewed.certificate.not_valid_after_utc > before.certificate.not_valid_after_utc
     state = stack.state("haproxy")
     assert (state.get("StartedAt"), state.get("RestartCount")) == (started_at, restarts)
     logs = stack.compose("logs", "--no-color", "cert-sidecar").stdout
-    updates = [json.loads(line.split("|", 1)[1]) for line in logs.splitlines()
-               if '"haproxy_updated"' in line]
+    updates = [
+        json.loads(line.split("|", 1)[1])
+        for line in logs.splitlines()
+        if '"haproxy_updated"' in line
+    ]
     # Loaded through the runtime API (the shared second socket), not by a restart.
-    assert any(event.get("mode") == "runtime-api" and event.get("error") is None
-               and int(event.get("serial") or "0", 16) == renewed.serial
-               for event in updates), updates[-3:]
+    assert any(
+        event.get("mode") == "runtime-api"
+        and event.get("error") is None
+        and int(event.get("serial") or "0", 16) == renewed.serial
+        for event in updates
+    ), updates[-3:]
 
 
 def test_down_leaves_nothing(stack: DockerStack) -> None:

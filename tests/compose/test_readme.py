@@ -59,11 +59,20 @@ class Readme:
         script = readme_block(name)
         for readme_port, port in self.ports.items():
             script = script.replace(readme_port, str(port))
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.workdir,
-                                env=self.env, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, check=False)
-        print(f"\n--- README block {name}: exit {result.returncode}\n{result.stdout[-4000:]}"
-              f"\n{result.stderr[-4000:]}")
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        print(
+            f"\n--- README block {name}: exit {result.returncode}\n{result.stdout[-4000:]}"
+            f"\n{result.stderr[-4000:]}"
+        )
         assert result.returncode == 0, f"README block {name} failed"
         return result
 
@@ -71,8 +80,13 @@ class Readme:
 def copy_checkout(target: Path) -> Path:
     """A fresh copy of the checkout's files, as a clone would have them (no .venv, .cache,
     wheels or anything else a test run leaves behind)."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True,
-                            check=True, timeout=60).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True, timeout=60
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for relative in filter(None, listed):
         source = REPO_ROOT / relative
         if source.is_file():
@@ -84,17 +98,31 @@ def copy_checkout(target: Path) -> Path:
 
 def clean_environment() -> dict[str, str]:
     """This process's environment without the compose and image settings a test may carry."""
-    dropped = ("HAPROXY_HTTPS_PORT", "HAPROXY_HTTP_PORT", "SYSTEM_NAME", "SYSTEM_DOMAIN",
-               "STEP_CA_CERT_LIFETIME", "CERT_SIDECAR_IMAGE", "STEP_CA_WRAPPED_IMAGE",
-               "STEP_CA_IMAGE", "HAPROXY_IMAGE", "CERT_SIDECAR_BASE_IMAGE",
-               "CERT_SIDECAR_BUILD_CONTEXT", "STACK_ENGINE")
-    return {key: value for key, value in os.environ.items()
-            if not key.startswith(("COMPOSE_", "DOCKER_")) and key not in dropped}
+    dropped = (
+        "HAPROXY_HTTPS_PORT",
+        "HAPROXY_HTTP_PORT",
+        "SYSTEM_NAME",
+        "SYSTEM_DOMAIN",
+        "STEP_CA_CERT_LIFETIME",
+        "CERT_SIDECAR_IMAGE",
+        "STEP_CA_WRAPPED_IMAGE",
+        "STEP_CA_IMAGE",
+        "HAPROXY_IMAGE",
+        "CERT_SIDECAR_BASE_IMAGE",
+        "CERT_SIDECAR_BUILD_CONTEXT",
+        "STACK_ENGINE",
+    )
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("COMPOSE_", "DOCKER_")) and key not in dropped
+    }
 
 
 @pytest.fixture(scope="module")
-def readme(docker_engine: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[Readme, ComposeStack]]:
+def readme(
+    docker_engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Readme, ComposeStack]]:
     require(shutil.which("curl") is not None, "the README's quick start needs curl")
     workdir = copy_checkout(tmp_path_factory.mktemp("checkout") / "cert-sidecar")
     shim_dir = tmp_path_factory.mktemp("bin")
@@ -142,7 +170,8 @@ def quick_start(readme: tuple[Readme, ComposeStack]) -> tuple[Readme, ComposeSta
 
 
 def test_quick_start_serves_a_verified_certificate(
-        quick_start: tuple[Readme, ComposeStack, Served]) -> None:
+    quick_start: tuple[Readme, ComposeStack, Served],
+) -> None:
     runner, stack, first = quick_start
     # The block's root_ca.crt is the CA's own root (the volume's), and what HAProxy serves
     # for the name verifies against it (served() trusts only that root).
@@ -154,7 +183,8 @@ def test_quick_start_serves_a_verified_certificate(
 
 
 def test_tour_renews_in_place_and_issues_one_shot(
-        quick_start: tuple[Readme, ComposeStack, Served]) -> None:
+    quick_start: tuple[Readme, ComposeStack, Served],
+) -> None:
     runner, stack, first = quick_start
     haproxy = stack.state("haproxy")
     result = runner.run("tour")
@@ -166,7 +196,9 @@ def test_tour_renews_in_place_and_issues_one_shot(
     assert after.status_line.endswith("200 OK")
     now = stack.state("haproxy")
     assert (now.get("StartedAt"), now.get("RestartCount")) == (
-        haproxy.get("StartedAt"), haproxy.get("RestartCount"))
+        haproxy.get("StartedAt"),
+        haproxy.get("RestartCount"),
+    )
 
 
 def test_clean_up_leaves_nothing(quick_start: tuple[Readme, ComposeStack, Served]) -> None:
@@ -179,8 +211,9 @@ def test_clean_up_leaves_nothing(quick_start: tuple[Readme, ComposeStack, Served
     assert not (runner.workdir / "root_ca.crt").exists()
 
 
-def test_podman_first_run(stand_in_images: dict[str, str],
-                          tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_podman_first_run(
+    stand_in_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """README "Running under podman": the block as written, in a fresh copy of the checkout,
     from the package install to a verified certificate and back to nothing. Adaptations: free
     ports instead of 10443/10080, this checkout's build cache (.cache: the debootstrap tarball
@@ -190,13 +223,17 @@ def test_podman_first_run(stand_in_images: dict[str, str],
     (workdir / ".cache").symlink_to((REPO_ROOT / ".cache").resolve())
     project = "cert-sidecar-readme-podman"
     https_port, http_port = free_port(), free_port()
-    env = {**clean_environment(), "COMPOSE_PROJECT_NAME": project,
-           "CERT_SIDECAR_TEST_CONTEXT": str(tmp_path_factory.mktemp("context") / "cert-sidecar")}
+    env = {
+        **clean_environment(),
+        "COMPOSE_PROJECT_NAME": project,
+        "CERT_SIDECAR_TEST_CONTEXT": str(tmp_path_factory.mktemp("context") / "cert-sidecar"),
+    }
     observer = ComposeStack(project, {}, https_port, engine="podman")
     observer.force_down()
     try:
         result = Readme(workdir, env, {"10443": https_port, "10080": http_port}).run(
-            "podman-quick-start", timeout=1800)
+            "podman-quick-start", timeout=1800
+        )
         assert f"cert-sidecar demo: {NAME}" in result.stdout
         assert observer.leftovers() == {"containers": [], "volumes": [], "networks": []}
         assert not (workdir / "root_ca.crt").exists()

@@ -84,12 +84,13 @@ def stack(stand_in_images: dict[str, str]) -> Iterator[ComposeStack]:
         stack.compose("up", "-d")
         yield stack
     finally:
-        if any(stack.leftovers().values()):
-            save_logs(stack)
+        # Always: a failed assertion is as much worth reading about as a leftover container.
+        save_logs(stack)
         stack.force_down()
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
 
 def save_logs(stack: ComposeStack) -> None:
     """Keep the stack's logs for a person to read after the run (the stack itself is gone)."""
@@ -122,23 +123,30 @@ def _hex(serials: dict[str, int]) -> dict[str, str]:
 
 
 def wait_healthy(stack: ComposeStack, service: str, deadline_s: float = 120.0) -> None:
-    wait_for(f"{service} to be healthy",
-             lambda: True if stack.health(service) == "healthy" else None,
-             deadline_s=deadline_s)
+    wait_for(
+        f"{service} to be healthy",
+        lambda: True if stack.health(service) == "healthy" else None,
+        deadline_s=deadline_s,
+    )
 
 
 def account_files(stack: ComposeStack) -> dict[str, str]:
     """The ACME account(s) in cert-sidecar's state volume, by relative path."""
     state = stack.volume_path("state")
-    return {str(path.relative_to(state)): path.read_text()
-            for path in sorted(state.glob("account/**/account.json"))}
+    return {
+        str(path.relative_to(state)): path.read_text()
+        for path in sorted(state.glob("account/**/account.json"))
+    }
 
 
 def finalizations_since(stack: ComposeStack, since: datetime) -> int:
     """Orders finalized by step-ca since `since` (one per certificate issued), from its log."""
     logs = stack.podman("logs", "--since", since.isoformat(), stack.container("step-ca"))
-    return sum(1 for line in (logs.stdout + logs.stderr).splitlines()
-               if "/finalize" in line and "status=200" in line)
+    return sum(
+        1
+        for line in (logs.stdout + logs.stderr).splitlines()
+        if "/finalize" in line and "status=200" in line
+    )
 
 
 @dataclass
@@ -149,15 +157,21 @@ class Watch:
     polls: int = 0
     failures: int = 0
     history: dict[str, list[x509.Certificate]] = field(
-        default_factory=lambda: {name: [] for name in NAMES})
+        default_factory=lambda: {name: [] for name in NAMES}
+    )
 
     def new_serials(self, name: str, since: int) -> set[int]:
         return {cert.serial_number for cert in self.history[name]} - {since}
 
 
-def watch_serving(stack: ComposeStack, until: float, *, renewals: int = 0,
-                  changed_from: dict[str, int] | None = None, watch: Watch | None = None
-                  ) -> Watch:
+def watch_serving(
+    stack: ComposeStack,
+    until: float,
+    *,
+    renewals: int = 0,
+    changed_from: dict[str, int] | None = None,
+    watch: Watch | None = None,
+) -> Watch:
     """Poll every name once a second until the monotonic time `until`, or earlier once every
     name has served `renewals` serials other than its `changed_from` entry."""
     watch = watch or Watch()
@@ -180,7 +194,8 @@ def watch_serving(stack: ComposeStack, until: float, *, renewals: int = 0,
             if not seen or seen[-1].serial_number != served.serial:
                 seen.append(served.certificate)
         if changed_from is not None and all(
-                len(watch.new_serials(name, changed_from[name])) >= renewals for name in NAMES):
+            len(watch.new_serials(name, changed_from[name])) >= renewals for name in NAMES
+        ):
             break
         time.sleep(1.0)
     return watch
@@ -202,8 +217,10 @@ def early_reissues(history: dict[str, list[x509.Certificate]]) -> list[str]:
             lifetime = old.not_valid_after_utc - old.not_valid_before_utc
             due = old.not_valid_before_utc + (RENEW_AT - URGENT_FRACTION) * lifetime
             if issued_at(new) < due - CLOCK_TOLERANCE:
-                found.append(f"{name}: serial {new.serial_number:x} issued at "
-                             f"{issued_at(new):%H:%M:%S}, {old.serial_number:x} due {due:%H:%M:%S}")
+                found.append(
+                    f"{name}: serial {new.serial_number:x} issued at "
+                    f"{issued_at(new):%H:%M:%S}, {old.serial_number:x} due {due:%H:%M:%S}"
+                )
     return found
 
 
@@ -218,11 +235,15 @@ def most_issuances(window: timedelta) -> int:
 
 # -- 1. infrastructure ------------------------------------------------------------------------
 
+
 def test_shared_volumes_belong_to_their_writers(stack: ComposeStack) -> None:
-    wait_for("step-ca's root in the step-root-ca volume",
-             lambda: True if (stack.volume_path("step-root-ca") / "root_ca.crt").exists()
-             else None, deadline_s=120)
+    wait_for(
+        "step-ca's root in the step-root-ca volume",
+        lambda: True if (stack.volume_path("step-root-ca") / "root_ca.crt").exists() else None,
+        deadline_s=120,
+    )
     assert stack.volume_owners() == VOLUME_RULES
+
 
 def test_step_ca_serves_acme_with_its_root_in_the_volume(stack: ComposeStack) -> None:
     wait_healthy(stack, "step-ca")
@@ -237,12 +258,21 @@ def test_step_ca_serves_acme_with_its_root_in_the_volume(stack: ComposeStack) ->
 
     # From the acme network, as cert-sidecar's image and user, trusting only the volume's root.
     probe = stack.podman(
-        "run", "--rm", "--network", f"{PROJECT}_acme",
-        "-v", f"{PROJECT}_step-root-ca:/root_ca:ro", "--entrypoint", "python3", stack.sidecar_image,
-        "-c", "import json, ssl, urllib.request;"
-              "ctx = ssl.create_default_context(cafile='/root_ca/root_ca.crt');"
-              "url = 'https://step-ca:9000/acme/acme/directory';"
-              "print(json.dumps(json.load(urllib.request.urlopen(url, context=ctx))))")
+        "run",
+        "--rm",
+        "--network",
+        f"{PROJECT}_acme",
+        "-v",
+        f"{PROJECT}_step-root-ca:/root_ca:ro",
+        "--entrypoint",
+        "python3",
+        stack.sidecar_image,
+        "-c",
+        "import json, ssl, urllib.request;"
+        "ctx = ssl.create_default_context(cafile='/root_ca/root_ca.crt');"
+        "url = 'https://step-ca:9000/acme/acme/directory';"
+        "print(json.dumps(json.load(urllib.request.urlopen(url, context=ctx))))",
+    )
     directory = json.loads(probe.stdout)
     assert directory["newOrder"] == "https://step-ca:9000/acme/acme/new-order"
 
@@ -259,22 +289,34 @@ def test_names_resolve_to_the_sidecar_on_the_acme_network(stack: ComposeStack) -
 
 
 def test_haproxy_runs_and_its_socket_is_usable_by_the_sidecar_user(stack: ComposeStack) -> None:
-    wait_for("HAProxy running", lambda: True if stack.state("haproxy").get("Running") else None,
-             deadline_s=60)
+    wait_for(
+        "HAProxy running",
+        lambda: True if stack.state("haproxy").get("Running") else None,
+        deadline_s=60,
+    )
     # Its compose healthcheck asks the running process (test_docker.py shows it can fail).
     wait_healthy(stack, "haproxy")
     probe = stack.podman(
-        "run", "--rm", "--network", "none",
-        "-v", f"{PROJECT}_haproxy-run:/var/lib/haproxy-run",
-        "-v", f"{PROJECT}_haproxy-certs:/etc/haproxy/certs",
-        "--entrypoint", "python3", stack.sidecar_image, "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{PROJECT}_haproxy-run:/var/lib/haproxy-run",
+        "-v",
+        f"{PROJECT}_haproxy-certs:/etc/haproxy/certs",
+        "--entrypoint",
+        "python3",
+        stack.sidecar_image,
+        "-c",
         "import os, socket;"
         "s = socket.socket(socket.AF_UNIX);"
         "s.connect('/var/lib/haproxy-run/admin.sock');"
         "s.sendall(b'show info\\n');"
         "print(s.recv(65536).decode().splitlines()[0]);"
         "probe = '/etc/haproxy/certs/.probe'; open(probe, 'w').close(); os.unlink(probe);"
-        "print(os.getuid(), os.getgid())")
+        "print(os.getuid(), os.getgid())",
+    )
     first_line, ids = probe.stdout.splitlines()[:2]
     assert first_line == "Name: HAProxy", probe.stdout
     assert ids == "10001 99"  # cert-sidecar's user, in HAProxy's group
@@ -283,13 +325,15 @@ def test_haproxy_runs_and_its_socket_is_usable_by_the_sidecar_user(stack: Compos
 
 # -- 2. end to end ----------------------------------------------------------------------------
 
+
 def test_first_valid_certificate_for_every_name(stack: ComposeStack) -> None:
     def all_valid() -> dict[str, Served] | None:
         served = served_all(stack)
         return served if all(s.status_line.endswith("200 OK") for s in served.values()) else None
 
-    served = wait_for("a valid certificate for every name", all_valid,
-                      deadline_s=FIRST_CERT_DEADLINE)
+    served = wait_for(
+        "a valid certificate for every name", all_valid, deadline_s=FIRST_CERT_DEADLINE
+    )
     elapsed = time.monotonic() - stack.up_started
     print(f"\ntime from `up` to the first valid certificate for every name: {elapsed:.1f} s")
     for name, result in served.items():
@@ -325,10 +369,13 @@ def test_short_lived_certificates_renew_on_their_own(serving: ComposeStack) -> N
     before = serials(stack)
     containers = restart_counts(stack)
     # Two renewals of each: the stack keeps renewing, not just once.
-    watch = watch_serving(stack, time.monotonic() + RENEWAL_DEADLINE, renewals=2,
-                          changed_from=before)
-    print(f"\nautomatic renewals seen: { {n: len(watch.new_serials(n, before[n])) for n in NAMES} }"
-          f" in {watch.polls} checks, {watch.failures} failed")
+    watch = watch_serving(
+        stack, time.monotonic() + RENEWAL_DEADLINE, renewals=2, changed_from=before
+    )
+    print(
+        f"\nautomatic renewals seen: { {n: len(watch.new_serials(n, before[n])) for n in NAMES} }"
+        f" in {watch.polls} checks, {watch.failures} failed"
+    )
     assert all(len(watch.new_serials(name, before[name])) >= 2 for name in NAMES), watch.history
     assert watch.failures == 0, f"{watch.failures} of {watch.polls} checks failed"
     assert early_reissues(watch.history) == []
@@ -351,9 +398,11 @@ def test_sidecar_restart_loses_nothing_and_reissues_nothing(serving: ComposeStac
     assert early_reissues(watch.history) == []
     window = datetime.now(UTC) - since
     issued = finalizations_since(stack, since)
-    print(f"\ncert-sidecar restart: {issued} orders finalized in {window.total_seconds():.0f} s"
-          f" (on-schedule bound {most_issuances(window)}), {watch.failures} of {watch.polls}"
-          " checks failed")
+    print(
+        f"\ncert-sidecar restart: {issued} orders finalized in {window.total_seconds():.0f} s"
+        f" (on-schedule bound {most_issuances(window)}), {watch.failures} of {watch.polls}"
+        " checks failed"
+    )
     assert issued <= most_issuances(window)
     assert account_files(stack) == accounts
     # Renewal resumes after the restart: every name is renewed once more, with no failed
@@ -361,8 +410,13 @@ def test_sidecar_restart_loses_nothing_and_reissues_nothing(serving: ComposeStac
     # validations may still go to the old one; this also lets that settle before the next
     # test restarts step-ca.)
     after_restart = serials(stack)
-    watch = watch_serving(stack, time.monotonic() + RENEWAL_DEADLINE, renewals=1,
-                          changed_from=after_restart, watch=watch)
+    watch = watch_serving(
+        stack,
+        time.monotonic() + RENEWAL_DEADLINE,
+        renewals=1,
+        changed_from=after_restart,
+        watch=watch,
+    )
     assert all(watch.new_serials(name, after_restart[name]) for name in NAMES), watch.history
     assert watch.failures == 0, f"{watch.failures} of {watch.polls} checks failed"
 
@@ -380,16 +434,23 @@ def test_step_ca_restart_is_survived(serving: ComposeStack) -> None:
     # The sidecar goes on renewing with the same account against the restarted CA (its
     # database is in the step-ca volume).
     after_restart = serials(stack)
-    watch = watch_serving(stack, time.monotonic() + RENEWAL_DEADLINE, renewals=1,
-                          changed_from=after_restart, watch=watch)
+    watch = watch_serving(
+        stack,
+        time.monotonic() + RENEWAL_DEADLINE,
+        renewals=1,
+        changed_from=after_restart,
+        watch=watch,
+    )
     assert all(watch.new_serials(name, after_restart[name]) for name in NAMES), watch.history
     assert watch.failures == 0, f"{watch.failures} of {watch.polls} checks failed"
     assert early_reissues(watch.history) == []
     window = datetime.now(UTC) - since
     issued = finalizations_since(stack, since)
-    print(f"\nstep-ca restart: {issued} orders finalized in {window.total_seconds():.0f} s"
-          f" (on-schedule bound {most_issuances(window)}), {watch.failures} of {watch.polls}"
-          " checks failed")
+    print(
+        f"\nstep-ca restart: {issued} orders finalized in {window.total_seconds():.0f} s"
+        f" (on-schedule bound {most_issuances(window)}), {watch.failures} of {watch.polls}"
+        " checks failed"
+    )
     # At least the renewals just seen: also proves the log count sees finalizations at all.
     assert len(CERTIFICATES) <= issued <= most_issuances(window)
     assert account_files(stack) == accounts
@@ -405,11 +466,23 @@ def test_haproxy_config_loads_with_an_empty_certs_dir(stack: ComposeStack) -> No
     """HAProxy must be able to start before any certificate exists (docker/haproxy/haproxy.cfg
     on the HAProxy stand-in, empty certs and socket directories)."""
     result = stack.podman(
-        "run", "--rm", "--network", "none",
-        "-v", f"{REPO_ROOT / 'docker/haproxy/haproxy.cfg'}:/usr/local/etc/haproxy/haproxy.cfg:ro",
-        "--tmpfs", "/etc/haproxy/certs", "--tmpfs", "/var/lib/haproxy-run",
-        stack.env["HAPROXY_TEST_IMAGE"], "haproxy", "-c", "-f",
-        "/usr/local/etc/haproxy/haproxy.cfg", check=False)
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{REPO_ROOT / 'docker/haproxy/haproxy.cfg'}:/usr/local/etc/haproxy/haproxy.cfg:ro",
+        "--tmpfs",
+        "/etc/haproxy/certs",
+        "--tmpfs",
+        "/var/lib/haproxy-run",
+        stack.env["HAPROXY_TEST_IMAGE"],
+        "haproxy",
+        "-c",
+        "-f",
+        "/usr/local/etc/haproxy/haproxy.cfg",
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
 
@@ -418,8 +491,13 @@ def test_compose_file_is_valid_for_docker_compose_1_29(compose_tools: None) -> N
     """`config` parses and interpolates the file the way docker-compose 1.29 does."""
     result = subprocess.run(
         ["docker-compose", "-f", str(REPO_ROOT / "compose.yaml"), "config", "--quiet"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "COMPOSE_PROJECT_NAME": "cert-sidecar-config-check"})
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COMPOSE_PROJECT_NAME": "cert-sidecar-config-check"},
+    )
     assert result.returncode == 0, result.stderr
     text = (REPO_ROOT / "compose.yaml").read_text()
     assert not any(line.startswith("name:") for line in text.splitlines())

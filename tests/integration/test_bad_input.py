@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import pytest
 import trustme
 
+from tests.peers.require import require_unprivileged_python
+
 if TYPE_CHECKING:
     from tests.peers.stepca import StepCA
 
@@ -291,8 +293,8 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int) -
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_config_level_bad_input_exits_2(work: Work, case: Case) -> None:
-    if case.unprivileged and (SETPRIV is None or os.geteuid() != 0):
-        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    if case.unprivileged:
+        require_unprivileged_python()
     before_pem = work.pem.read_bytes()
     before_dir = snapshot(work.certs)
     extra = case.setup(work) if case.setup else []

@@ -1,5 +1,9 @@
-"""ca_client against the real Pebble: strict RFC 8555 checks, nonce rejection, validation
-sleeps, EAB, alternate chains, revocation."""
+"""ca_client against the real Pebble: strict RFC 8555 checks, nonce rejection, EAB, alternate
+chains, revocation.
+
+Pebble's validation sleeps (0-15 s each) are off here: the one test that keeps Pebble's full
+default hostility is test_challenges_pebble.py's, for all three solvers at once.
+"""
 
 from __future__ import annotations
 
@@ -48,16 +52,20 @@ async def _responder(pebble: Pebble) -> Http01Responder:
 
 
 @pytest.fixture
-async def responder(pebble: Pebble) -> AsyncIterator[Http01Responder]:
-    http01 = await _responder(pebble)
+async def responder(fast_pebble: Pebble) -> AsyncIterator[Http01Responder]:
+    http01 = await _responder(fast_pebble)
     try:
         yield http01
     finally:
         await http01.aclose()
 
 
-async def test_issuance_under_default_hostility(pebble: Pebble, responder: Http01Responder) -> None:
-    """Nonce rejection and validation sleeps left on: both names and the IP must still work."""
+async def test_names_and_an_ip_in_one_order_then_ordered_again(
+    fast_pebble: Pebble, responder: Http01Responder
+) -> None:
+    """Two names and an IP over http-01 (nonce rejection on), then the same identifiers again:
+    Pebble may reuse the valid authorizations for the second order."""
+    pebble = fast_pebble
     names = [
         Identifier.dns(unique_name("a")),
         Identifier.dns(unique_name("b")),
@@ -66,13 +74,13 @@ async def test_issuance_under_default_hostility(pebble: Pebble, responder: Http0
     cert_key = generate_private_key(KeyType.EC_P256)
     async with make_client(pebble) as client:
         await client.ensure_account(contact=["mailto:ops@ca-client.test"])
-        issued = await client.obtain(names, cert_key, solvers={"http-01": responder}, timeout=150)
+        issued = await client.obtain(names, cert_key, solvers={"http-01": responder}, timeout=60)
         # A second order on the same names: Pebble may reuse the valid authorizations.
         again = await client.obtain(
             names,
             generate_private_key(KeyType.EC_P384),
             solvers={"http-01": responder},
-            timeout=150,
+            timeout=60,
         )
     roots = pebble.issuing_roots()
     for name in (names[0].value, names[1].value, "127.0.0.1"):

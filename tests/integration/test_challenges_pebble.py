@@ -4,7 +4,8 @@ Pebble resolves every name to 127.0.0.1 through its challtestsrv and validates h
 ``.http_port`` and tls-alpn-01 on ``.tls_port``; dns-01 TXT records are published in that
 challtestsrv by tests/peers/dns_hook.py, run by `Dns01HookSolver` exactly as a user's hook is.
 Pebble's nonce rejection stays on (the client retries); its validation sleeps are switched off
-for speed except in the one test that keeps Pebble's full default hostility.
+for speed except in the one test that keeps Pebble's full default hostility (the only one in
+the suite). http-01 with several names is test_ca_client_pebble.py's.
 """
 
 from __future__ import annotations
@@ -58,16 +59,6 @@ def _san_names(issued: IssuedCertificate) -> set[str]:
     return {str(value) for value in names.get_values_for_type(x509.DNSName)} | {
         str(value) for value in names.get_values_for_type(x509.IPAddress)
     }
-
-
-async def test_http01(pebble_factory: PebbleFactory) -> None:
-    pebble = pebble_factory(no_sleep=True)
-    names = ["http.example.org", "www.http.example.org"]
-    async with Http01Responder("127.0.0.1", pebble.http_port) as responder:
-        issued = await _obtain(
-            pebble, [Identifier.dns(name) for name in names], {"http-01": responder}
-        )
-    assert _san_names(issued) == set(names)
 
 
 async def test_tls_alpn01(pebble_factory: PebbleFactory) -> None:

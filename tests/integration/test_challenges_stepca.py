@@ -1,12 +1,13 @@
 """The real step-ca 0.19 validates the responders on ports 80 and 443 of a leased loopback address.
 
 step-ca resolves the identifiers with the system resolver (the lease's names are in /etc/hosts)
-and connects to port 80 (http-01) or 443 (tls-alpn-01), exactly as in production.
+and connects to port 80 (http-01) or 443 (tls-alpn-01), exactly as in production. http-01 with
+several names, with an IP address, and with concurrent orders on one responder is in
+test_ca_client_stepca.py (each behaviour tested once at this layer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,6 @@ from cryptography import x509
 from ca_client.challenges import (
     ChallengeSolver,
     Dns01HookSolver,
-    Http01Responder,
     TlsAlpn01Responder,
 )
 from ca_client.client import AcmeClient
@@ -54,17 +54,6 @@ def _san_names(issued: IssuedCertificate) -> set[str]:
     }
 
 
-async def test_http01_on_port_80(step_ca: StepCA, loopback: LoopbackLease) -> None:
-    names = [loopback.names[0], loopback.names[1]]
-    async with Http01Responder(loopback.address, 80) as responder:
-        issued = await _obtain(
-            step_ca, [Identifier.dns(name) for name in names], {"http-01": responder}
-        )
-        assert _san_names(issued) == set(names)
-        # cleanup ran: nothing is held any more (the client always cleans up).
-        assert not responder._tokens
-
-
 async def test_tls_alpn01_on_port_443(step_ca: StepCA, loopback: LoopbackLease) -> None:
     names = [loopback.names[2], loopback.names[3]]
     async with TlsAlpn01Responder(loopback.address, 443) as responder:
@@ -73,19 +62,6 @@ async def test_tls_alpn01_on_port_443(step_ca: StepCA, loopback: LoopbackLease) 
         )
         assert _san_names(issued) == set(names)
         assert not responder._presented
-
-
-async def test_one_responder_serves_concurrent_orders(
-    step_ca: StepCA, loopback: LoopbackLease
-) -> None:
-    async with Http01Responder(loopback.address, 80) as responder:
-        results = await asyncio.gather(
-            *(
-                _obtain(step_ca, [Identifier.dns(name)], {"http-01": responder})
-                for name in loopback.names
-            )
-        )
-    assert [_san_names(issued) for issued in results] == [{name} for name in loopback.names]
 
 
 async def test_dns01_hook_with_challtestsrv_as_resolver(
@@ -97,14 +73,10 @@ async def test_dns01_hook_with_challtestsrv_as_resolver(
     assert _san_names(issued) == {"dns01.cert-sidecar.test"}
 
 
-@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
-async def test_ip_identifier(step_ca: StepCA, loopback: LoopbackLease, challenge: str) -> None:
-    # RFC 8738: step-ca connects to the address itself; tls-alpn-01 sends its reverse-DNS SNI.
-    responder: Http01Responder | TlsAlpn01Responder
-    if challenge == "http-01":
-        responder = Http01Responder(loopback.address, 80)
-    else:
-        responder = TlsAlpn01Responder(loopback.address, 443)
-    async with responder:
-        issued = await _obtain(step_ca, [Identifier.ip(loopback.address)], {challenge: responder})
+async def test_ip_identifier_over_tls_alpn01(step_ca: StepCA, loopback: LoopbackLease) -> None:
+    # RFC 8738 §6: step-ca connects to the address itself and sends the reverse-DNS name as SNI.
+    async with TlsAlpn01Responder(loopback.address, 443) as responder:
+        issued = await _obtain(
+            step_ca, [Identifier.ip(loopback.address)], {"tls-alpn-01": responder}
+        )
     assert _san_names(issued) == {loopback.address}

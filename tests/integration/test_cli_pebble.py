@@ -1,7 +1,7 @@
 """`cert-sidecar issue` against Pebble: EAB from the environment, dns-01 through the hook.
 
-Pebble keeps its default hostility here (nonce rejection; validation sleeps are skipped only
-where noted, to keep CI short).
+Pebble's nonce rejection stays on; its validation sleeps are off (the one test under Pebble's
+full default hostility is test_challenges_pebble.py's).
 """
 
 from __future__ import annotations
@@ -68,25 +68,3 @@ def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     except Exception:
         return False
     return True
-
-
-def test_http01_under_default_hostility(pebble_factory: PebbleFactory, tmp_path: Path) -> None:
-    # Full hostility: nonce rejection and validation sleeps left on.
-    pebble = pebble_factory()
-    result = run_cli(
-        [
-            "issue",
-            *base_args(
-                pebble.directory_url,
-                pebble.ca_bundle,
-                tmp_path / "certs",
-                tmp_path / "state",
-                http_listen=f"127.0.0.1:{pebble.http_port}",
-            ),
-            "--domain",
-            "hostile.cert-sidecar.test",
-        ],
-        timeout=300,
-    )
-    assert result.code == 0, result.stderr
-    assert (tmp_path / "certs" / "hostile.cert-sidecar.test.pem").exists()

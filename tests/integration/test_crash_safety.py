@@ -3,6 +3,9 @@
 - A writer that atomic-writes a combined PEM in a loop is SIGKILLed at random moments, many
   times: the target must always be one of the two complete bundles, and the leftover dot-files
   must all be removed by ``clean_stale_temp_files``.
+- ``cert-sidecar issue`` against step-ca is SIGKILLed before, around and after its write, each
+  kill timed from its own JSON log: the PEM is always whole, and ``run`` then removes the
+  leftover dot-files at start.
 - Two processes contend for one certificate's lock: they never hold it together, a waiter that
   times out is told who holds it, and a holder killed with SIGKILL leaves no stale lock.
 - As an unprivileged user (uid/gid 65534, no supplementary groups), a read-only directory gives
@@ -15,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import select
 import shutil
 import signal
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,10 +38,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar import pem, storage
 from sidecar.storage import LockTimeout, StateStore, StorageError
+from tests.integration.cli import Sidecar, base_args, clean_env, free_port, run_cli
+from tests.peers.loopback import LoopbackLease
+from tests.peers.stepca import StepCA
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 KILLS = 200
+# How long a child may take to reach the point a test waits for. Every wait ends on an event
+# (a byte or line from the child, its exit); this only turns a hang into a failure, and is
+# generous for a loaded 2-core machine.
+DEADLINE = 60.0
 
 
 def _bundle(ca: trustme.CA, name: str) -> bytes:
@@ -48,11 +60,41 @@ def _bundle(ca: trustme.CA, name: str) -> bytes:
 # -- SIGKILL during writes -----------------------------------------------------------------------
 
 
-def _write_forever(target: Path, bundles: tuple[bytes, bytes]) -> None:
-    """The child: what the sidecar does on every renewal, as fast as it can."""
+def _write_forever(target: Path, bundles: tuple[bytes, bytes], progress: int) -> None:
+    """The child: what the sidecar does on every renewal, as fast as it can, writing one byte
+    to ``progress`` after each complete (renamed and synced) write."""
     while True:
         for data in bundles:
             storage.atomic_write(target, data, mode=0o640)
+            os.write(progress, b".")
+
+
+def _read(fd: int, what: str, *, until: Callable[[bytes], bool], end: float | None = None) -> bytes:
+    """Bytes from a pipe until ``until`` holds for them or the stream ends; fails at ``end``
+    (monotonic; DEADLINE from now by default) instead of hanging. Reads one byte at a time, so
+    nothing past the point is consumed."""
+    end = time.monotonic() + DEADLINE if end is None else end
+    data = b""
+    while not until(data):
+        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"timed out after {DEADLINE} s waiting for {what}: {data!r}")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _read_exactly(fd: int, count: int, what: str) -> bytes:
+    data = _read(fd, what, until=lambda data: len(data) >= count)
+    assert len(data) == count, f"end of stream while waiting for {what}"
+    return data
+
+
+def _read_line(process: subprocess.Popen[bytes], what: str) -> bytes:
+    assert process.stdout is not None
+    return _read(process.stdout.fileno(), what, until=lambda data: data.endswith(b"\n"))
 
 
 def test_sigkill_during_writes_never_leaves_a_partial_pem(tmp_path: Path):
@@ -67,15 +109,24 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(tmp_path: Path):
     for attempt in range(KILLS):
         # fork, not a new interpreter: 200 interpreter start-ups would take most of a minute,
         # and the child runs exactly the code the sidecar runs.
+        progress_read, progress_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             try:
-                _write_forever(target, bundles)
+                os.close(progress_read)
+                _write_forever(target, bundles, progress_write)
             finally:
                 os._exit(1)
-        # Spread the kills over several write cycles, at random phases.
-        _sleep_seconds(rng.uniform(0, 0.02))
-        os.kill(pid, signal.SIGKILL)
+        os.close(progress_write)
+        # Kill only once the writer has replaced the file once or twice (so either bundle can
+        # be the last whole one, however slow the machine), then at a random phase of the
+        # cycles that follow.
+        try:
+            _read_exactly(progress_read, rng.choice((1, 2)), "the writer's complete writes")
+            _sleep_seconds(rng.uniform(0, 0.02))
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.close(progress_read)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
             f"the writer ended by itself on attempt {attempt}: it failed"
@@ -90,8 +141,10 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(tmp_path: Path):
         removed = storage.clean_stale_temp_files(tmp_path)
         assert sorted(removed) == sorted(leftovers)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.example.pem"]
-    # Evidence that the kills did land mid-write (a temporary was open) and that the writer
-    # got far enough to replace the file: otherwise this test would prove nothing.
+    # Evidence that the kills did land mid-write (a temporary was open) and that both bundles
+    # were the whole file at a kill: otherwise this test would prove nothing. The temporary
+    # exists for most of a write cycle (from its creation through its fsync), so 200 kills at
+    # random phases leave one behind many times over.
     print(f"{KILLS} kills, {kills_with_leftovers} left a temporary behind")
     assert kills_with_leftovers > 0
     assert seen == set(bundles)
@@ -100,6 +153,112 @@ def test_sigkill_during_writes_never_leaves_a_partial_pem(tmp_path: Path):
 def _sleep_seconds(seconds: float) -> None:
     # select() with no descriptors: a plain sub-millisecond-precision pause.
     select.select([], [], [], seconds)
+
+
+# -- SIGKILL of a whole `issue` against step-ca --------------------------------------------------
+
+# Where each kill of `issue --force` lands, timed from its own JSON log on stderr rather than
+# from its start (interpreter start-up and an issuance take anywhere from tenths of a second to
+# seconds on a loaded machine):
+# - "ordering": at cert_renewal_started, before anything is written: the old PEM stays;
+# - "writing": at ca_client's "certificate issued" line, which comes just before the write,
+#   then a random 0-20 ms: the old PEM or the new one, whole;
+# - "written": at cert_issued, which comes after the write: the new PEM.
+KILL_POINTS = {
+    "ordering": lambda event: event.get("event") == "cert_renewal_started",
+    "writing": lambda event: str(event.get("event", "")).startswith("certificate issued for "),
+    "written": lambda event: event.get("event") == "cert_issued",
+}
+
+
+def _wait_for_event(
+    process: subprocess.Popen[bytes], wanted: Callable[[dict[str, object]], bool], what: str
+) -> None:
+    """Read the child's JSON log lines until one is ``wanted``; fail after DEADLINE."""
+    assert process.stderr is not None
+    end = time.monotonic() + DEADLINE
+    seen: list[object] = []
+    while True:
+        line = _read(process.stderr.fileno(), what, until=lambda d: d.endswith(b"\n"), end=end)
+        if not line:
+            raise AssertionError(
+                f"`issue` exited ({process.wait()}) before {what}; its events: {seen}"
+            )
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            seen.append(event.get("event"))
+            if wanted(event):
+                return
+
+
+def _serial(path: Path) -> int:
+    data = path.read_bytes()
+    return pem.describe_cert(pem.parse_combined(data).leaf).serial
+
+
+@pytest.mark.stepca
+def test_sigkill_of_issue_at_each_stage_leaves_a_whole_pem(
+    step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
+) -> None:
+    certs = tmp_path / "certs"
+    args = [
+        *base_args(
+            step_ca.directory_url,
+            step_ca.root_path,
+            certs,
+            tmp_path / "state",
+            http_listen=f"{loopback.address}:80",
+        ),
+        "--domain",
+        loopback.name,
+    ]
+    pem_path = certs / f"{loopback.name}.pem"
+    assert run_cli(["issue", *args]).code == 0
+    rng = random.Random(1234)
+    for stage in [*KILL_POINTS] * 4:
+        before = _serial(pem_path)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "issue", "--force", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env=clean_env(),
+            cwd=REPO,
+        )
+        try:
+            _wait_for_event(process, KILL_POINTS[stage], f"the {stage!r} kill point")
+            if stage == "writing":
+                _sleep_seconds(rng.uniform(0, 0.02))
+        finally:
+            process.kill()
+            process.wait()
+            assert process.stderr is not None
+            process.stderr.close()
+        data = pem_path.read_bytes()
+        bundle = pem.validate_for_deploy(
+            data, [loopback.name], pem.describe_cert(pem.parse_combined(data).leaf).not_before
+        )
+        assert bundle.leaf is not None
+        after = _serial(pem_path)
+        if stage == "ordering":
+            assert after == before, "killed before the write, yet the PEM changed"
+        elif stage == "written":
+            assert after != before, "cert_issued was logged before the new PEM was in place"
+        # Only dot-files (which HAProxy skips) may be left beside the PEM.
+        assert all(p.name.startswith(".") for p in certs.iterdir() if p != pem_path)
+    # A kill leaves a temporary only when it lands mid-write; one more in their pattern makes
+    # sure the start-up clean-up below always has something to remove.
+    (certs / f".{pem_path.name}.{secrets.token_hex(8)}").write_bytes(b"half a PEM")
+    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    try:
+        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+        assert [p.name for p in certs.iterdir()] == [pem_path.name]
+    finally:
+        sidecar.stop()
 
 
 # -- the lock across processes -------------------------------------------------------------------
@@ -142,24 +301,23 @@ _CONTENDER = textwrap.dedent(
 )
 
 
-def _python(script: str, *args: str) -> subprocess.Popen[str]:
+def _python(script: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        text=True,
+        bufsize=0,  # unbuffered: _read_line reads the pipe itself, with a deadline
         cwd=REPO,
         env=env,
     )
 
 
 @pytest.fixture
-def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     process = _python(_HOLDER, str(tmp_path / "state"), "a.example")
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "locked\n"
+        assert _read_line(process, "the holder to take the lock") == b"locked\n"
         yield process
     finally:
         if process.poll() is None:
@@ -176,9 +334,9 @@ async def test_a_second_process_times_out_naming_the_holder(tmp_path, holder):
     assert f"issue pid {holder.pid}" in str(caught.value)
     assert caught.value.holder.startswith(f"issue pid {holder.pid} since ")
     # Released by the holder: the lock is free at once.
-    assert holder.stdin is not None and holder.stdout is not None
+    assert holder.stdin is not None
     holder.stdin.close()
-    assert holder.stdout.readline() == "released\n"
+    assert _read_line(holder, "the holder to release the lock") == b"released\n"
     async with store.lock("a.example", timeout=30):
         pass
 
@@ -260,9 +418,14 @@ def _as_nobody(action: Callable[[], object]) -> dict[str, object]:
         finally:
             os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        output = pipe.read()
-    os.waitpid(pid, 0)
+    try:
+        output = _read(read_end, "the unprivileged child's result", until=lambda data: False)
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
     result = json.loads(output)
     assert result["identity"] == [NOBODY, NOBODY, NOBODY, []], "privileges were not dropped"
     return result

@@ -6,18 +6,42 @@ It is strict where the client's correctness is at stake: every POST's JWS is ver
 the account key (or the ``jwk`` for newAccount/revokeCert-by-key), nonces are single-use,
 ``kid`` vs ``jwk`` is enforced, POST-as-GET must have an empty payload, and finalize checks the
 CSR's names against the order. Faults are injected with :meth:`FakeAcme.add_fault`.
+
+Challenges are validated as a real CA does (RFC 8555 §8): the CA computes the key authorization
+from the account's own key (its thumbprint computed here, not by the client's code), then looks
+through the solver for the proof, and marks the challenge invalid when the proof is not served
+or not the right one. What it can reach is declared with :meth:`FakeAcme.reach`:
+
+- a real ``Http01Responder``: an HTTP GET of ``/.well-known/acme-challenge/<token>`` with the
+  identifier as ``Host``, the body compared with the key authorization (§8.3);
+- a real ``TlsAlpn01Responder``: a TLS handshake offering only ALPN ``acme-tls/1`` with the
+  identifier as SNI, the certificate's SAN and critical acmeIdentifier extension checked
+  (RFC 8737 §3);
+- a recording solver (``present_calls``/``cleanup_calls``, as in the protocol conftest): what it
+  presented and has not cleaned up yet is what it serves, for any challenge type;
+- any object with ``async proofs(challenge_type, identifier, token) -> list[str]`` (e.g.
+  :class:`Dns01Records` over a DNS hook's records).
+
+A CA that can reach nothing marks every challenge invalid. The proof is looked for when the
+client answers the challenge and again at each authorization poll until the authorization
+settles, so a solver that cleans up before validation fails just as it would with Pebble.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import email.utils
+import hashlib
+import ipaddress
 import itertools
 import json
-from collections.abc import Callable
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from cryptography import x509
@@ -29,9 +53,174 @@ from cryptography.x509.oid import NameOID
 BASE = "https://ca.test"
 DIRECTORY_URL = f"{BASE}/directory"
 
+ACME_TLS_1 = "acme-tls/1"
+# RFC 8737 §6.1: id-pe-acmeIdentifier
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+# How long the CA waits for a solver to answer; real time, not the fake clock: the solver is a
+# real server on loopback that answers in milliseconds.
+FETCH_TIMEOUT = 10.0
+
 
 def b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwk_thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638 §3, written out here so that the CA does not trust the client's own maths."""
+    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}[jwk["kty"]]
+    canonical = json.dumps({k: jwk[k] for k in required}, sort_keys=True, separators=(",", ":"))
+    return _b64e(hashlib.sha256(canonical.encode()).digest())
+
+
+def expected_proof(challenge_type: str, key_authorization: str) -> str:
+    """What the CA must find for a challenge type, in the form `proofs` returns it."""
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    if challenge_type == "http-01":
+        return key_authorization  # RFC 8555 §8.3: the body is the key authorization
+    if challenge_type == "dns-01":
+        return _b64e(digest)  # RFC 8555 §8.4: base64url(SHA-256(keyAuthorization))
+    if challenge_type == "tls-alpn-01":
+        return digest.hex()  # RFC 8737 §3: the acmeIdentifier holds SHA-256(keyAuthorization)
+    raise ValueError(f"unknown challenge type {challenge_type!r}")
+
+
+class Unreachable(Exception):
+    """The CA could not talk to the solver at all (a ``connection`` problem)."""
+
+
+class ProofSource(Protocol):
+    """Something the CA can look at for a challenge's proof.
+
+    ``proofs`` returns what is served for (challenge type, identifier, token), in the form of
+    :func:`expected_proof` (empty when nothing is), or raises :class:`Unreachable`.
+    """
+
+    async def proofs(self, challenge_type: str, identifier: str, token: str) -> list[str]: ...
+
+
+@dataclass
+class RecordedProofs:
+    """What a recording solver serves: what it presented and has not cleaned up yet."""
+
+    solver: Any
+
+    async def proofs(self, challenge_type: str, identifier: str, token: str) -> list[str]:
+        if getattr(self.solver, "challenge_type", None) != challenge_type:
+            return []
+        live = Counter((i.value, t, k) for i, t, k in self.solver.present_calls) - Counter(
+            (i.value, t, k) for i, t, k in self.solver.cleanup_calls
+        )
+        found = []
+        for (value, presented_token, key_authorization), count in live.items():
+            if count <= 0:
+                continue
+            if challenge_type == "dns-01":
+                # A TXT record names no token, only _acme-challenge.<base name>.
+                matches = value.removeprefix("*.") == identifier
+            else:
+                matches = value == identifier and presented_token == token
+            if matches:
+                found.append(expected_proof(challenge_type, key_authorization))
+        return found
+
+
+@dataclass
+class Http01Fetch:
+    """RFC 8555 §8.3: GET http://<identifier>/.well-known/acme-challenge/<token>, the name
+    resolved to ``host:port`` (the responder's address)."""
+
+    host: str
+    port: int
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    async def proofs(self, challenge_type: str, identifier: str, token: str) -> list[str]:
+        if challenge_type != "http-01":
+            return []
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.port}/.well-known/acme-challenge/{token}"
+        self.requests.append((identifier, token))
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=FETCH_TIMEOUT) as http:
+                response = await http.get(url, headers={"Host": identifier})
+        except httpx.TransportError as error:
+            raise Unreachable(f"fetching {url}: {type(error).__name__}: {error}") from None
+        if response.status_code != 200:
+            return []
+        # Pebble and Boulder trim trailing whitespace; anything else must match exactly.
+        return [response.text.rstrip()]
+
+
+@dataclass
+class TlsAlpn01Handshake:
+    """RFC 8737 §3: a TLS handshake to ``host:port`` offering only ALPN ``acme-tls/1``, with
+    the identifier (an IP's reverse-DNS name, RFC 8738 §6) as SNI."""
+
+    host: str
+    port: int
+
+    async def proofs(self, challenge_type: str, identifier: str, token: str) -> list[str]:
+        if challenge_type != "tls-alpn-01":
+            return []
+        try:
+            address = ipaddress.ip_address(identifier)
+        except ValueError:
+            sni, wanted_san = identifier, [identifier]
+            san_type: type[x509.DNSName] | type[x509.IPAddress] = x509.DNSName
+        else:
+            sni, wanted_san = address.reverse_pointer, [address]  # type: ignore[list-item]
+            san_type = x509.IPAddress
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the certificate is self-signed by design
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols([ACME_TLS_1])
+        try:
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                _reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=context, server_hostname=sni
+                )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            raise Unreachable(f"TLS to {self.host}:{self.port}: {error}") from None
+        try:
+            tls = writer.get_extra_info("ssl_object")
+            alpn = tls.selected_alpn_protocol()
+            der = tls.getpeercert(binary_form=True)
+        finally:
+            writer.close()
+        if alpn != ACME_TLS_1 or der is None:
+            return []
+        certificate = x509.load_der_x509_certificate(der)
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            extension = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+        except x509.ExtensionNotFound:
+            return []
+        # "a subjectAltName extension containing the dNSName being validated and no other".
+        if list(san.value.get_values_for_type(san_type)) != wanted_san or len(san.value) != 1:
+            return []
+        value = extension.value
+        raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+        # "The acmeIdentifier extension MUST be critical"; its value an OCTET STRING (SIZE (32)).
+        if not extension.critical or raw[:2] != b"\x04\x20" or len(raw) != 34:
+            return []
+        return [raw[2:].hex()]
+
+
+@dataclass
+class Dns01Records:
+    """RFC 8555 §8.4: the TXT values at ``_acme-challenge.<name>.``, from ``lookup(record)``
+    (a DNS hook's published records, say)."""
+
+    lookup: Callable[[str], Awaitable[list[str]]]
+
+    async def proofs(self, challenge_type: str, identifier: str, token: str) -> list[str]:
+        if challenge_type != "dns-01":
+            return []
+        return list(await self.lookup(f"_acme-challenge.{identifier.removeprefix('*.')}."))
 
 
 def problem(
@@ -91,6 +280,11 @@ class FakeAuthz:
     wildcard: bool = False
     responded: bool = False
     polls_after_response: int = 0
+    account: str = ""
+    responded_type: str | None = None
+    #: the last look for each challenge type's proof: None when it was served, else the problem
+    checked: dict[str, dict[str, str] | None] = field(default_factory=dict)
+    error: dict[str, str] | None = None
 
 
 Fault = Callable[[httpx.Request, str], httpx.Response | None]
@@ -114,6 +308,8 @@ class FakeAcme:
     eab_keys: dict[str, bytes] = field(default_factory=dict)
     date_offset: float = 0.0
     clock: Callable[[], float] = lambda: 0.0
+    #: where the CA looks for challenge proofs (see `reach`); nothing: every challenge fails
+    reachable: list[ProofSource] = field(default_factory=list)
 
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     account_urls_by_thumb: dict[str, str] = field(default_factory=dict)
@@ -131,6 +327,27 @@ class FakeAcme:
     def __post_init__(self) -> None:
         self.ca_key = ec.generate_private_key(ec.SECP256R1())
         self.root_name = "Fake Root"
+
+    # --- what the CA can reach -----------------------------------------------------------
+
+    def reach(self, *solvers: Any) -> None:
+        """Let the CA validate through these solvers (see the module docstring)."""
+        from ca_client.challenges.http01 import Http01Responder
+        from ca_client.challenges.tlsalpn01 import TlsAlpn01Responder
+
+        for solver in solvers:
+            if isinstance(solver, Http01Responder):
+                self.reachable.append(Http01Fetch(_connect_host(solver.host), solver.bound_port))
+            elif isinstance(solver, TlsAlpn01Responder):
+                self.reachable.append(
+                    TlsAlpn01Handshake(_connect_host(solver.host), solver.bound_port)
+                )
+            elif hasattr(solver, "proofs"):
+                self.reachable.append(solver)
+            elif hasattr(solver, "present_calls") and hasattr(solver, "cleanup_calls"):
+                self.reachable.append(RecordedProofs(solver))
+            else:
+                raise TypeError(f"the fake CA cannot reach a {type(solver).__name__}")
 
     # --- faults ---------------------------------------------------------------------------
 
@@ -173,6 +390,13 @@ class FakeAcme:
     def _headers(self) -> dict[str, str]:
         date = email.utils.formatdate(self.clock() + self.date_offset, usegmt=True)
         return {"Replay-Nonce": self._nonce(), "Date": date}
+
+    async def async_handler(self, request: httpx.Request) -> httpx.Response:
+        """What the transport calls: look for challenge proofs (network I/O), then `handler`."""
+        route = self._route(request.url.path)
+        if request.method == "POST" and route in ("chall", "authz"):
+            await self._look_for_proof(route, request.url.path)
+        return self.handler(request)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         route = self._route(request.url.path)
@@ -268,7 +492,12 @@ class FakeAcme:
             mac.verify(b64d(binding["signature"]))
             assert json.loads(b64d(binding["payload"])) == protected["jwk"]
         url = f"{BASE}/acct/{next(self._counter)}"
-        self.accounts[url] = {"key": key, "contact": payload.get("contact", []), "status": "valid"}
+        self.accounts[url] = {
+            "key": key,
+            "jwk": protected["jwk"],
+            "contact": payload.get("contact", []),
+            "status": "valid",
+        }
         self.account_urls_by_thumb[thumb] = url
         return httpx.Response(201, json=self._account_json(url), headers={"Location": url})
 
@@ -325,6 +554,7 @@ class FakeAcme:
                 {"type": identifier["type"], "value": value},
                 token=f"token{authz_id}",
                 wildcard=wildcard,
+                account=account_url,
             )
             authz_ids.append(authz_id)
         order = FakeOrder(
@@ -371,10 +601,12 @@ class FakeAcme:
             status, json=self._order_json(order), headers={"Location": f"{BASE}/order/{order.id}"}
         )
 
+    def _types(self, authz: FakeAuthz) -> tuple[str, ...]:
+        return ("dns-01",) if authz.wildcard else self.challenge_types
+
     def _authz_json(self, authz: FakeAuthz) -> dict[str, Any]:
-        types = ("dns-01",) if authz.wildcard else self.challenge_types
         challenges = []
-        for index, challenge_type in enumerate(types):
+        for index, challenge_type in enumerate(self._types(authz)):
             challenge: dict[str, Any] = {
                 "type": challenge_type,
                 "url": f"{BASE}/chall/{authz.id * 10 + index}",
@@ -382,7 +614,7 @@ class FakeAcme:
                 "token": authz.token,
             }
             if authz.challenge_status == "invalid":
-                challenge["error"] = {
+                challenge["error"] = authz.error or {
                     "type": "urn:ietf:params:acme:error:connection",
                     "detail": "refused",
                 }
@@ -402,8 +634,7 @@ class FakeAcme:
             return problem(404, "malformed", "no such authorization")
         if poll and authz.responded and authz.status == "pending":
             if authz.polls_after_response >= self.polls_until_valid:
-                authz.status = "valid"
-                authz.challenge_status = "valid"
+                self._settle(authz)
             authz.polls_after_response += 1
         return httpx.Response(200, json=self._authz_json(authz))
 
@@ -413,14 +644,84 @@ class FakeAcme:
         if payload != {}:
             return problem(400, "malformed", "challenge response must be {}")
         authz = self.authzs[challenge_id // 10]
-        authz.responded = True
-        authz.challenge_status = "processing"
-        if self.validate_on_response:
-            authz.status = authz.challenge_status = "valid"
+        if authz.status == "pending":
+            authz.responded = True
+            authz.responded_type = self._types(authz)[challenge_id % 10]
+            authz.challenge_status = "processing"
+            if self.validate_on_response:
+                self._settle(authz)
         body = self._authz_json(authz)["challenges"][challenge_id % 10]
         return httpx.Response(
             200, json=body, headers={"Link": f'<{BASE}/authz/{authz.id}>;rel="up"'}
         )
+
+    # --- validation -----------------------------------------------------------------------
+
+    async def _look_for_proof(self, route: str, path: str) -> None:
+        """Before a challenge answer or an authorization poll: look through the solver now,
+        as the CA's validation would at this moment."""
+        parts = path.strip("/").split("/")
+        try:
+            number = int(parts[1])
+        except (IndexError, ValueError):
+            return
+        if route == "chall":
+            authz = self.authzs.get(number // 10)
+            if authz is None or authz.status != "pending":
+                return
+            types = self._types(authz)
+            if number % 10 >= len(types):
+                return
+            challenge_type = types[number % 10]
+        else:
+            authz = self.authzs.get(number)
+            if authz is None or not authz.responded or authz.status != "pending":
+                return
+            assert authz.responded_type is not None
+            challenge_type = authz.responded_type
+        authz.checked[challenge_type] = await self._validate(authz, challenge_type)
+
+    async def _validate(self, authz: FakeAuthz, challenge_type: str) -> dict[str, str] | None:
+        """None when the solver serves the right proof, else the problem document."""
+        account = self.accounts.get(authz.account)
+        if account is None:
+            return _problem_json("unauthorized", "the order's account is gone")
+        key_authorization = f"{authz.token}.{jwk_thumbprint(account['jwk'])}"
+        expected = expected_proof(challenge_type, key_authorization)
+        identifier = authz.identifier["value"]
+        found: list[str] = []
+        unreachable: list[str] = []
+        for source in self.reachable:
+            try:
+                found += await source.proofs(challenge_type, identifier, authz.token)
+            except Unreachable as error:
+                unreachable.append(str(error))
+        if expected in found:
+            return None
+        if found:
+            return _problem_json(
+                "incorrectResponse",
+                f"{challenge_type} for {identifier}: expected {expected!r}, found {found!r}",
+            )
+        if unreachable or not self.reachable:
+            detail = "; ".join(unreachable) or "the CA reaches no solver (FakeAcme.reach)"
+            return _problem_json("connection", f"{challenge_type} for {identifier}: {detail}")
+        return _problem_json(
+            "unauthorized", f"{challenge_type} for {identifier}: no proof served for {authz.token}"
+        )
+
+    def _settle(self, authz: FakeAuthz) -> None:
+        """The validation's outcome: the last look at the proof decides."""
+        assert authz.responded_type is not None
+        # Never looked (the handler was called without `async_handler`): nothing was seen.
+        problem = authz.checked.get(
+            authz.responded_type, _problem_json("connection", "the proof was never fetched")
+        )
+        if problem is None:
+            authz.status = authz.challenge_status = "valid"
+        else:
+            authz.status = authz.challenge_status = "invalid"
+            authz.error = problem
 
     def _finalize(self, order_id: int, payload: dict[str, Any]) -> httpx.Response:
         order = self.orders[order_id]
@@ -515,4 +816,16 @@ class FakeAcme:
         )
 
     def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handler)
+        return httpx.MockTransport(self.async_handler)
+
+
+def _problem_json(short_type: str, detail: str) -> dict[str, str]:
+    return {"type": f"urn:ietf:params:acme:error:{short_type}", "detail": detail}
+
+
+def _connect_host(host: str) -> str:
+    """Where to connect to reach a responder bound to ``host`` ("" and 0.0.0.0: loopback)."""
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    return "::1" if bare == "::" else bare

@@ -22,6 +22,14 @@ pytestmark = pytest.mark.anyio
 NAMES = [Identifier.dns("a.test"), Identifier.dns("b.test"), Identifier.ip("10.0.0.7")]
 
 
+@pytest.fixture
+def ca(clock: FakeClock, solver: RecordingSolver) -> FakeAcme:
+    """The fake CA, validating through the test's solver (what it presents and still serves)."""
+    fake = FakeAcme(clock=clock)
+    fake.reach(solver)
+    return fake
+
+
 def _routes(ca: FakeAcme, route: str) -> int:
     return sum(1 for _, r in ca.requests if r == route)
 
@@ -73,10 +81,12 @@ async def test_authorizations_are_solved_concurrently(
             # sequential client would stop here and the guard below would fail the test.
             await barrier.wait()
 
+    barrier_solver = BarrierSolver()
+    ca.reach(barrier_solver)
     client = make_client()
     await asyncio.wait_for(
         client.obtain(
-            NAMES, generate_private_key(KeyType.EC_P256), solvers={"http-01": BarrierSolver()}
+            NAMES, generate_private_key(KeyType.EC_P256), solvers={"http-01": barrier_solver}
         ),
         timeout=60,
     )
@@ -86,6 +96,7 @@ async def test_preferred_challenge_type_and_wildcard(
     ca: FakeAcme, make_client: ClientFactory
 ) -> None:
     http, dns = RecordingSolver("http-01"), RecordingSolver("dns-01")
+    ca.reach(http, dns)
     client = make_client()
     await client.obtain(
         [Identifier.dns("c.test"), Identifier.dns("*.c.test")],

@@ -10,16 +10,16 @@ import pytest
 import trustme
 
 from ca_client.renewal_info import certificate_id
+from sidecar import wiring
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.manager import Manager
 from tests.protocol.conftest import RecordingSolver
 from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme
 
 pytestmark = pytest.mark.anyio
 
 
-def _manager(tmp_path: Path, ca: FakeAcme) -> Manager:
+def _parts(tmp_path: Path, ca: FakeAcme) -> wiring.Parts:
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(trustme.CA().cert_pem.bytes())
     args = build_parser().parse_args(
@@ -38,10 +38,13 @@ def _manager(tmp_path: Path, ca: FakeAcme) -> Manager:
         ]
     )
     settings = load_settings(args, {})
-    return Manager(
+    solver = RecordingSolver()
+    ca.reach(solver)
+    return wiring.build(
         settings,
+        holder="test",
         client_options={"transport": ca.transport()},
-        solvers={"http-01": RecordingSolver()},
+        solvers={"http-01": solver},
     )
 
 
@@ -50,8 +53,9 @@ async def test_renewal_window_decides_and_replaces_is_sent(
     tmp_path: Path, offers_ari: bool
 ) -> None:
     ca = FakeAcme(renewal_info=offers_ari, validate_on_response=True)
-    async with _manager(tmp_path, ca) as manager:
-        (spec,) = manager.settings.certificates
+    parts = _parts(tmp_path, ca)
+    async with parts.manager as manager:
+        (spec,) = parts.settings.certificates
         first = await manager.ensure(spec)
         assert first.action == "issued", first
         pem_path = manager.pem_path(spec.name)

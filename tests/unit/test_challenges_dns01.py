@@ -26,6 +26,7 @@ def _solver(command: list[str], **options: object) -> Dns01HookSolver:
     """The hook script below reads HOOK_LOG and HOOK_MODE: a hook sees only what it is given."""
     return Dns01HookSolver(command, passthrough=("HOOK_LOG", "HOOK_MODE"), **options)  # type: ignore[arg-type]
 
+
 THUMBPRINT = "9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
 KEY_AUTHORIZATION = f"{TOKEN}.{THUMBPRINT}"
@@ -121,9 +122,7 @@ async def test_failing_hook_is_a_typed_error_with_status_and_stderr(
     command, _ = hook
     monkeypatch.setenv("HOOK_MODE", "fail")
     with pytest.raises(DnsHookError) as caught:
-        await _solver(command).present(
-            Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION
-        )
+        await _solver(command).present(Identifier.dns("a.example"), TOKEN, KEY_AUTHORIZATION)
     error = caught.value
     assert isinstance(error, ChallengeSetupError)
     assert isinstance(error, AcmeError)

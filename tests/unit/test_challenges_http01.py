@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from ca_client.challenges.http01 import (
 )
 from ca_client.errors import AcmeError
 from ca_client.models import Identifier
+from tests.peers.require import require, require_unprivileged_python
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +140,8 @@ async def _exchange(port: int, request: bytes, host: str = "127.0.0.1") -> bytes
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(request)
     await writer.drain()
-    response = await reader.read()  # the responder closes the connection after one answer
+    # The responder closes the connection after one answer; 30 s only bounds a hang.
+    response = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     return response
 
@@ -241,7 +241,7 @@ async def test_close_ends_open_connections() -> None:
     await writer.drain()
     await responder.aclose()
     try:
-        leftover = await reader.read()
+        leftover = await asyncio.wait_for(reader.read(), 30)  # bounds a hang only
     except ConnectionResetError:
         leftover = b""  # the kernel resets a connection closed with unread input
     assert leftover == b""  # closed without an answer
@@ -279,8 +279,8 @@ def _ipv6_available() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback here")
 async def test_ipv6_literal_in_brackets() -> None:
+    require(_ipv6_available(), "no IPv6 loopback here")
     async with Http01Responder("[::1]", 0) as responder:
         await responder.present(NAME, TOKEN, KEY_AUTHORIZATION)
         answer = await _exchange(
@@ -290,8 +290,8 @@ async def test_ipv6_literal_in_brackets() -> None:
         assert responder.address == "[::1]:0"
 
 
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback here")
 async def test_any_ipv6_address_is_dual_stack() -> None:
+    require(_ipv6_available(), "no IPv6 loopback here")
     async with Http01Responder("[::]", 0) as responder:
         await responder.present(NAME, TOKEN, KEY_AUTHORIZATION)
         request = _request("GET", f"/.well-known/acme-challenge/{TOKEN}")
@@ -310,14 +310,12 @@ except ResponderBindError as exc:
 """
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
-)
 def test_bind_without_permission_is_a_bind_error() -> None:
     # Root may bind anything, so run as nobody: ports below 1024 are then refused (EACCES).
+    setpriv = require_unprivileged_python()
     result = subprocess.run(
         [
-            "setpriv",
+            setpriv,
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",

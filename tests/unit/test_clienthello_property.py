@@ -177,7 +177,8 @@ def _openssl_client_hello(server_name: str, alpn: list[str]) -> bytes:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    HOST_NAMES.filter(lambda name: len(name) < 200),
+    # All-digit dotted names ("0.0.0.0") are IP literals to OpenSSL, which sends no SNI for them.
+    HOST_NAMES.filter(lambda name: len(name) < 200 and not name.replace(".", "").isdigit()),
     st.lists(st.sampled_from(["acme-tls/1", "h2", "http/1.1"]), min_size=1, unique=True),
     st.lists(st.integers(min_value=1, max_value=2000), max_size=MAX_RECORDS - 1),
     st.lists(st.integers(min_value=1, max_value=3000), max_size=20),

@@ -28,6 +28,7 @@ from sidecar.config import (
     resolve_group,
 )
 from sidecar.errors import ConfigError
+from sidecar.haproxy import HAProxyAddress
 
 DOMAIN = ["--domain", "a.example"]
 
@@ -725,7 +726,6 @@ def test_command_reload() -> None:
 
 
 def test_haproxy_sockets_and_default_reload() -> None:
-    pytest.importorskip("sidecar.haproxy")
     settings = load(
         [
             *DOMAIN,
@@ -735,7 +735,10 @@ def test_haproxy_sockets_and_default_reload() -> None:
             "tcp:127.0.0.1:9999",
         ]
     )
-    assert len(settings.haproxy_sockets) == 2
+    assert settings.haproxy_sockets == (
+        HAProxyAddress("unix", path="/run/haproxy/admin.sock"),
+        HAProxyAddress("tcp", host="127.0.0.1", port=9999),
+    )
     assert settings.reload == "runtime-api"
     assert settings.haproxy_socket_texts == ("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999")
     env = {"CERT_SIDECAR_HAPROXY_SOCKET": "master:unix:/run/m.sock, unix:/run/a.sock"}

@@ -13,6 +13,7 @@ import pytest
 
 from sidecar.config import Settings, check_directories, load_settings
 from sidecar.errors import ConfigError
+from tests.peers.require import require
 
 
 def settings_for(certs: Path, state: Path, env: dict[str, str] | None = None) -> Settings:
@@ -60,8 +61,7 @@ def test_a_read_only_file_system_fails_the_real_probe(tmp_path: Path) -> None:
     # /proc is mounted read-only for writes of new files even for root: os.access says yes
     # for root, and only the probe tells the truth.
     target = Path("/proc/sys")
-    if not target.is_dir():
-        pytest.skip("no /proc/sys here")
+    require(target.is_dir(), "no /proc/sys here")
     with pytest.raises(ConfigError) as caught:
         check_directories(settings_for(target, tmp_path))
     assert caught.value.setting == "--certs-dir"

@@ -8,10 +8,12 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import trustme
 
+from sidecar import config
 from sidecar.config import check_ca_bundle, load_settings
 from sidecar.errors import ConfigError
 from sidecar.trust import build_ssl_context, load_ca_bundle
@@ -55,6 +57,7 @@ def tls_server(ca: trustme.CA) -> Iterator[int]:
     thread.start()
     yield port
     stop.set()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which close() does not
     listener.close()
     thread.join(timeout=5)
 
@@ -138,7 +141,9 @@ def test_missing_and_directory_bundles(tmp_path: Path) -> None:
         load_ca_bundle(tmp_path)
 
 
-def test_check_ca_bundle_names_the_setting_as_written(tmp_path: Path, bundle: Path) -> None:
+def test_check_ca_bundle_names_the_setting_as_written(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = load_settings(argparse.Namespace(domains=["a.example"], ca_bundle=str(bundle)), {})
     check_ca_bundle(good)
     missing = str(tmp_path / "missing.crt")
@@ -152,8 +157,14 @@ def test_check_ca_bundle_names_the_setting_as_written(tmp_path: Path, bundle: Pa
     with pytest.raises(ConfigError) as caught:
         check_ca_bundle(from_env)
     assert caught.value.setting == "CERT_SIDECAR_CA_BUNDLE"
+    # The default (/root_ca/root_ca.crt, test_config.py) may exist on the machine running the
+    # tests: point the defaults table at a missing file so the case runs everywhere.
+    monkeypatch.setattr(
+        config, "DEFAULTS", MappingProxyType({**config.DEFAULTS, "ca_bundle": missing})
+    )
     default = load_settings(argparse.Namespace(domains=["a.example"]), {})
-    if not Path("/root_ca/root_ca.crt").exists():
-        with pytest.raises(ConfigError) as caught:
-            check_ca_bundle(default)
-        assert caught.value.setting == "--ca-bundle (default)"
+    assert default.ca_bundle == Path(missing)
+    with pytest.raises(ConfigError) as caught:
+        check_ca_bundle(default)
+    assert caught.value.setting == "--ca-bundle (default)"
+    assert str(caught.value) == f"--ca-bundle (default): {missing} does not exist"

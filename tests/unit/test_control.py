@@ -50,7 +50,7 @@ async def raw_exchange(path: Path, data: bytes) -> bytes:
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(data)
     await writer.drain()
-    answer = await reader.read()
+    answer = await asyncio.wait_for(reader.read(), 30)  # bounds a hang only
     writer.close()
     return answer
 
@@ -227,7 +227,7 @@ async def test_malformed_requests(tmp_path: Path, data: bytes) -> None:
         writer.write(data)
         await writer.drain()
         writer.write_eof()
-        raw = await reader.read()
+        raw = await asyncio.wait_for(reader.read(), 30)  # bounds a hang only
         writer.close()
 
     answer = json.loads(raw)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from sidecar.cli import build_parser
+from sidecar.config import Settings, load_settings
 from sidecar.deploy import (
     DeployConfig,
     Deployer,
@@ -18,6 +19,7 @@ from sidecar.deploy import (
     deployer_from_settings,
     sni_for,
 )
+from sidecar.errors import ConfigError
 from sidecar.haproxy import HAProxyAddress
 
 
@@ -51,23 +53,58 @@ def test_build_accepts_user_spellings() -> None:
         DeployConfig.build(reload_command="")
 
 
-def test_from_settings_reads_the_design_fields() -> None:
-    settings = SimpleNamespace(
-        haproxy_sockets=(HAProxyAddress("unix", path="/s"),),
-        certs_dir=Path("/srv/certs"),
+def _settings(flags: list[str]) -> Settings:
+    args = build_parser().parse_args(["check-config", "--domain", "a.example", *flags])
+    return load_settings(args, {})
+
+
+def test_from_settings_takes_the_parsed_values_as_they_are(tmp_path: Path) -> None:
+    """The deployer takes what config.py parsed: one parser for each spelling, no second one."""
+    settings = _settings(
+        [
+            "--haproxy-socket", "unix:/s",
+            "--certs-dir", str(tmp_path / "certs"),
+            "--haproxy-certs-dir", "/etc/haproxy/certs",
+            "--reload-command", "true -USR2 'a b'",
+            "--reload-signal", "hup",
+            "--reload-pid-file", str(tmp_path / "pid"),
+            "--verify-address", "[::1]:8443",
+            "--deploy-hook", "true --x",
+            "--hook-env", "TOKEN",
+        ]
+    )  # fmt: skip
+    config = deployer_from_settings(settings).config
+    assert config == DeployConfig(
+        sockets=(HAProxyAddress("unix", path="/s"),),
+        certs_dir=tmp_path / "certs",
         haproxy_certs_dir=Path("/etc/haproxy/certs"),
         reload="runtime-api",
-        reload_command=("kill", "-USR2", "1"),
-        reload_signal=None,
-        reload_pid_file=None,
-        verify_address=("haproxy", 443),
-        deploy_hook=None,
+        reload_command=("true", "-USR2", "a b"),
+        reload_signal=signal.SIGHUP,
+        reload_pid_file=tmp_path / "pid",
+        verify_address=("::1", 8443),
+        deploy_hook=("true", "--x"),
+        hook_env=("TOKEN",),
     )
     deployer = deployer_from_settings(settings)
-    assert deployer.mode == "runtime-api"
-    assert deployer.crt_list == "/etc/haproxy/certs"
+    assert deployer.mode == "runtime-api" and deployer.crt_list == "/etc/haproxy/certs"
     assert [str(r.address) for r in deployer.runtimes] == ["unix:/s"]
-    assert deployer.config.reload_command == ("kill", "-USR2", "1")
+    # The default mode is config.py's, and the deployer agrees with it.
+    assert deployer_from_settings(_settings([])).mode == "none"
+    assert DeployConfig().mode == _settings([]).reload
+
+
+def test_build_spellings_are_the_settings_spellings() -> None:
+    """DeployConfig.build parses with config.py's functions: the same words are refused."""
+    for text in ("h:x", "h:0", "::1:80", "nohost"):
+        with pytest.raises(ValueError) as from_build:
+            DeployConfig.build(verify_address=text)
+        with pytest.raises(ConfigError) as from_settings:
+            _settings(["--verify-address", text])
+        assert str(from_build.value) == from_settings.value.message
+    with pytest.raises(ValueError) as bad_signal:
+        DeployConfig.build(reload_signal="SIGNOPE")
+    assert str(bad_signal.value) == "'SIGNOPE' is not a signal name like SIGUSR2"
 
 
 def test_paths_as_haproxy_sees_them() -> None:

@@ -103,8 +103,6 @@ async def test_a_subject_quoting_the_lock_message_is_not_a_lock(
     fake_cli: tuple[str, list[bytes], list[Answer]],
 ) -> None:
     address, received, answers = fake_cli
-    answers.append(
-        fixed(SHOW + b"Subject: /CN=Operations on certificates are currently locked!\n")
-    )
+    answers.append(fixed(SHOW + b"Subject: /CN=Operations on certificates are currently locked!\n"))
     info = await HAProxyRuntime(address, timeout=5).show_ssl_cert("/c/a.pem")
     assert info is not None and len(received) == 1

@@ -29,6 +29,9 @@ pytestmark = pytest.mark.anyio
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
+# Every wait on the server below ends on an event (an answer, a close, a registered
+# connection); this only turns a hang into a failure, and is generous for a loaded machine.
+DEADLINE = 30.0
 
 
 def good(name: str = "a.example") -> CertStatus:
@@ -123,6 +126,23 @@ def test_connect_host(listen: str, target: str) -> None:
 # --- the real server ---------------------------------------------------------------------------
 
 
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    try:
+        async with asyncio.timeout(DEADLINE):
+            return await reader.read()
+    except TimeoutError:
+        raise AssertionError(f"no end of stream from the server within {DEADLINE} s") from None
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while not condition():
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {DEADLINE} s waiting for {what}") from None
+
+
 @dataclass
 class Response:
     status: int
@@ -138,7 +158,7 @@ async def exchange(host: str, port: int, data: bytes) -> Response | None:
         writer.write(data)
         await writer.drain()
         writer.write_eof()
-        raw = await reader.read()
+        raw = await read_to_eof(reader)
     except ConnectionResetError:
         raw = b""  # aborted by the server
     writer.close()
@@ -294,7 +314,7 @@ async def test_bad_requests_on_the_wire(monkeypatch: pytest.MonkeyPatch) -> None
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.1\r\n")
         await writer.drain()
-        raw = await reader.read()
+        raw = await read_to_eof(reader)
         writer.close()
         assert raw.startswith(b"HTTP/1.1 408 ")
 
@@ -307,26 +327,32 @@ async def test_connection_cap_makes_room_for_the_newcomer(monkeypatch: pytest.Mo
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /healthz HTTP/1.1\r\n")  # incomplete: holds the only slot
         await writer.drain()
-        while not server._connections:
-            await asyncio.sleep(0.001)
+        await until(lambda: server._connections, "the server to hold the first connection")
         answered = await exchange(
             "127.0.0.1", server.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
         )
         assert answered is not None and answered.status == 200
         # The evicted connection is aborted: end-of-stream or a reset.
         with contextlib.suppress(ConnectionResetError):
-            assert await reader.read() == b""
+            assert await read_to_eof(reader) == b""
         writer.close()
 
 
-async def test_close_ends_open_connections() -> None:
+async def test_close_ends_open_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The idle client's read deadlines are far beyond DEADLINE: a close that waited for them
+    # fails here instead of passing slowly.
+    monkeypatch.setattr(health, "FIRST_BYTE_TIMEOUT", 3600.0)
+    monkeypatch.setattr(health, "READ_TIMEOUT", 3600.0)
     server = HealthServer("127.0.0.1", 0, Snapshots())
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    while not server._connections:
-        await asyncio.sleep(0.001)
-    await server.aclose()  # must not wait for the idle client's read deadline
-    assert await reader.read() == b""
+    await until(lambda: server._connections, "the server to hold the connection")
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await server.aclose()
+    except TimeoutError:
+        raise AssertionError("aclose waited for the idle client") from None
+    assert await read_to_eof(reader) == b""
     writer.close()
 
 

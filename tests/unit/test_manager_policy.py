@@ -9,7 +9,8 @@ import pytest
 
 from ca_client.key_types import KeyType
 from sidecar.config import CertificateSpec
-from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, CertView, order_timeout
+from sidecar.inventory import CertView
+from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, order_timeout
 from sidecar.pem import CertFacts
 from sidecar.storage import CertMeta
 

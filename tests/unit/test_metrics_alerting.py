@@ -17,7 +17,6 @@ import pytest
 from ca_client import errors
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.manager import Outcome
 from sidecar.metrics import (
     ERROR_KINDS,
     CertStatus,
@@ -27,6 +26,7 @@ from sidecar.metrics import (
     render,
     status_from_facts,
 )
+from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.service import Service
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -302,7 +302,8 @@ def _service(tmp_path: Path) -> Service:
 
 def _deploy_outcome(*sockets: dict[str, object]) -> Outcome:
     deploy = {"ok": all(s["ok"] for s in sockets), "mode": "runtime-api", "sockets": list(sockets)}
-    return Outcome("a.example", "issued", ok=True, serial="0A", deploy=deploy)
+    summary = DeploySummary.from_json(deploy)
+    return Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=summary)
 
 
 def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
     assert of(text, "cert_sidecar_haproxy_up") == {}
     assert set(of(text, "cert_sidecar_haproxy_deploys_total").values()) == {"0"}
 
-    service._record(
+    service.record(
         _deploy_outcome(
             {"address": "unix:/run/haproxy/admin.sock", "ok": False, "reachable": False},
             {"address": "tcp:127.0.0.1:9999", "ok": True, "reachable": True},
@@ -329,7 +330,7 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
 
     # HAProxy answered but the deploy failed (another serial): reachability is not changed by
     # it; the next check of HAProxy says.
-    service._record(
+    service.record(
         _deploy_outcome(
             {"address": "unix:/run/haproxy/admin.sock", "ok": True, "reachable": True},
             {"address": "tcp:127.0.0.1:9999", "ok": False, "reachable": True},

@@ -63,9 +63,7 @@ _show_line = st.one_of(
     st.tuples(st.sampled_from(_KEYS), st.text(max_size=40)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
     st.text(max_size=60),
 )
-show_answers = st.one_of(
-    st.text(max_size=2000), st.lists(_show_line, max_size=20).map("\n".join)
-)
+show_answers = st.one_of(st.text(max_size=2000), st.lists(_show_line, max_size=20).map("\n".join))
 
 
 @PROPERTY
@@ -146,7 +144,7 @@ pem_files = st.one_of(
 @given(pem_files)
 @example(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
 def test_pem_parsers_raise_only_pem_error(data: bytes) -> None:
-    for parse in (pem.parse_combined, pem.inspect_combined, pem.parse_certificates):
+    for parse in (pem.parse_combined, pem.parse_certificates):
         with contextlib.suppress(pem.PemError):
             parse(data)
 
@@ -155,15 +153,41 @@ def test_pem_parsers_raise_only_pem_error(data: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
     max_leaves=30,
 )
 _acme_keys = [
-    "status", "expires", "identifiers", "authorizations", "finalize", "certificate", "error",
-    "type", "value", "url", "token", "challenges", "identifier", "wildcard", "newNonce",
-    "newAccount", "newOrder", "revokeCert", "keyChange", "renewalInfo", "meta", "contact",
-    "orders", "suggestedWindow", "start", "end", "detail", "subproblems", "validated",
+    "status",
+    "expires",
+    "identifiers",
+    "authorizations",
+    "finalize",
+    "certificate",
+    "error",
+    "type",
+    "value",
+    "url",
+    "token",
+    "challenges",
+    "identifier",
+    "wildcard",
+    "newNonce",
+    "newAccount",
+    "newOrder",
+    "revokeCert",
+    "keyChange",
+    "renewalInfo",
+    "meta",
+    "contact",
+    "orders",
+    "suggestedWindow",
+    "start",
+    "end",
+    "detail",
+    "subproblems",
+    "validated",
 ]
 acme_objects = st.dictionaries(st.sampled_from(_acme_keys), json_values, max_size=10)
 _URL = "https://ca.test/x"
@@ -221,7 +245,9 @@ def _toml_value(value: object) -> str:
 
 
 _toml_scalars = st.one_of(
-    st.text(max_size=30), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
 )
 _tables = sorted({option.table for option in OPTIONS})

@@ -329,14 +329,3 @@ def test_validate_for_deploy_refuses_a_placeholder_unless_asked():
 
 def test_pem_error_is_a_value_error():
     assert issubclass(pem.PemError, ValueError)
-
-
-def test_inspect_combined_reports_a_key_mismatch_instead_of_raising(bundle):
-    leaf, chain, key = bundle
-    good = pem.inspect_combined(pem.combined_pem(leaf, chain, key))
-    assert good.key_matches and good.facts.names == ("a.example", "b.example", "127.0.0.1")
-    mismatched = pem.inspect_combined(leaf + chain[0] + _other_key_pem())
-    assert not mismatched.key_matches
-    assert mismatched.facts.serial == good.facts.serial
-    with pytest.raises(pem.PemError, match="no private key"):
-        pem.inspect_combined(leaf)

@@ -118,7 +118,6 @@ def _haproxy_check(tmp_path: Path, pem_bytes: bytes) -> subprocess.CompletedProc
 
 
 @pytest.mark.haproxy
-
 def test_haproxy_accepts_the_placeholder(tmp_path: Path):
     """HAProxy must be able to start on the placeholder alone: that is its whole purpose."""
     cert_pem, key_pem = make_placeholder("a.example", ["a.example"], now=datetime.now(UTC))

@@ -7,11 +7,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import trustme
 
-from sidecar import pem, policy
+from sidecar import policy
 from sidecar.pem import CertFacts
-from sidecar.placeholder import make_placeholder
 from sidecar.policy import DueReason
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -355,34 +353,3 @@ def test_retry_after_is_honoured_up_to_the_hour():
 )
 def test_permanent_problem_marker(problem, permanent):
     assert policy.is_permanent_problem(problem) is permanent
-
-
-# -- judging a deployed file ---------------------------------------------------------------------
-
-
-def _combined(names: tuple[str, ...], *, lifetime: timedelta, key: bytes | None = None) -> bytes:
-    leaf = trustme.CA().issue_cert(*names, not_before=T0, not_after=T0 + lifetime)
-    blobs = [b.bytes() for b in leaf.cert_chain_pems]
-    return pem.combined_pem(blobs[0], blobs[1:], key or leaf.private_key_pem.bytes())
-
-
-def test_due_reason_for_pem_reads_the_deployed_file():
-    lifetime = LIFETIMES["24h"]
-    good = _combined(WANTED, lifetime=lifetime)
-    options = {"wanted_names": WANTED, "wanted_key_type": "ec-p256"}
-    reason, cert = policy.due_reason_for_pem(T0 + timedelta(minutes=1), good, **options)
-    assert reason is None and cert is not None and cert.names == WANTED
-    assert policy.due_reason_for_pem(T0, None, **options) == (DueReason.MISSING, None)
-    assert policy.due_reason_for_pem(T0, b"garbage", **options) == (DueReason.UNREADABLE, None)
-    truncated = good[: len(good) // 2]
-    assert policy.due_reason_for_pem(T0, truncated, **options)[0] == DueReason.UNREADABLE
-    other_key = _combined(WANTED, lifetime=lifetime).split(b"-----END CERTIFICATE-----\n")[-1]
-    mismatched = good.split(b"-----BEGIN EC PRIVATE KEY-----")[0] + other_key
-    reason, cert = policy.due_reason_for_pem(T0, mismatched, **options)
-    assert reason == DueReason.KEY_MISMATCH and cert is not None
-    cert_pem, key_pem = make_placeholder("a.example", WANTED, now=T0)
-    placeholder = pem.combined_pem(cert_pem, [], key_pem)
-    assert policy.due_reason_for_pem(T0, placeholder, **options)[0] == DueReason.PLACEHOLDER
-    later = T0 + lifetime * 0.7
-    assert policy.due_reason_for_pem(later, good, **options)[0] == DueReason.SCHEDULED
-    assert policy.due_reason_for_pem(T0 + lifetime, good, **options)[0] == DueReason.EXPIRED

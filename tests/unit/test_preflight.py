@@ -21,19 +21,18 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.peers.require import require_unprivileged_python
+
 REPO = Path(__file__).resolve().parents[2]
 UID, GID = 10001, 65532
 SETPRIV = shutil.which("setpriv")
 
-# Under CI a missing setpriv or root must fail, not skip.
-pytestmark = pytest.mark.skipif(
-    (os.geteuid() != 0 or SETPRIV is None) and os.environ.get("CI") != "true",
-    reason="needs root and setpriv to run as an unprivileged user",
-)
-
 
 @pytest.fixture
 def work() -> Iterator[Path]:
+    # Every case runs `sys.executable` as the unprivileged user: skipped without root, setpriv
+    # or an interpreter that user can run, failed for it under CI.
+    require_unprivileged_python()
     # Not under pytest's basetemp: /tmp/pytest-of-root is 0700 and reset by every pytest
     # session on the machine, which would lock the unprivileged user out mid-test.
     root = Path(tempfile.mkdtemp(prefix="cert-sidecar-preflight-"))
@@ -53,9 +52,12 @@ def work() -> Iterator[Path]:
 def as_sidecar_user(*args: str) -> subprocess.CompletedProcess[str]:
     assert SETPRIV is not None
     return subprocess.run(
-        [SETPRIV, f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
-         sys.executable, *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        [SETPRIV, f"--reuid={UID}", f"--regid={GID}", "--clear-groups", sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)},
     )
 
@@ -79,10 +81,25 @@ def root_socket(path: Path, mode: int) -> socket.socket:
 
 
 def sidecar_args(work: Path, command: str, socket_path: Path) -> list[str]:
-    return ["-m", "sidecar", command, "--domain", "foobar.openchami.cluster",
-            "--ca-bundle", str(work / "root_ca.crt"), "--certs-dir", str(work / "certs"),
-            "--state-dir", str(work / "state"), "--haproxy-socket", f"unix:{socket_path}",
-            "--reload", "runtime-api", "--http-listen", "127.0.0.1:1"]
+    return [
+        "-m",
+        "sidecar",
+        command,
+        "--domain",
+        "foobar.openchami.cluster",
+        "--ca-bundle",
+        str(work / "root_ca.crt"),
+        "--certs-dir",
+        str(work / "certs"),
+        "--state-dir",
+        str(work / "state"),
+        "--haproxy-socket",
+        f"unix:{socket_path}",
+        "--reload",
+        "runtime-api",
+        "--http-listen",
+        "127.0.0.1:1",
+    ]
 
 
 @pytest.mark.parametrize("command", ["run", "issue", "renew"])

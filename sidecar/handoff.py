@@ -1,0 +1,107 @@
+"""The control socket of `cert-sidecar run`: work handed over by one-shot commands.
+
+While `run` holds the certificates' locks, ``issue``, ``renew`` and ``revoke`` started beside it
+would only wait for them; instead they send their request over the socket in the state
+directory (`sidecar.control`), and `Handoff` carries it out under the same per-certificate locks
+as the schedule, records it the same way, and answers with the same JSON and exit code the
+command would have given on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sidecar.config import CertificateSpec
+from sidecar.control import ControlServer, make_answer, socket_path
+from sidecar.errors import OperationError, SidecarError, error_text
+from sidecar.logs import get_logger
+from sidecar.outcome import Action, Outcome, revocation_code
+
+if TYPE_CHECKING:
+    from sidecar.service import Service
+
+__all__ = ["Handoff"]
+
+# The service's logger: these events were always the service's, and stay under its name.
+log = get_logger("sidecar.service")
+
+
+class Handoff:
+    """The control socket's server and the requests it hands to the service."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self.server: ControlServer | None = None
+
+    async def open(self, state_dir: Path) -> None:
+        self.server = ControlServer(socket_path(state_dir), self.handle)
+        await self.server.start()
+
+    async def move(self, state_dir: Path) -> None:
+        """One-shot commands look for the running sidecar in the state directory they are
+        given: the socket moves with it (a reload)."""
+        if self.server is None:
+            return
+        await self.server.aclose()
+        self.server = ControlServer(socket_path(state_dir), self.handle)
+        try:
+            await self.server.start()
+        except (SidecarError, OSError) as error:
+            log.error("control_socket_failed", error=error_text(error))
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            await self.server.aclose()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        log.info("control_request", command=command, peer_uid=request.get("peer_uid"))
+        if command in ("issue", "renew"):
+            return await self._check_all(request)
+        if command == "revoke":
+            return await self._revoke(request)
+        return make_answer(False, 2, error=f"unknown command {command!r}")
+
+    async def _check_all(self, request: dict[str, Any]) -> dict[str, Any]:
+        service = self._service
+        if not service.bundle.ready.is_set():
+            return make_answer(False, 1, error="the running sidecar is waiting for the CA bundle")
+        force = bool(request.get("force"))
+        dry_run = bool(request.get("dry_run"))
+        outcomes = await asyncio.gather(
+            *(self._check_one(spec, force, dry_run) for spec in service.settings.certificates)
+        )
+        ok = all(o.ok for o in outcomes)
+        return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
+
+    async def _check_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
+        service = self._service
+        async with service.lock_for(spec.name):
+            # As configured now: a reload may have changed it while this waited for the lock.
+            current = service.spec(spec.name)
+            if current is None:
+                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
+            return await service.check_locked(
+                current, force=force, dry_run=dry_run, respect_backoff=False
+            )
+
+    async def _revoke(self, request: dict[str, Any]) -> dict[str, Any]:
+        service = self._service
+        spec = service.spec(str(request.get("name")))
+        if spec is None:
+            return make_answer(False, 1, error=f"no configured certificate {request.get('name')!r}")
+        try:
+            reason = revocation_code(request.get("reason"))
+        except ValueError as error:
+            raise OperationError(f"--reason: {error}") from None
+        async with service.lock_for(spec.name):
+            spec = service.spec(spec.name) or spec
+            outcome = await service.manager.revoke(
+                spec, reason=reason, remove=bool(request.get("remove"))
+            )
+            service.record(outcome)
+        if outcome.action is not Action.REMOVED:
+            service.schedule(spec.name, service.next_check(spec, outcome))
+        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])

@@ -1,0 +1,113 @@
+"""The config-file reload of `cert-sidecar run --config FILE`.
+
+`ConfigReload` watches the file, loads it again when it changes, and has every part built anew
+from the new settings (`wiring.rebuild`), swapped in while every certificate's lock is held, so
+each check or order sees either the old parts throughout or the new ones. A file that does not
+load, or parts that cannot be built, leave the running ones in place (``config_reload_failed``).
+What lives outside the parts follows too: the control socket moves with the state directory, the
+bundle watch turns to a new ``ca_bundle``; what only a restart changes is logged as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import watchfiles
+
+from sidecar import wiring
+from sidecar.config import Settings
+from sidecar.errors import SidecarError, error_text
+from sidecar.inventory import utc_now
+from sidecar.logs import get_logger
+
+if TYPE_CHECKING:
+    from sidecar.service import Service
+
+__all__ = ["ConfigReload"]
+
+# The service's logger: these events were always the service's, and stay under its name.
+log = get_logger("sidecar.service")
+
+# Settings the running process keeps until it is restarted.
+_RESTART_ONLY = ("health_listen", "log_format", "log_level")
+
+
+class ConfigReload:
+    """Applies a changed config file to the running service."""
+
+    def __init__(self, service: Service, load: Callable[[], Settings] | None) -> None:
+        self._service = service
+        self._load = load
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a way to load the settings again (``run --config FILE``)."""
+        return self._load is not None
+
+    async def watch(self, path: Path) -> None:
+        # The directory is watched (editors and config management replace files by rename),
+        # but only events for the file itself count: a log file or anything else beside it
+        # must not trigger reloads.
+        async for _changes in watchfiles.awatch(
+            path.parent,
+            stop_event=self._service.stopping,
+            debounce=300,
+            recursive=False,
+            watch_filter=lambda _change, changed: Path(changed).name == path.name,
+        ):
+            if not path.exists():  # noqa: ASYNC240 - one stat of a local file
+                continue
+            assert self._load is not None
+            try:
+                new = self._load()
+            except SidecarError as error:
+                log.error("config_reload_failed", error=error_text(error))
+                continue
+            if new == self._service.settings:
+                continue  # touched, not changed
+            await self.apply(new)
+
+    async def apply(self, new: Settings) -> bool:
+        """Replace every part with one built from ``new``; keep the old ones if that fails.
+
+        The swap waits for every certificate's lock, so no check or order is running: each one
+        sees either the old parts throughout or the new ones.
+        """
+        service = self._service
+        old = service.settings
+        names = sorted({s.name for s in old.certificates} | {s.name for s in new.certificates})
+        async with contextlib.AsyncExitStack() as held:
+            for name in names:  # one lock at a time, always in the same order
+                await held.enter_async_context(service.lock_for(name))
+            try:
+                parts = await wiring.rebuild(service.parts, new, holder=service.holder)
+            except Exception as error:
+                log.error("config_reload_failed", error=error_text(error))
+                return False
+            retired = service.adopt(parts)
+        old_names = {spec.name for spec in old.certificates}
+        new_names = {spec.name for spec in new.certificates}
+        removed = sorted(old_names - new_names)
+        log.info("config_reloaded", added=sorted(new_names - old_names), removed=removed)
+        await wiring.retire(retired)
+        await self._follow(old, new)
+        for name in removed:
+            # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
+            service.unschedule(name)
+        for spec in new.certificates:
+            service.schedule(spec.name, utc_now())
+        return True
+
+    async def _follow(self, old: Settings, new: Settings) -> None:
+        """What lives outside the parts: the control socket, the bundle watch, and what only a
+        restart changes."""
+        if new.state_dir != old.state_dir:
+            await self._service.handoff.move(new.state_dir)
+        if new.ca_bundle != old.ca_bundle:
+            await self._service.bundle.moved()
+        waiting = [name for name in _RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+        if waiting:
+            log.warning("config_needs_restart", settings=waiting)
