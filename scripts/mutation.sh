@@ -2,8 +2,9 @@
 # Mutation testing of the modules that keep certificates safe, against the fast tiers
 # (tests/unit and tests/protocol: no real peers). Results and survivors: docs/MUTATION.md.
 #
-#   bash scripts/mutation.sh [module ...]      # modules: storage policy manager deploy haproxy
-#                                              # (default: all five, one after the other)
+#   bash scripts/mutation.sh [module ...]      # modules: storage policy manager inventory
+#                                              # issuer outcome deploy haproxy
+#                                              # (default: all eight, one after the other)
 #   MUTATION_CHILDREN=2 bash scripts/mutation.sh haproxy
 #
 # The tool is mutmut 3 (configured in [tool.mutmut] of pyproject.toml), installed into its own
@@ -28,7 +29,7 @@ cd "${repo_root}"
 venv=.venv-mutation
 mutmut_version=3.8.1
 children="${MUTATION_CHILDREN:-1}"
-all_modules=(storage policy manager deploy haproxy)
+all_modules=(storage policy manager inventory issuer outcome deploy haproxy)
 modules=("$@")
 [[ ${#modules[@]} -gt 0 ]] || modules=("${all_modules[@]}")
 for module in "${modules[@]}"; do

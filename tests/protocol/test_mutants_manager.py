@@ -29,11 +29,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
 
-from sidecar import pem, policy, storage
+from sidecar import pem, policy, storage, wiring
 from sidecar.cli import build_parser
-from sidecar.config import load_settings
+from sidecar.config import Settings, load_settings
 from sidecar.errors import OperationError
-from sidecar.manager import Manager, Outcome
+from sidecar.manager import Manager
+from sidecar.outcome import Outcome
 from tests.protocol.conftest import RecordingSolver
 from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme, problem
 from tests.unit.fake_haproxy import FakeHAProxy, serve
@@ -70,16 +71,38 @@ def ca() -> FakeAcme:
     return FakeAcme(validate_on_response=True)
 
 
-MakeManager = Callable[..., Manager]
+class Managed(Manager):
+    """A Manager as `wiring.build` makes it, keeping the settings and parts it was made from
+    (the Manager itself holds only its parts since issue 10)."""
+
+    settings: Settings
+    parts: wiring.Parts
+
+
+MakeManager = Callable[..., Managed]
+
+
+def _managed(parts: wiring.Parts) -> Managed:
+    built = parts.manager
+    manager = Managed(
+        inventory=built.inventory,
+        issuer=built.issuer,
+        deployer=built.deployer,
+        files=built.files,
+        holder=built.holder,
+        rng=built._rng,
+    )
+    manager.settings, manager.parts = parts.settings, parts
+    return manager
 
 
 @pytest.fixture
 async def make_manager(tmp_path: Path, ca: FakeAcme, clock: Clock) -> AsyncIterator[MakeManager]:
-    managers: list[Manager] = []
+    managers: list[Managed] = []
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(trustme.CA().cert_pem.bytes())
 
-    def make(*extra: str, domains: tuple[str, ...] = (NAME,), seed: int = 7) -> Manager:
+    def make(*extra: str, domains: tuple[str, ...] = (NAME,), seed: int = 7) -> Managed:
         argv = [
             "issue",
             "--directory",
@@ -94,22 +117,27 @@ async def make_manager(tmp_path: Path, ca: FakeAcme, clock: Clock) -> AsyncItera
             *extra,
         ]
         settings = load_settings(build_parser().parse_args(argv), {})
-        manager = Manager(
+        solver = RecordingSolver()
+        ca.reach(solver)  # the fake CA validates only through solvers it was told of
+        parts = wiring.build(
             settings,
+            holder=f"pid {os.getpid()}",
             now=clock,
             rng=random.Random(seed),
             client_options={"transport": ca.transport()},
-            solvers={"http-01": RecordingSolver()},
+            solvers={"http-01": solver},
         )
+        manager = _managed(parts)
         managers.append(manager)
         return manager
 
     yield make
     for manager in managers:
         await manager.aclose()
+        await manager.parts.responders.aclose()
 
 
-def unreachable_haproxy(make_manager: MakeManager, tmp_path: Path) -> Manager:
+def unreachable_haproxy(make_manager: MakeManager, tmp_path: Path) -> Managed:
     """A manager whose one HAProxy socket does not exist, tried once (no retry delays)."""
     from sidecar.deploy import DeployConfig, Deployer
 
@@ -118,8 +146,15 @@ def unreachable_haproxy(make_manager: MakeManager, tmp_path: Path) -> Manager:
     config = DeployConfig.build(
         sockets=[missing], certs_dir=tmp_path / "certs", attempts=1, retry_delay=0.0
     )
-    manager._deployer, manager._deployer_built = Deployer(config), True
+    manager.deployer = Deployer(config)
     return manager
+
+
+def use_ca(manager: Managed, other: FakeAcme) -> None:
+    """Talk to another fake CA, which reaches the manager's http-01 solver."""
+    account = manager.issuer.account
+    manager.issuer.account = replace(account, client_options={"transport": other.transport()})
+    other.reach(manager.parts.responders._given["http-01"])
 
 
 def leaf_of(path: Path) -> x509.Certificate:
@@ -151,7 +186,7 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
         not_after=facts.not_after,
         reason="missing",
         error=None,
-        deploy={},
+        deploy=None,
     )
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     meta = manager.store.load_meta(NAME)
@@ -174,7 +209,8 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
     assert issued["cert"] == NAME and issued["serial"] == facts.serial_hex
     assert issued["not_after"] == facts.not_after.isoformat()
     assert issued["order_url"] == meta.order_url and issued["reason"] == "missing"
-    assert manager.last_ca_error is None and manager.last_ca_success == clock.now
+    # (The old `last_ca_success` was never read; its heir `Issuer.last_success` is never set.)
+    assert manager.last_ca_error is None
 
 
 def _key_pem(key: Any) -> bytes:
@@ -394,7 +430,7 @@ async def test_a_manager_names_itself_as_the_lock_holder(
     manager = make_manager()
     (spec,) = manager.settings.certificates
     assert manager.holder == f"pid {os.getpid()}"
-    other = Manager(manager.settings, holder="run 1")
+    other = wiring.build(manager.settings, holder="run 1").manager
     async with other.store.lock(NAME, timeout=5, holder=other.holder):
         outcome = await manager.ensure(spec, lock_timeout=0.05)
     assert outcome.error is not None
@@ -417,8 +453,10 @@ async def test_a_deploy_to_haproxy_is_recorded_in_the_meta(
             outcome = await manager.ensure(spec)
     path = str(manager.pem_path(NAME))
     assert outcome.action == "issued" and outcome.error is None
-    assert outcome.deploy["ok"] is True and outcome.deploy["mode"] == "runtime-api"
-    assert fake.serial(path) == outcome.serial
+    assert outcome.deploy is not None and outcome.deploy.ok and outcome.deploy.mode == "runtime-api"
+    loaded_serial = fake.serial(path)  # as DER bytes: compared as numbers
+    assert loaded_serial is not None and outcome.serial is not None
+    assert int(loaded_serial, 16) == int(outcome.serial, 16)
     meta = manager.store.load_meta(NAME)
     assert meta is not None
     assert (meta.deployed_serial, meta.deployed_at) == (outcome.serial, clock.now)
@@ -435,7 +473,7 @@ async def test_a_failed_deploy_keeps_the_issuance_and_says_why(
     with capture_logs() as logs:
         outcome = await manager.ensure(spec)
     assert outcome.action == "issued" and outcome.ok
-    assert outcome.deploy["ok"] is False
+    assert outcome.deploy is not None and outcome.deploy.ok is False
     assert outcome.error is not None and outcome.error.startswith("deploy failed: ")
     assert "socket does not exist" in outcome.error
     meta = manager.store.load_meta(NAME)
@@ -446,10 +484,9 @@ async def test_a_failed_deploy_keeps_the_issuance_and_says_why(
 
 async def test_without_haproxy_or_hooks_there_is_no_deployer(make_manager: MakeManager) -> None:
     manager = make_manager()
-    assert manager.deployer() is None
+    assert manager.deployer is None
     with_hook = make_manager("--deploy-hook", "/bin/true")
-    first = with_hook.deployer()
-    assert first is not None and with_hook.deployer() is first
+    assert with_hook.deployer is not None
 
 
 # -- placeholders --------------------------------------------------------------------------------
@@ -482,8 +519,10 @@ async def test_a_placeholder_is_loaded_into_a_running_haproxy(
         (spec,) = manager.settings.certificates
         with capture_logs() as logs:
             assert await manager.ensure_placeholder(spec) is True
-    serial = pem.describe_cert(leaf_of(manager.pem_path(NAME))).serial_hex
-    assert fake.serial(str(manager.pem_path(NAME))) == serial
+    # Compared as numbers: HAProxy prints the DER bytes (a leading 00 when the top bit is set).
+    loaded_serial = fake.serial(str(manager.pem_path(NAME)))
+    assert loaded_serial is not None
+    assert int(loaded_serial, 16) == leaf_of(manager.pem_path(NAME)).serial_number
     (loaded,) = events(logs, "haproxy_placeholder_loaded")
     assert loaded["cert"] == NAME and loaded["mode"] == "runtime-api"
 
@@ -688,10 +727,10 @@ async def test_a_client_that_cannot_register_is_a_failed_outcome_and_retried_lat
 
 async def test_reset_client_makes_a_new_client_on_next_use(make_manager: MakeManager) -> None:
     manager = make_manager()
-    client = await manager.client()
-    assert await manager.client() is client
+    client = await manager.issuer._ready_client()
+    assert await manager.issuer._ready_client() is client
     await manager.reset_client()
-    assert await manager.client() is not client
+    assert await manager.issuer._ready_client() is not client
 
 
 # -- renewal information (ARI) -------------------------------------------------------------------
@@ -702,7 +741,7 @@ async def test_the_renewal_window_is_fetched_again_only_when_stale(
 ) -> None:
     ca = FakeAcme(validate_on_response=True, renewal_info=True)
     manager = make_manager()
-    manager._client_options = {"transport": ca.transport()}
+    use_ca(manager, ca)
     (spec,) = manager.settings.certificates
     await manager.ensure(spec)
     view = manager.inspect(spec)
@@ -734,7 +773,7 @@ async def test_without_ari_the_ca_is_asked_again_after_a_quarter_lifetime(
     lifetime = view.facts.not_after - view.facts.not_before
     directory_reads = sum(route == "directory" for _, route in ca.requests)
     await manager.refresh_renewal_info(spec, view)
-    entry = manager._ari[NAME]
+    entry = manager.inventory._ari[NAME]
     assert (entry.serial, entry.window) == (view.facts.serial, None)
     assert entry.next_fetch == clock.now + lifetime / 4
     assert sum(route == "directory" for _, route in ca.requests) >= directory_reads
@@ -745,7 +784,7 @@ async def test_an_unreachable_renewal_info_is_logged_and_waited_out(
 ) -> None:
     ca = FakeAcme(validate_on_response=True, renewal_info=True)
     manager = make_manager()
-    manager._client_options = {"transport": ca.transport()}
+    use_ca(manager, ca)
     (spec,) = manager.settings.certificates
     await manager.ensure(spec)
     view = manager.inspect(spec)
@@ -755,7 +794,7 @@ async def test_an_unreachable_renewal_info_is_logged_and_waited_out(
         await manager.refresh_renewal_info(spec, view)
     (unavailable,) = events(logs, "renewal_info_unavailable")
     assert unavailable["cert"] == NAME and "No such file" in unavailable["error"]
-    entry = manager._ari[NAME]
+    entry = manager.inventory._ari[NAME]
     lifetime = view.facts.not_after - view.facts.not_before
     assert (entry.window, entry.next_fetch) == (None, clock.now + lifetime / 4)
 
@@ -833,14 +872,15 @@ async def test_solvers_are_started_once_and_closed_with_the_manager(
     manager = make_manager(
         "--http-listen", f"127.0.0.1:{free_port()}", "--tls-alpn-listen", f"127.0.0.1:{free_port()}"
     )
-    manager._given_solvers = {}
-    http = await manager.solver("http-01")
-    assert await manager.solver("http-01") is http
-    alpn = await manager.solver("tls-alpn-01")
+    # Solvers belong to the process's Responders since issue 10, not to the Manager.
+    responders = wiring.Responders(manager.settings)
+    http = await responders.get("http-01")
+    assert await responders.get("http-01") is http
+    alpn = await responders.get("tls-alpn-01")
     assert type(http).__name__ == "Http01Responder"
     assert type(alpn).__name__ == "TlsAlpn01Responder"
-    await manager.aclose()
-    assert manager._solvers == {}
+    await responders.aclose()
+    assert responders.running == {}
 
 
 async def test_a_solver_that_fails_to_close_is_logged(make_manager: MakeManager) -> None:
@@ -850,9 +890,10 @@ async def test_a_solver_that_fails_to_close_is_logged(make_manager: MakeManager)
         async def aclose(self) -> None:
             raise RuntimeError("stuck")
 
-    manager._solvers = {"http-01": Broken()}  # type: ignore[dict-item]
+    responders = wiring.Responders(manager.settings)
+    responders._running = {"http-01": Broken()}  # type: ignore[dict-item]
     with capture_logs() as logs:
-        await manager.aclose()
+        await responders.aclose()
     (failed,) = events(logs, "responder_close_failed")
     assert failed["error"] == "stuck"
 
@@ -862,13 +903,13 @@ async def test_unusable_challenge_settings_are_operation_errors(
 ) -> None:
     manager = make_manager()
     with pytest.raises(OperationError) as caught:
-        await manager._start_solver("dns-01")
+        await wiring.start_solver("dns-01", manager.settings)
     assert str(caught.value) == "--dns-hook: dns-01 needs a hook command"
     with pytest.raises(OperationError) as caught:
-        await manager._start_solver("smtp-01")
+        await wiring.start_solver("smtp-01", manager.settings)
     assert str(caught.value) == "--challenge: unknown challenge type 'smtp-01'"
     hooked = make_manager("--dns-hook", "/bin/true")
-    solver = await hooked._start_solver("dns-01")
+    solver = await wiring.start_solver("dns-01", hooked.settings)
     assert type(solver).__name__ == "Dns01HookSolver"
 
 
@@ -897,7 +938,7 @@ async def test_ensure_all_handles_every_certificate(
 def ari_manager(make_manager: MakeManager, *extra: str) -> tuple[Manager, FakeAcme]:
     ca = FakeAcme(validate_on_response=True, renewal_info=True)
     manager = make_manager(*extra)
-    manager._client_options = {"transport": ca.transport()}
+    use_ca(manager, ca)
     return manager, ca
 
 
@@ -970,13 +1011,13 @@ async def test_the_renewal_window_is_looked_up_again_as_the_ca_says(
     ca.fail_times("renewal-info", 2, lambda: answers.pop(0))
     with capture_logs() as logs:
         await manager.refresh_renewal_info(spec, view)
-    assert manager._ari[NAME].next_fetch == clock.now + lifetime / 10
+    assert manager.inventory._ari[NAME].next_fetch == clock.now + lifetime / 10
     assert events(logs, "renewal_info_window")[0]["cert"] == NAME
     clock.now += lifetime / 10  # exactly due: asked again
     fetches = renewal_info_fetches(ca)
     await manager.refresh_renewal_info(spec, view)
     assert renewal_info_fetches(ca) == fetches + 1
-    assert manager._ari[NAME].next_fetch == clock.now + timedelta(seconds=60)
+    assert manager.inventory._ari[NAME].next_fetch == clock.now + timedelta(seconds=60)
 
 
 async def test_a_one_shot_does_not_ask_for_the_renewal_window(make_manager: MakeManager) -> None:
@@ -987,7 +1028,7 @@ async def test_a_one_shot_does_not_ask_for_the_renewal_window(make_manager: Make
     assert renewal_info_fetches(ca) == 0
     # `run` asks only about a certificate that is otherwise not due.
     due = make_manager("--key-type", "ec-p384")
-    due._client_options = {"transport": ca.transport()}
+    use_ca(due, ca)
     (p384,) = due.settings.certificates
     outcome = await due.ensure(p384, respect_backoff=True)
     assert outcome.reason == "key type changed" and renewal_info_fetches(ca) == 0
@@ -996,20 +1037,20 @@ async def test_a_one_shot_does_not_ask_for_the_renewal_window(make_manager: Make
 async def test_a_window_fetched_for_another_certificate_does_not_apply(
     make_manager: MakeManager, clock: Clock
 ) -> None:
-    from sidecar.manager import _AriEntry
+    from sidecar.inventory import _AriEntry
 
     manager = make_manager()
     (spec,) = manager.settings.certificates
     past = (clock.now - timedelta(days=2), clock.now - timedelta(days=1))
-    manager._ari[NAME] = _AriEntry(1, past, clock.now)
+    manager.inventory._ari[NAME] = _AriEntry(1, past, clock.now)
     assert manager.inspect(spec).due is policy.DueReason.MISSING
     await manager.ensure(spec)
     view = manager.inspect(spec)
     assert view.facts is not None and view.due is None  # the entry is for serial 1
-    manager._ari[NAME] = _AriEntry(view.facts.serial, past, clock.now)
+    manager.inventory._ari[NAME] = _AriEntry(view.facts.serial, past, clock.now)
     assert manager.inspect(spec).due is policy.DueReason.SCHEDULED
     future = (clock.now + timedelta(minutes=10), clock.now + timedelta(minutes=20))
-    manager._ari[NAME] = _AriEntry(view.facts.serial, future, clock.now)
+    manager.inventory._ari[NAME] = _AriEntry(view.facts.serial, future, clock.now)
     next_renewal = manager.inspect(spec).next_renewal
     assert next_renewal is not None and future[0] <= next_renewal < future[1]
 
@@ -1108,7 +1149,8 @@ async def test_a_deployer_that_raises_does_not_undo_the_issuance(
             make_manager(domains=("p.example",)).settings.certificates[0]
         )
     assert (outcome.action, outcome.ok) == ("issued", True)
-    assert outcome.deploy == {"ok": False, "error": "deployer bug"}
+    assert outcome.deploy is not None
+    assert outcome.deploy.to_json() == {"ok": False, "error": "deployer bug"}
     assert outcome.error == "deploy failed: deployer bug"
     (failed,) = events(logs, "haproxy_update_failed")
     assert failed["error"] == "deployer bug" and failed["cert"] == NAME
@@ -1143,7 +1185,8 @@ async def test_the_deploy_hook_gets_the_certificate_facts(
     (spec,) = manager.settings.certificates
     outcome = await manager.ensure(spec)
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
-    assert outcome.not_after is not None and outcome.deploy["name"] == NAME
+    assert outcome.not_after is not None and outcome.deploy is not None
+    assert outcome.deploy.details["name"] == NAME
     assert env["CERT_NAME"] == NAME and env["CERT_SERIAL"] == outcome.serial
     assert env["CERT_NOT_AFTER"] == outcome.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert env["CERT_DOMAINS"] == f"{NAME},www.m.example"
@@ -1151,7 +1194,7 @@ async def test_the_deploy_hook_gets_the_certificate_facts(
 
 async def test_a_reload_without_sockets_still_needs_a_deployer(make_manager: MakeManager) -> None:
     manager = make_manager("--reload", "command", "--reload-command", "true")
-    assert manager.deployer() is not None
+    assert manager.deployer is not None
 
 
 async def test_ensure_all_without_force_leaves_valid_certificates(
@@ -1177,32 +1220,31 @@ async def test_the_dns_hook_gets_the_passed_through_variables(
     make_manager: MakeManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = make_manager("--dns-hook", "/bin/true", "--hook-env", "PROVIDER_TOKEN")
-    solver = await manager._start_solver("dns-01")
+    solver = await wiring.start_solver("dns-01", manager.settings)
     assert solver.passthrough == ("PROVIDER_TOKEN",)  # type: ignore[attr-defined]
 
 
 async def test_solvers_without_aclose_are_simply_dropped(make_manager: MakeManager) -> None:
     manager = make_manager()
-    manager._solvers = {"http-01": RecordingSolver()}  # type: ignore[dict-item]
-    await manager.aclose()
-    assert manager._solvers == {}
+    responders = wiring.Responders(manager.settings)
+    responders._running = {"http-01": RecordingSolver()}  # type: ignore[dict-item]
+    await responders.aclose()
+    assert responders.running == {}
 
 
 async def test_haproxy_sees_the_pem_under_its_own_directory(make_manager: MakeManager) -> None:
-    manager = make_manager("--haproxy-certs-dir", "/etc/haproxy/certs")
-    assert manager.haproxy_path(NAME) == Path(f"/etc/haproxy/certs/{NAME}.pem")
+    # The path is the deployer's business since issue 10 (HAProxy needs a deployer to hear of it).
+    manager = make_manager("--haproxy-certs-dir", "/etc/haproxy/certs", "--deploy-hook", "true")
+    assert manager.deployer is not None
+    assert manager.deployer.haproxy_path(NAME) == f"/etc/haproxy/certs/{NAME}.pem"
 
 
 async def test_a_fresh_manager_knows_nothing_of_the_ca_yet(
     make_manager: MakeManager, tmp_path: Path
 ) -> None:
     manager = make_manager()
-    assert (manager.last_ca_error, manager.last_ca_success, manager.clock_skew) == (
-        None,
-        None,
-        None,
-    )
-    reader = Manager(
+    assert (manager.last_ca_error, manager.clock_skew) == (None, None)
+    reader = wiring.inventory(
         replace(manager.settings, state_dir=tmp_path / "elsewhere"), create_state=False
     )
     assert not (tmp_path / "elsewhere").exists() and reader.store.root == tmp_path / "elsewhere"
@@ -1215,7 +1257,7 @@ async def test_the_cas_clock_skew_is_remembered(
 
     skewed = FakeAcme(validate_on_response=True, clock=time.time, date_offset=600)
     manager = make_manager()
-    manager._client_options = {"transport": skewed.transport()}
+    use_ca(manager, skewed)
     (spec,) = manager.settings.certificates
     await manager.ensure(spec)
     assert manager.clock_skew is not None and abs(manager.clock_skew - 600) < 30
@@ -1271,7 +1313,7 @@ async def test_an_account_is_registered_with_external_account_binding(
     key_file = tmp_path / "eab.key"
     key_file.write_text(base64.urlsafe_b64encode(hmac_key).decode().rstrip("="))
     manager = make_manager("--eab-kid", "kid-1", "--eab-hmac-key-file", str(key_file))
-    manager._client_options = {"transport": ca.transport()}
+    use_ca(manager, ca)
     (spec,) = manager.settings.certificates
     assert (await manager.ensure(spec)).action == "issued"
     (payload,) = ca.new_account_payloads
@@ -1340,10 +1382,10 @@ async def test_removal_tolerates_a_pem_already_gone_and_names_one_it_cannot_dele
     (spec,) = manager.settings.certificates
     path = manager.pem_path(NAME)
     await manager.ensure(spec)
-    monkeypatch.setattr(manager, "deployer", lambda: SwappingDeployer(path, "gone"))
+    monkeypatch.setattr(manager, "deployer", SwappingDeployer(path, "gone"))
     assert (await manager.revoke(spec, reason=None, remove=True)).action == "removed"
     await manager.ensure(spec)
-    monkeypatch.setattr(manager, "deployer", lambda: SwappingDeployer(path, "directory"))
+    monkeypatch.setattr(manager, "deployer", SwappingDeployer(path, "directory"))
     outcome = await manager.revoke(spec, reason=None, remove=True)
     assert outcome == Outcome(
         NAME,

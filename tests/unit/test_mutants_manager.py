@@ -1,6 +1,8 @@
 """What the Manager's results look like to the commands, `run` and `--json` (found uncovered by
 mutation testing, docs/MUTATION.md): the outcome's JSON both ways, its one human line, the
-revocation reasons, the certificates directory."""
+revocation reasons, the certificates directory.
+
+Since issue 10 these live in sidecar/outcome.py, sidecar/errors.py and sidecar/wiring.py."""
 
 from __future__ import annotations
 
@@ -12,17 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from sidecar.errors import OperationError
-from sidecar.manager import (
-    MIN_ORDER_TIMEOUT,
-    ORDER_TIMEOUT,
-    Outcome,
-    _log_fields,
-    _make_certs_dir,
-    error_text,
-    order_timeout,
-    parse_revocation_reason,
-)
+from sidecar.errors import OperationError, error_text
+from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, order_timeout
+from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
+from sidecar.wiring import _make_certs_dir
 
 WHEN = datetime(2026, 12, 6, 10, 30, 5, tzinfo=UTC)
 LATER = datetime(2026, 12, 6, 11, 0, 0, tzinfo=UTC)
@@ -31,14 +26,14 @@ LATER = datetime(2026, 12, 6, 11, 0, 0, tzinfo=UTC)
 def test_an_outcome_survives_its_json_answer() -> None:
     outcome = Outcome(
         "a.example",
-        "issued",
+        Action.ISSUED,
         ok=True,
         serial="0A1B",
         not_after=WHEN,
         reason="missing",
         error="deploy failed: x",
         next_retry_at=LATER,
-        deploy={"ok": False, "mode": "runtime-api"},
+        deploy=DeploySummary.from_json({"ok": False, "mode": "runtime-api"}),
         error_kind="other",
     )
     data = outcome.to_json()
@@ -53,9 +48,13 @@ def test_an_outcome_survives_its_json_answer() -> None:
         "next_retry_at": "2026-12-06T11:00:00+00:00",
         "deploy": {"ok": False, "mode": "runtime-api"},
     }
-    # error_kind is a /metrics label, not part of the answer.
-    assert Outcome.from_json(data) == replace(outcome, error_kind=None)
-    bare = Outcome("b.example", "unchanged", ok=True)
+    # error_kind is a /metrics label, and the deployer's one-line summary a log field: neither
+    # is part of the answer.
+    back = Outcome.from_json(data)
+    assert back == replace(outcome, error_kind=None, deploy=back.deploy)
+    assert back.deploy is not None and back.deploy.to_json() == data["deploy"]
+    assert (back.deploy.ok, back.deploy.mode) == (False, "runtime-api")
+    bare = Outcome("b.example", Action.UNCHANGED, ok=True)
     assert bare.to_json()["not_after"] is None and bare.to_json()["next_retry_at"] is None
     assert Outcome.from_json(bare.to_json()) == bare
 
@@ -64,30 +63,31 @@ def test_an_outcome_from_odd_json_takes_what_it_can() -> None:
     odd = Outcome.from_json(
         {"ok": 1, "not_after": 5, "next_retry_at": None, "deploy": None, "serial": "AA"}
     )
-    assert odd == Outcome("?", "?", ok=True, serial="AA", deploy={})
+    # An action this sidecar does not know (a newer one's) reads as a failure.
+    assert odd == Outcome("?", Action.FAILED, ok=True, serial="AA", deploy=None)
     assert Outcome.from_json({}).ok is False
 
 
 def test_outcome_lines_for_each_action() -> None:
     assert (
-        Outcome("a", "issued", True, serial="0A", not_after=WHEN, reason="missing").line()
+        Outcome("a", Action.ISSUED, True, serial="0A", not_after=WHEN, reason="missing").line()
         == "a: issued serial 0A, valid until 2026-12-06 10:30:05Z (missing)"
     )
     assert (
-        Outcome("a", "issued", True, serial="0A", error="deploy failed: x").line()
+        Outcome("a", Action.ISSUED, True, serial="0A", error="deploy failed: x").line()
         == "a: issued serial 0A; warning: deploy failed: x"
     )
     assert (
-        Outcome("a", "unchanged", True, serial="0A", not_after=WHEN).line()
+        Outcome("a", Action.UNCHANGED, True, serial="0A", not_after=WHEN).line()
         == "a: unchanged serial 0A, valid until 2026-12-06 10:30:05Z"
     )
-    assert Outcome("a", "unchanged", True).line() == "a: unchanged"
+    assert Outcome("a", Action.UNCHANGED, True).line() == "a: unchanged"
     assert (
-        Outcome("a", "failed", False, error="boom", next_retry_at=LATER, serial="0A").line()
+        Outcome("a", Action.FAILED, False, error="boom", next_retry_at=LATER, serial="0A").line()
         == "a: failed: boom (next retry 2026-12-06 11:00:00Z)"
     )
-    assert Outcome("a", "failed", False, error="boom").line() == "a: failed: boom"
-    assert Outcome("a", "removed", True).line() == "a: removed"
+    assert Outcome("a", Action.FAILED, False, error="boom").line() == "a: failed: boom"
+    assert Outcome("a", Action.REMOVED, True).line() == "a: removed"
 
 
 @pytest.mark.parametrize(
@@ -103,15 +103,15 @@ def test_outcome_lines_for_each_action() -> None:
     ],
 )
 def test_revocation_reasons_by_name_or_code(text: str | None, code: int | None) -> None:
-    assert parse_revocation_reason(text) == code
+    assert revocation_code(text) == code
 
 
 @pytest.mark.parametrize("text", ["2", "9", "caCompromise", "", "x1"])
 def test_unknown_revocation_reasons_list_the_choices(text: str) -> None:
-    with pytest.raises(OperationError) as caught:
-        parse_revocation_reason(text)
+    with pytest.raises(ValueError) as caught:
+        revocation_code(text)
     assert str(caught.value) == (
-        f"--reason: unknown revocation reason {text!r} (one of: unspecified, keyCompromise,"
+        f"unknown revocation reason {text!r} (one of: unspecified, keyCompromise,"
         " affiliationChanged, superseded, cessationOfOperation)"
     )
 
@@ -123,7 +123,8 @@ def test_error_text_is_one_line_or_the_type() -> None:
 
 def test_deploy_log_fields_are_the_short_ones() -> None:
     info = {"mode": "m", "fallback": "f", "verified": True, "error": "e", "sockets": [1], "x": 2}
-    assert _log_fields(info) == {"mode": "m", "fallback": "f", "verified": True, "error": "e"}
+    fields = DeploySummary.from_json(info).log_fields()
+    assert fields == {"mode": "m", "fallback": "f", "verified": True, "error": "e"}
 
 
 def test_the_certs_directory_is_made_world_traversable(tmp_path: Path) -> None:

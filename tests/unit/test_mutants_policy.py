@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import trustme
 
+from ca_client.key_types import KeyType
+from ca_client.models import RenewalInfo
 from sidecar import pem, policy
+from sidecar.config import CertificateSpec
+from sidecar.inventory import Inventory
 from sidecar.pem import CertFacts
 from sidecar.policy import DueReason
+from sidecar.storage import StateStore
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 NAMES = ("a.example", "b.example")
@@ -96,7 +102,9 @@ def test_names_differing_only_in_a_trailing_letter_are_different_names():
     )
 
 
-# -- due_reason_for_pem passes every option on -------------------------------------------------
+# -- Inventory.inspect passes every option on to the policy -----------------------------------
+# (policy.due_reason_for_pem is gone since issue 10; the read that runs is Inventory.inspect.
+# ``force`` is the manager's business now: see test_mutants_manager.py.)
 
 
 def _deployed(lifetime: timedelta) -> bytes:
@@ -105,22 +113,30 @@ def _deployed(lifetime: timedelta) -> bytes:
     return pem.combined_pem(blobs[0], blobs[1:], leaf.private_key_pem.bytes())
 
 
-def test_due_reason_for_pem_honours_key_type_renew_at_window_and_force():
+def test_inspect_honours_key_type_renew_at_and_the_ari_window(tmp_path: Path) -> None:
     lifetime = timedelta(days=20)
     data = _deployed(lifetime)
     early = T0 + timedelta(days=2)  # a tenth of the lifetime: nothing is due by default
-    assert policy.due_reason_for_pem(early, data, wanted_names=NAMES)[0] is None
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "a.example.pem").write_bytes(data)
 
-    def reason(**options: object) -> DueReason | None:
-        return policy.due_reason_for_pem(early, data, wanted_names=NAMES, **options)[0]  # type: ignore[arg-type]
+    def inventory(renew_at: float = 0.66) -> Inventory:
+        return Inventory(StateStore(tmp_path / "state"), certs, renew_at=renew_at)
 
+    def spec(key_type: KeyType = KeyType.EC_P256) -> CertificateSpec:
+        return CertificateSpec("a.example", NAMES, key_type, "http-01")
+
+    assert inventory().inspect(spec(), early).due is None
     # trustme issues ECDSA P-256 keys.
-    assert reason(wanted_key_type="rsa-2048") is DueReason.KEY_TYPE_CHANGED
-    assert reason(wanted_key_type="ec-p256") is None
-    assert reason(renew_at=0.1) is DueReason.SCHEDULED
-    past_window = (T0, T0 + timedelta(days=1))
-    assert reason(ari_window=past_window) is DueReason.SCHEDULED
-    assert reason(force=True) is DueReason.FORCED
+    assert inventory().inspect(spec(KeyType.RSA_2048), early).due is DueReason.KEY_TYPE_CHANGED
+    assert inventory(renew_at=0.1).inspect(spec(), early).due is DueReason.SCHEDULED
+    with_window = inventory()
+    view = with_window.inspect(spec(), early)
+    assert view.facts is not None
+    past_window = RenewalInfo(T0, T0 + timedelta(days=1))
+    with_window.remember_renewal_info("a.example", view.facts, past_window, early)
+    assert with_window.inspect(spec(), early).due is DueReason.SCHEDULED
 
 
 # -- retry backoff -----------------------------------------------------------------------------
