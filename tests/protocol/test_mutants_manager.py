@@ -32,12 +32,14 @@ from structlog.testing import capture_logs
 from sidecar import pem, policy, storage, wiring
 from sidecar.cli import build_parser
 from sidecar.config import Settings, load_settings
+from sidecar.deploy import DeployConfig, Deployer
 from sidecar.errors import OperationError
-from sidecar.manager import Manager
+from sidecar.inventory import Served
+from sidecar.manager import Manager, ServedCheck
 from sidecar.outcome import Outcome
 from tests.protocol.conftest import RecordingSolver
 from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme, problem
-from tests.unit.fake_haproxy import FakeHAProxy, serve
+from tests.unit.fake_haproxy import FakeHAProxy, StoredCert, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -1473,3 +1475,134 @@ async def test_the_client_is_told_the_stored_account_url_so_a_reset_ca_is_notice
     with caplog.at_level(logging.WARNING, logger="ca_client.client"):
         await restarted.ensure(spec, force=True)
     assert "re-registered" in caplog.text
+
+
+# -- ensure_served: does HAProxy serve the file? (run's periodic check, since issue 10) ----------
+
+
+async def test_without_a_runtime_api_nothing_is_asked(make_manager: MakeManager) -> None:
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    await manager.ensure(spec)
+    assert await manager.ensure_served(spec) == ServedCheck()
+    hooked = make_manager("--deploy-hook", "true")
+    assert await hooked.ensure_served(spec) == ServedCheck()
+
+
+async def test_haproxy_serving_the_file_is_recorded_and_left_alone(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        issued = await manager.ensure(spec)
+        sent = len(fake.received)
+        with capture_logs() as logs:
+            check = await manager.ensure_served(spec)
+    assert check == ServedCheck(((address, True),))
+    assert manager.inventory.served(NAME) == Served(True, issued.serial)
+    assert all(command.startswith("show ssl cert") for command in fake.commands[sent:])
+    assert not events(logs, "haproxy_serves_other") and not events(logs, "haproxy_check_failed")
+
+
+async def test_haproxy_serving_another_certificate_gets_the_file_again(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        issued = await manager.ensure(spec)
+        assert issued.serial is not None
+        path = str(manager.pem_path(NAME))
+        # HAProxy restarted with an older file: it serves a serial that is not the file's.
+        older = trustme.CA().issue_cert(NAME)
+        fake.certs[path] = StoredCert(older.cert_chain_pems[0].bytes().decode())
+        with capture_logs() as logs:
+            check = await manager.ensure_served(spec)
+    assert check.sockets == ((address, True),)
+    assert check.deploy is not None and check.deploy.ok
+    (other,) = events(logs, "haproxy_serves_other")
+    older_leaf = x509.load_pem_x509_certificate(older.cert_chain_pems[0].bytes())
+    assert other["served"] == pem.describe_cert(older_leaf).serial_hex
+    assert other["file"] == issued.serial and other["cert"] == NAME
+    loaded = fake.serial(path)
+    assert loaded is not None and int(loaded, 16) == int(issued.serial, 16)
+    assert manager.inventory.served(NAME) == Served(True, issued.serial)
+
+
+async def test_haproxy_that_cannot_be_asked_is_unknown_not_redeployed(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    manager = unreachable_haproxy(make_manager, tmp_path)
+    (spec,) = manager.settings.certificates
+    manager.inventory.record_served(NAME, True, "AB")
+    await manager.ensure(spec)  # the deploy fails: the inventory keeps the last serial seen
+    assert manager.inventory.served(NAME) == Served(False, "AB")
+    with capture_logs() as logs:
+        check = await manager.ensure_served(spec)
+    assert check == ServedCheck(((f"unix:{tmp_path}/missing.sock", False),))
+    (failed,) = events(logs, "haproxy_check_failed")
+    assert failed["cert"] == NAME and "missing.sock" in failed["error"]
+    assert manager.inventory.served(NAME) == Served(None, "AB")
+
+
+async def test_a_file_that_does_not_parse_is_a_failed_check(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        manager.pem_path(NAME).write_text("garbage")
+        with capture_logs() as logs:
+            check = await manager.ensure_served(spec)
+    assert check == ServedCheck()
+    assert len(events(logs, "haproxy_check_failed")) == 1
+    assert manager.inventory.served(NAME) == Served(None, None)
+
+
+async def test_one_silent_socket_of_two_is_logged_and_the_other_believed(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    missing = f"unix:{tmp_path}/missing.sock"
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        manager = make_manager("--haproxy-socket", address)
+        (spec,) = manager.settings.certificates
+        issued = await manager.ensure(spec)
+        config = DeployConfig.build(
+            sockets=[address, missing], certs_dir=tmp_path / "certs", attempts=1, retry_delay=0.0
+        )
+        manager.deployer = Deployer(config)
+        with capture_logs() as logs:
+            check = await manager.ensure_served(spec)
+    assert check == ServedCheck(((address, True), (missing, False)))
+    (failed,) = events(logs, "haproxy_check_failed")
+    assert failed["cert"] == NAME and "missing.sock" in failed["error"]
+    assert manager.inventory.served(NAME) == Served(True, issued.serial)
+
+
+async def test_two_haproxies_that_disagree_get_the_file_again(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    crt_list = str(tmp_path / "certs")
+    first, second = FakeHAProxy(crt_lists={crt_list: []}), FakeHAProxy(crt_lists={crt_list: []})
+    async with (
+        serve(first, tmp_path / "one.sock") as one,
+        serve(second, tmp_path / "two.sock") as two,
+    ):
+        manager = make_manager("--haproxy-socket", one, "--haproxy-socket", two)
+        (spec,) = manager.settings.certificates
+        issued = await manager.ensure(spec)
+        path = str(manager.pem_path(NAME))
+        older = trustme.CA().issue_cert(NAME)
+        second.certs[path] = StoredCert(older.cert_chain_pems[0].bytes().decode())
+        with capture_logs() as logs:
+            check = await manager.ensure_served(spec)
+    assert check.sockets == ((one, True), (two, True))
+    assert check.deploy is not None and check.deploy.ok
+    (other,) = events(logs, "haproxy_serves_other")
+    assert other["served"] is None  # no common answer
+    assert manager.inventory.served(NAME) == Served(True, issued.serial)
