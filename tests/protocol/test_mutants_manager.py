@@ -1127,8 +1127,11 @@ async def test_a_certificate_that_cannot_be_written_is_a_recorded_failure(
     manager = make_manager()
     (spec,) = manager.settings.certificates
     manager.pem_path(NAME).mkdir(parents=True)  # a directory where the PEM goes
-    outcome = await manager.ensure(spec)
+    with capture_logs() as logs:
+        outcome = await manager.ensure(spec)
     assert (outcome.name, outcome.action, outcome.reason) == (NAME, "failed", "unreadable")
+    (failed,) = events(logs, "cert_renewal_failed")
+    assert failed["error_type"] == "StorageError" and outcome.error_kind == "other"
     assert outcome.error is not None and str(manager.pem_path(NAME)) in outcome.error
     meta = manager.store.load_meta(NAME)
     assert meta is not None and meta.failures == 1 and meta.last_error == outcome.error
@@ -1145,6 +1148,7 @@ async def test_a_deployer_that_raises_does_not_undo_the_issuance(
         raise RuntimeError("deployer bug")
 
     monkeypatch.setattr(manager, "deploy", broken)
+    manager.inventory.record_served(NAME, True, "AB")  # what HAProxy was last seen serving
     with capture_logs() as logs:
         outcome = await manager.ensure(spec)
         placed = await make_manager(domains=("p.example",)).ensure_placeholder(
@@ -1156,6 +1160,7 @@ async def test_a_deployer_that_raises_does_not_undo_the_issuance(
     assert outcome.error == "deploy failed: deployer bug"
     (failed,) = events(logs, "haproxy_update_failed")
     assert failed["error"] == "deployer bug" and failed["cert"] == NAME
+    assert manager.inventory.served(NAME) == Served(False, "AB")
     assert placed is True
 
 
@@ -1169,6 +1174,7 @@ async def test_a_placeholder_whose_deploy_raises_is_still_written(
         raise RuntimeError("deployer bug")
 
     monkeypatch.setattr(manager, "deploy", broken)
+    manager.inventory.record_served(NAME, True, "AB")  # what HAProxy was last seen serving
     with capture_logs() as logs:
         assert await manager.ensure_placeholder(spec) is True
     (failed,) = events(logs, "haproxy_placeholder_deploy_failed")
