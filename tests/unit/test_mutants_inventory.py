@@ -13,7 +13,7 @@ from cryptography import x509
 from ca_client.key_types import KeyType
 from sidecar import pem, storage
 from sidecar.config import CertificateSpec
-from sidecar.inventory import CertView, cert_status
+from sidecar.inventory import CertView, Inventory, Served, cert_status
 from sidecar.policy import DueReason
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -97,3 +97,16 @@ def test_an_unreadable_file_reports_why_as_the_error() -> None:
     stored = storage.CertMeta(failures=1, last_error="stored")
     status = cert_status(_view(None, stored, unreadable="bad pem"), T0, deployed_serial=None)
     assert status.last_error == "stored"
+
+
+def test_a_look_that_finds_no_serial_keeps_the_last_one_seen(tmp_path: Path) -> None:
+    inventory = Inventory(storage.StateStore(tmp_path / "state"), tmp_path, renew_at=0.66)
+    assert inventory.served("a.example") == Served(None, None)
+    inventory.record_served("a.example", True, "AB")
+    inventory.record_served("a.example", False)  # HAProxy answered, with no serial
+    assert inventory.served("a.example") == Served(False, "AB")
+    inventory.record_served("a.example", True, "CD")
+    assert inventory.served("a.example") == Served(True, "CD")
+    inventory.record_served("b.example", None)
+    assert inventory.served("b.example") == Served(None, None)
+    assert inventory.served("a.example") == Served(True, "CD")
