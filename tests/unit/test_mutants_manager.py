@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.errors import OperationError, error_text
 from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, order_timeout
-from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
+from sidecar.outcome import Action, DeploySummary, Outcome, SocketSummary, revocation_code
 from sidecar.wiring import _make_certs_dir
 
 WHEN = datetime(2026, 12, 6, 10, 30, 5, tzinfo=UTC)
@@ -149,3 +149,35 @@ def test_an_order_for_a_certificate_expiring_now_gets_the_full_time() -> None:
     assert order_timeout(view, WHEN) == ORDER_TIMEOUT  # type: ignore[arg-type]
     one_second_left = order_timeout(view, WHEN - timedelta(seconds=1))  # type: ignore[arg-type]
     assert one_second_left == MIN_ORDER_TIMEOUT
+
+
+def test_a_deploy_summary_reads_the_deployers_report() -> None:
+    # Found unchecked by the re-measurement after issue 10 (docs/MUTATION.md): `run` reads the
+    # error and each socket's reachability from here (cert_sidecar_haproxy_up, the warnings).
+    summary = DeploySummary.from_json(
+        {
+            "ok": False,
+            "mode": "reload",
+            "error": "boom",
+            "sockets": [
+                {"address": "unix:/a", "ok": True},
+                {"address": "unix:/b", "ok": False, "reachable": False},
+                {"ok": True},
+                5,
+            ],
+        }
+    )
+    assert (summary.ok, summary.mode, summary.error, summary.summary) == (
+        False,
+        "reload",
+        "boom",
+        "boom",
+    )
+    assert summary.sockets == (
+        SocketSummary("unix:/a", True, True),
+        SocketSummary("unix:/b", False, False),
+    )
+    bare = DeploySummary.from_json({"ok": True, "mode": "", "error": ""})
+    assert (bare.mode, bare.error, bare.summary, bare.sockets) == (None, None, "", ())
+    assert DeploySummary.from_json({"error": "x"}, summary="line").summary == "line"
+    assert DeploySummary.crashed("bug").to_json() == {"ok": False, "error": "bug"}
