@@ -8,7 +8,7 @@ original (problem type, Retry-After, `metrics.ErrorKind`) without the caller kno
 `ca_client`'s error tree.
 
 It also keeps what the last exchange said about the CA: ``last_error`` (for
-``cert_sidecar_ca_reachable``), ``last_success`` and the clock skew to the CA's ``Date``.
+``cert_sidecar_ca_reachable``) and the clock skew to the CA's ``Date``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,7 +94,6 @@ class Issuer:
         self._client: AcmeClient | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
-        self.last_success: datetime | None = None
         self.clock_skew: float | None = None
 
     async def aclose(self) -> None:

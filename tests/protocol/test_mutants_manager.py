@@ -211,7 +211,7 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
     assert issued["cert"] == NAME and issued["serial"] == facts.serial_hex
     assert issued["not_after"] == facts.not_after.isoformat()
     assert issued["order_url"] == meta.order_url and issued["reason"] == "missing"
-    # (The old `last_ca_success` was never read; its heir `Issuer.last_success` is never set.)
+    # (The old `last_ca_success` was never read; its heir `Issuer.last_success` is gone.)
     assert manager.last_ca_error is None
 
 
