@@ -62,18 +62,13 @@ class Service:
         settings: Settings,
         *,
         reload_settings: Callable[[], Settings] | None = None,
-        manager: Manager | None = None,
+        parts: wiring.Parts | None = None,
     ) -> None:
         self.settings = settings
         self.holder = f"run pid {os.getpid()}"
         # Everything made from the settings; replaced as a whole when the config file changes.
-        # Tests may hand in a Manager (on an in-process CA, with a fake clock and its own
-        # solvers); the set around it is then that manager with unused responders.
-        self.parts = (
-            wiring.Parts(settings, manager, wiring.Responders(settings))
-            if manager is not None
-            else wiring.build(settings, holder=self.holder)
-        )
+        # Tests hand in parts built by `wiring.build` for an in-process CA and a fake clock.
+        self.parts = parts or wiring.build(settings, holder=self.holder)
         deployer = self.manager.deployer
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self.stopping = asyncio.Event()

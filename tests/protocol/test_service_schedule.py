@@ -1,7 +1,7 @@
 """`cert-sidecar run`'s service loop, in process, on the in-process fake CA: how often it looks
 at a certificate, and the clock-skew warning (README "How renewal works").
 
-The Service gets a Manager wired to the fake CA (``Service(manager=...)``); everything else is
+The Service gets parts wired to the fake CA (``Service(parts=...)``); everything else is
 the real loop: health server, control socket, CA bundle watch, apscheduler jobs. Waits are tied
 to log events with generous deadlines.
 """
@@ -93,13 +93,13 @@ async def running_service(ca: FakeAcme) -> AsyncIterator[Running]:
         settings = load_settings(args, {})
         solver = RecordingSolver()
         ca.reach(solver)
-        manager = wiring.build(
+        parts = wiring.build(
             settings,
             holder="run (test)",
             client_options={"transport": ca.transport()},
             solvers={"http-01": solver},
-        ).manager
-        service = Service(settings, manager=manager)
+        )
+        service = Service(settings, parts=parts)
         with structlog.testing.capture_logs() as logs:
             task = asyncio.ensure_future(service.run())
             running = Running(service, logs, workdir / "certs", health_port)
