@@ -34,9 +34,10 @@ __all__ = ["AccountSettings", "Issuer", "IssuerError", "SolverSource"]
 
 log = get_logger("sidecar.issuer")
 
-# A few connections carry all concurrent orders: step-ca answers in milliseconds, and httpcore
-# scans its whole pool for every request (measured with 100 certificates: 2 and 4 connections
-# were as fast as 8 and used less CPU).
+# A few connections carry all concurrent orders: step-ca answers in milliseconds. Measured
+# with ca_client.http11 and 100 certificates (bench/RESULTS.md): 4 connections were as fast
+# as 8 and used less CPU; 16 were slower and made step-ca 0.19 lose more compare-and-swaps
+# on the account's order list (HTTP 500 on newOrder and finalize, some past every retry).
 MAX_CA_CONNECTIONS = 4
 
 

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 
 from ca_client import errors
-from ca_client.keys import KeyType, generate_private_key, private_key_to_pem
 from ca_client._order import MAX_FINALIZE_ATTEMPTS
+from ca_client.keys import KeyType, generate_private_key, private_key_to_pem
 from ca_client.models import ExternalAccountBinding, Identifier
 from ca_client.renewal_info import certificate_id
 from tests.protocol.conftest import ClientFactory, FakeClock, RecordingSolver
