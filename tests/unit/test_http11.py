@@ -355,7 +355,7 @@ async def test_a_body_past_the_cap_is_refused_and_its_connection_closed(
     try:
         with pytest.raises(MalformedResponse, match="larger than"):
             await acme.get(server.url + "/directory", deadline=loop.time() + 30)
-        transport = acme._http._transport
+        transport = acme._transport
         assert isinstance(transport, Http11Transport)
         assert transport.open_connections == 0
     finally:
