@@ -9,10 +9,12 @@ certificate holds that certificate's lock in the state directory, so two process
 order the same certificate at once.
 
 The order of writes is what makes a crash at any moment safe:
-1. the certificate key is saved (0600) before the order, so a retried order reuses it;
+1. the certificate key is saved (0600) before the order, so a retried order reuses it (its
+   rename is made durable by the directory fsync of step 3: `StateStore.save_key`);
 2. the new certificate is checked (`pem.validate_for_deploy`) before anything is replaced;
-3. the state copy is saved (the old one kept as ``previous.pem``), then the combined PEM is
-   replaced atomically in the certs directory, then the metadata records success;
+3. the state copy and the metadata recording success are committed together (the old copy
+   kept as ``previous.pem``; one directory fsync), then the combined PEM is replaced
+   atomically in the certs directory;
 4. HAProxy is told last; if that fails the file on disk is already right, and the next
    deploy (or an HAProxy restart) picks it up.
 """
@@ -230,11 +232,9 @@ class Manager:
         try:
             async with self._orders:
                 issued, key = await self._obtain(spec, view)
-            combined = pem.combined_pem(
-                issued.leaf_pem.encode(),
-                [c.encode() for c in issued.chain_pems],
-                private_key_to_pem(key),
-            )
+            leaf_pem = issued.leaf_pem.encode()
+            chain_pems = [c.encode() for c in issued.chain_pems]
+            combined = pem.combined_pem(leaf_pem, chain_pems, private_key_to_pem(key))
             bundle = pem.validate_for_deploy(combined, spec.domains, self.now())
         except (SidecarError, pem.PemError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=not dry_run)
@@ -250,13 +250,6 @@ class Manager:
         if dry_run:
             bound.info("cert_dry_run_succeeded", serial=facts.serial_hex)
             return done
-        try:
-            self.store.save_issued(
-                spec.name, issued.leaf_pem.encode(), [c.encode() for c in issued.chain_pems]
-            )
-            self._write_pem(spec.name, combined)
-        except (SidecarError, OSError) as error:
-            return self._failed(spec, view, reason, error, bound, record=True)
         issued_at = self.now()
         meta = view.meta.with_success(
             order_url=issued.order_url,
@@ -269,7 +262,16 @@ class Manager:
             last_attempt_at=issued_at,
             last_success_at=issued_at,
         )
-        self._save_meta(spec.name, meta)
+        try:
+            # The success is recorded in the state commit, before the PEM is replaced: a kill
+            # between the two leaves the old PEM with a meta.json that has no failures to back
+            # off from, and a restart (which goes by the PEM) renews at once if the old one is
+            # due. Recorded after the PEM, a kill between could leave a fresh certificate
+            # behind the last attempts' failures, counted and alerted on until its renewal.
+            self.store.save_issued(spec.name, leaf_pem, chain_pems, meta)
+            self._write_pem(spec.name, combined)
+        except (SidecarError, OSError) as error:
+            return self._failed(spec, view, reason, error, bound, record=True)
         bound.info(
             "cert_issued",
             serial=facts.serial_hex,

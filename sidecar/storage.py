@@ -569,33 +569,75 @@ class StateStore:
         return self._load_key_file(self.cert_dir(name) / "key.pem")
 
     def save_key(self, name: str, key: PrivateKey) -> None:
-        """Store (or replace: new key type, revocation) the certificate's key, mode 0600."""
-        directory = self.cert_dir(name)
-        self._make_dir(directory)
-        atomic_write(directory / "key.pem", _key_to_pem(key), mode=KEY_MODE)
+        """Store (or replace: new key type, revocation) the certificate's key, mode 0600.
 
-    def discard_key(self, name: str) -> None:
-        """Forget the key, so the next issuance generates a new one."""
-        _unlink(self.cert_dir(name) / "key.pem")
-
-    def save_issued(self, name: str, leaf_pem: bytes, chain_pems: Sequence[bytes]) -> None:
-        """Store a newly issued certificate; the one it replaces becomes ``previous.pem``.
-
-        The chain is written before the leaf, which is the commit point: a crash in between
-        leaves the old leaf with the new chain, which is the same CA's intermediates in practice
-        and is re-checked (pem.validate_for_deploy) before anything is deployed from here.
+        Saved before the order, without a directory fsync of its own: the rename becomes
+        durable with the next fsync of this directory, which is the state commit of the
+        certificate issued for this key (`save_issued`), or the failure's meta.json. Until then
+        a power loss can only undo this call (the next attempt finds what was there before and
+        decides again). It cannot leave a stored or deployed certificate with a key that does
+        not match it: the state commit syncs this same directory after this rename, so a
+        durable cert.pem implies a durable key.pem; and the combined PEM is built from the key
+        in memory, never read back from here, and is refused before it is written unless key
+        and leaf match (`pem.validate_for_deploy`, through `pem.parse_combined`). The file's own
+        fsync stays: a rename made durable by a later directory fsync must not point at data
+        that never reached the disk (an empty key.pem would fail every renewal).
         """
         directory = self.cert_dir(name)
         self._make_dir(directory)
+        write_group(
+            directory, [FileWrite("key.pem", _key_to_pem(key), KEY_MODE)], sync_directory=False
+        )
+
+    def discard_key(self, name: str) -> None:
+        """Forget the key, so the next issuance generates a new one.
+
+        Synced: `save_key` does not sync the directory, so without this a power loss could
+        bring back a key discarded because it was compromised (``revoke``)."""
+        path = self.cert_dir(name) / "key.pem"
+        _unlink(path)
+        try:
+            _fsync_directory(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise StorageError(
+                f"removed {path} but could not sync its directory: {_describe_os_error(error)}",
+                path,
+            ) from None
+
+    def save_issued(
+        self,
+        name: str,
+        leaf_pem: bytes,
+        chain_pems: Sequence[bytes],
+        meta: CertMeta | None = None,
+    ) -> None:
+        """Store a newly issued certificate, and its ``meta``, as one commit (`write_group`);
+        the certificate it replaces becomes ``previous.pem``.
+
+        Renamed in this order: previous.pem, chain.pem, then cert.pem, the commit point, then
+        meta.json, which describes it. A crash between two renames leaves either the old leaf
+        with the new chain, which is the same CA's intermediates in practice and is re-checked
+        (pem.validate_for_deploy) before anything is deployed from here, or the new leaf with
+        the old meta.json, as a crash before the meta was written always could.
+        """
+        directory = self.cert_dir(name)
+        self._make_dir(directory)
+        # The files being replaced, for previous.pem: not known to the caller, which reads
+        # what is deployed in the certs directory, not this copy.
         current = self.load_cert(name)
         new_leaf = leaf_pem.strip() + b"\n"
         new_chain = b"".join(pem.strip() + b"\n" for pem in chain_pems if pem.strip())
+        files: list[FileWrite] = []
         if current is not None and current.leaf_pem.strip() != new_leaf.strip():
-            atomic_write(
-                directory / "previous.pem", current.leaf_pem + current.chain_pem, mode=_CERT_MODE
-            )
-        atomic_write(directory / "chain.pem", new_chain, mode=_CERT_MODE)
-        atomic_write(directory / "cert.pem", new_leaf, mode=_CERT_MODE)
+            previous = current.leaf_pem + current.chain_pem
+            files.append(FileWrite("previous.pem", previous, _CERT_MODE))
+        files.append(FileWrite("chain.pem", new_chain, _CERT_MODE))
+        files.append(FileWrite("cert.pem", new_leaf, _CERT_MODE))
+        if meta is not None:
+            files.append(FileWrite("meta.json", meta.to_json().encode(), KEY_MODE))
+        write_group(directory, files)
 
     def load_cert(self, name: str) -> StoredCertificate | None:
         directory = self.cert_dir(name)

@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidecar.storage import FileWrite, StorageError, write_group
+from sidecar import storage
+from sidecar.storage import CertMeta, FileWrite, StateStore, StorageError, write_group
 
 OLD = {"previous.pem": b"old previous\n", "chain.pem": b"old chain\n", "cert.pem": b"old leaf\n"}
 
@@ -286,3 +288,46 @@ def test_a_bad_group_is_refused_before_anything_is_written(
     with pytest.raises(ValueError, match=message):
         write_group(tmp_path, files)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the state directory's commits --------------------------------------------------------------
+
+
+def test_an_issued_certificate_and_its_meta_are_one_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path.resolve())
+    store.save_issued("a.example", b"LEAF 1", [b"CHAIN"])
+    calls = Calls(monkeypatch)
+    store.save_issued("a.example", b"LEAF 2", [b"CHAIN"], CertMeta(serial="02"))
+    monkeypatch.undo()
+    assert [name for kind, name in calls.kinds("replace")] == [
+        "previous.pem",
+        "chain.pem",
+        "cert.pem",
+        "meta.json",
+    ]
+    assert calls.kinds("fsync-dir") == [("fsync-dir", "a.example")]
+    directory = store.cert_dir("a.example")
+    assert stat.S_IMODE((directory / "meta.json").stat().st_mode) == storage.KEY_MODE
+    assert store.load_meta("a.example") == CertMeta(serial="02")
+    assert store.load_previous("a.example") == b"LEAF 1\nCHAIN\n"
+
+
+def test_a_key_is_synced_but_left_to_the_next_commit_of_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path.resolve())
+    store.save_issued("a.example", b"LEAF", [])  # the directory exists, as after an issuance
+    calls = Calls(monkeypatch)
+    store.save_key("a.example", ec.generate_private_key(ec.SECP256R1()))
+    store.discard_key("a.example")
+    monkeypatch.undo()
+    # The key's data is on disk before its name; the rename waits for the state commit. A
+    # discard, though, is synced at once: a revoked key must not come back after a crash.
+    assert [kind for kind, _ in calls.kinds("fsync", "fsync-dir", "replace")] == [
+        "fsync",
+        "replace",
+        "fsync-dir",
+    ]
+    assert store.load_key("a.example") is None
