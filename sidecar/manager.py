@@ -11,7 +11,8 @@ order the same certificate at once.
 The order of writes is what makes a crash at any moment safe:
 1. the certificate key is saved (0600) before the order, so a retried order reuses it (its
    rename is made durable by the directory fsync of step 3: `StateStore.save_key`);
-2. the new certificate is checked (`pem.validate_for_deploy`) before anything is replaced;
+2. the new certificate is checked (`pem.combine_for_deploy`, the checks of
+   `pem.validate_for_deploy`) before anything is replaced;
 3. the state copy and the metadata recording success are committed together (the old copy
    kept as ``previous.pem``; one directory fsync), then the combined PEM is replaced
    atomically in the certs directory;
@@ -234,11 +235,12 @@ class Manager:
                 issued, key = await self._obtain(spec, view)
             leaf_pem = issued.leaf_pem.encode()
             chain_pems = [c.encode() for c in issued.chain_pems]
-            combined = pem.combined_pem(leaf_pem, chain_pems, private_key_to_pem(key))
-            bundle = pem.validate_for_deploy(combined, spec.domains, self.now())
+            # The guard before anything is written: key, names, expiry, chain order.
+            combined, _, facts = pem.combine_for_deploy(
+                leaf_pem, chain_pems, private_key_to_pem(key), spec.domains, self.now()
+            )
         except (SidecarError, pem.PemError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=not dry_run)
-        facts = pem.describe_cert(bundle.leaf)
         done = Outcome(
             spec.name,
             Action.DRY_RUN if dry_run else Action.ISSUED,
@@ -379,11 +381,15 @@ class Manager:
 
     # -- the HAProxy side ---------------------------------------------------------------------
 
-    async def deploy(self, spec: CertificateSpec, data: bytes) -> DeploySummary | None:
-        """Hand ``data`` (written at `pem_path`) to the deployer; None when there is none."""
+    async def deploy(
+        self, spec: CertificateSpec, data: bytes, facts: pem.CertFacts | None = None
+    ) -> DeploySummary | None:
+        """Hand ``data`` (written at `pem_path`) to the deployer; None when there is none.
+        ``facts``: `pem.describe_cert` of its leaf, when the caller has already parsed it."""
         if self.deployer is None:
             return None
-        facts = pem.describe_cert(pem.parse_combined(data).leaf)
+        if facts is None:
+            facts = pem.describe_cert(pem.parse_combined(data).leaf)
         result = await self.deployer.deploy(
             spec.name,
             self.pem_path(spec.name),
@@ -399,7 +405,7 @@ class Manager:
     ) -> tuple[DeploySummary | None, str | None]:
         """Deploy, and record what HAProxy now serves (the metadata, and the inventory)."""
         try:
-            result = await self.deploy(spec, combined)
+            result = await self.deploy(spec, combined, facts)
         except Exception as error:
             bound.error("haproxy_update_failed", error=error_text(error))
             self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)

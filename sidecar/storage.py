@@ -579,7 +579,7 @@ class StateStore:
         not match it: the state commit syncs this same directory after this rename, so a
         durable cert.pem implies a durable key.pem; and the combined PEM is built from the key
         in memory, never read back from here, and is refused before it is written unless key
-        and leaf match (`pem.validate_for_deploy`, through `pem.parse_combined`). The file's own
+        and leaf match (`pem.combine_for_deploy`, through `pem.parse_combined`). The file's own
         fsync stays: a rename made durable by a later directory fsync must not point at data
         that never reached the disk (an empty key.pem would fail every renewal).
         """
