@@ -161,9 +161,9 @@ def write_group(
     Each temporary ``.<name>.<random>`` is created in the directory (a rename is only atomic
     within one file system) with O_EXCL and already restricted to its mode, so a private key is
     never readable by others, not even for an instant; its group is set before any data goes in.
-    Every temporary is written before any is fsynced (on ext4 the first fsync's journal commit
-    then carries the others' metadata), and all are fsynced before the first rename, so no name
-    ever points at data that is not on disk. Then the renames, in the order given, then one
+    Every temporary is written before any is fsynced (on a journalled ext4 the first fsync's
+    commit then carries the others' metadata), and all are fsynced before the first rename, so
+    no name ever points at data that is not on disk. Then the renames, in the order given, then one
     fsync of the directory makes them all durable.
 
     A failure before the renames leaves every file as it was; a failure at the Nth rename leaves
@@ -618,9 +618,10 @@ class StateStore:
 
         Renamed in this order: previous.pem, chain.pem, then cert.pem, the commit point, then
         meta.json, which describes it. A crash between two renames leaves either the old leaf
-        with the new chain, which is the same CA's intermediates in practice and is re-checked
-        (pem.validate_for_deploy) before anything is deployed from here, or the new leaf with
-        the old meta.json, as a crash before the meta was written always could.
+        with the new chain (the same CA's intermediates in practice; and nothing is deployed
+        from this copy: the combined PEM is built from the certificate in memory and checked
+        by pem.combine_for_deploy), or the new leaf with the old meta.json, as a crash before
+        the meta was written always could.
         """
         directory = self.cert_dir(name)
         self._make_dir(directory)
