@@ -270,8 +270,11 @@ class Manager:
             # off from, and a restart (which goes by the PEM) renews at once if the old one is
             # due. Recorded after the PEM, a kill between could leave a fresh certificate
             # behind the last attempts' failures, counted and alerted on until its renewal.
-            self.store.save_issued(spec.name, leaf_pem, chain_pems, meta)
-            self._write_pem(spec.name, combined)
+            #
+            # In a worker thread: the fsyncs would otherwise stop the event loop, and with it
+            # every other order in flight, for as long as the disk takes (a pass over 1,000
+            # certificates spent a fifth of its time there, bench/RESULTS.md "Throughput").
+            await asyncio.to_thread(self._commit, spec.name, leaf_pem, chain_pems, meta, combined)
         except (SidecarError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=True)
         bound.info(
@@ -290,8 +293,9 @@ class Manager:
         key = self.store.load_key(spec.name)
         if key is None or key_type_of(key) != spec.key_type:
             key = generate_private_key(spec.key_type)
-            # Saved before the order so that a retried or resumed order reuses it.
-            self.store.save_key(spec.name, key)
+            # Saved before the order so that a retried or resumed order reuses it (in a thread,
+            # like the commit: its fsync would stop the event loop).
+            await asyncio.to_thread(self.store.save_key, spec.name, key)
         renewing: bytes | None = None
         if view.is_real:
             try:
@@ -306,6 +310,18 @@ class Manager:
             renewing=renewing,
         )
         return issued, key
+
+    def _commit(
+        self,
+        name: str,
+        leaf_pem: bytes,
+        chain_pems: list[bytes],
+        meta: storage.CertMeta,
+        combined: bytes,
+    ) -> None:
+        """The state commit, then the PEM HAProxy reads (blocking: run in a thread)."""
+        self.store.save_issued(name, leaf_pem, chain_pems, meta)
+        self._write_pem(name, combined)
 
     def _write_pem(self, name: str, data: bytes) -> None:
         storage.atomic_write(
