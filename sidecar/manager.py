@@ -274,7 +274,11 @@ class Manager:
             # In a worker thread: the fsyncs would otherwise stop the event loop, and with it
             # every other order in flight, for as long as the disk takes (a pass over 1,000
             # certificates spent a fifth of its time there, bench/RESULTS.md "Throughput").
-            await asyncio.to_thread(self._commit, spec.name, leaf_pem, chain_pems, meta, combined)
+            written = await asyncio.to_thread(
+                self._commit, spec.name, leaf_pem, chain_pems, meta, combined
+            )
+            if written is not None:
+                self.inventory.remember_written(self.pem_path(spec.name), written, facts)
         except (SidecarError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=True)
         bound.info(
@@ -318,10 +322,16 @@ class Manager:
         chain_pems: list[bytes],
         meta: storage.CertMeta,
         combined: bytes,
-    ) -> None:
-        """The state commit, then the PEM HAProxy reads (blocking: run in a thread)."""
+    ) -> os.stat_result | None:
+        """The state commit, then the PEM HAProxy reads (blocking: run in a thread); returns
+        the new PEM's stat for the inventory, None when even that fails (it is written: the
+        inventory then reads it again, as it would any file it has not seen)."""
         self.store.save_issued(name, leaf_pem, chain_pems, meta)
         self._write_pem(name, combined)
+        try:
+            return os.stat(self.pem_path(name))
+        except OSError:
+            return None
 
     def _write_pem(self, name: str, data: bytes) -> None:
         storage.atomic_write(

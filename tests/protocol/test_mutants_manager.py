@@ -1416,12 +1416,21 @@ async def test_the_deployed_file_is_parsed_once_until_it_changes(
 
     monkeypatch.setattr("sidecar.manager.pem.parse_combined", counting)
     for _ in range(3):
-        manager.inspect(spec)
-    assert len(parsed) == 1
+        view = manager.inspect(spec)
+    # The manager told the inventory what it wrote: nothing is read back.
+    assert parsed == []
+    assert view.facts is not None and view.key_matches and view.due is None
     await manager.ensure(spec, force=True)
+    deploy_parses = len(parsed)  # the deploy's own look at what it sends, not the inventory's
     manager.inspect(spec)
     manager.inspect(spec)
-    assert len(parsed) == 3  # the deploy's own parse, then one look at the new file
+    assert len(parsed) == deploy_parses
+    # Replaced by someone else (same bytes, a new inode): parsed once, then remembered.
+    path = manager.pem_path(spec.name)
+    storage.atomic_write(path, path.read_bytes(), mode=0o600)
+    for _ in range(3):
+        manager.inspect(spec)
+    assert len(parsed) == deploy_parses + 1
 
 
 async def test_unreadable_files_are_named_exactly(make_manager: MakeManager) -> None:
