@@ -10,6 +10,7 @@ errors and a cancellation in the middle are injected.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -159,16 +160,22 @@ def test_each_file_gets_exactly_its_own_mode_and_group(tmp_path: Path) -> None:
 # -- failures ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
+FILE_SIZE_LIMIT = 64
+
+
+@contextlib.contextmanager
 def file_size_limit() -> Iterator[int]:
     """A real EFBIG from the kernel for any write past 64 bytes (SIGXFSZ ignored, as the
-    sidecar would see it on a full quota: an error, not a signal)."""
-    limit = 64
+    sidecar would see it on a full quota: an error, not a signal).
+
+    Only around the call under test: the limit is the whole process's, and pytest writes its
+    report (to a log file, in CI) between a test's call and its fixtures' teardown.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, hard))
     try:
-        yield limit
+        yield FILE_SIZE_LIMIT
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
@@ -176,13 +183,13 @@ def file_size_limit() -> Iterator[int]:
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_a_write_failing_on_the_nth_file_leaves_the_old_files_and_no_temporary(
-    tmp_path: Path, file_size_limit: int, failing: int
+    tmp_path: Path, failing: int
 ) -> None:
     _old_files(tmp_path)
     sizes = [10, 10, 10]
-    sizes[failing] = file_size_limit * 4
+    sizes[failing] = FILE_SIZE_LIMIT * 4
     files = _group(*sizes)
-    with pytest.raises(StorageError) as caught:
+    with pytest.raises(StorageError) as caught, file_size_limit():
         write_group(tmp_path, files)
     target = tmp_path / files[failing].name
     assert str(caught.value) == f"cannot write {target}: File too large"
