@@ -28,6 +28,7 @@ from ca_client.errors import (
 )
 from ca_client.keys import b64url
 from ca_client.models import Identifier, Order
+from ca_client.retry import fits_before_deadline, poll_delays
 
 
 async def new_order(
@@ -101,21 +102,39 @@ async def finalize_order(
     return Order.from_json(response.json(), url=order.url)
 
 
+#: Finalize attempts for one order when the CA answers a server error and the order is still
+#: ``ready`` afterwards. step-ca 0.19 answers serverInternal when concurrent requests of one
+#: account race in its database (a compare-and-swap of the account's order list); with 16
+#: orders in flight two such losses in a row happen (seen in bench/many.py runs).
+MAX_FINALIZE_ATTEMPTS = 4
+
+
 async def _finalize_once(session: Session, order: Order, csr: bytes, deadline: float) -> Order:
     """Finalize; when the answer is lost (connection dropped, server error), look at the
-    order instead of finalizing blindly again: it may already be processing or valid."""
-    try:
-        return await finalize_order(session, order, csr, deadline=deadline)
-    except (CAUnreachable, ServerInternal) as exc:
-        if isinstance(exc, CAUnreachable) and exc.connect_failed:
-            raise
-        current, _ = await fetch_order(session, order.url, deadline)
-        if current.status == "ready":
+    order instead of finalizing blindly again: it may already be processing or valid. Still
+    ``ready``: the finalize did not happen, so it is repeated, after a short pause."""
+    delays = poll_delays()
+    attempt = 1
+    while True:
+        try:
+            return await finalize_order(session, order, csr, deadline=deadline)
+        except (CAUnreachable, ServerInternal) as exc:
+            if isinstance(exc, CAUnreachable) and exc.connect_failed:
+                raise
+            current, _ = await fetch_order(session, order.url, deadline)
+            if current.status in ("processing", "valid"):
+                return current
+            delay = next(delays)
+            if (
+                current.status != "ready"
+                or attempt >= MAX_FINALIZE_ATTEMPTS
+                or not fits_before_deadline(delay, session.clock(), deadline)
+            ):
+                raise
             logger.info("finalize of %s failed (%s); finalizing again", order.url, exc)
-            return await finalize_order(session, current, csr, deadline=deadline)
-        if current.status in ("processing", "valid"):
-            return current
-        raise
+            attempt += 1
+            order = current
+            await session.sleep(delay)
 
 
 async def finish(

@@ -45,6 +45,6 @@ python3 -m venv "${venv}"
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 echo "check-floors: installed"
 "${venv}/bin/pip" list --disable-pip-version-check 2>/dev/null \
-    | grep -iE '^(cryptography|httpx|httpcore|watchfiles|apscheduler|structlog) '
+    | grep -iE '^(cryptography|httpx|h11|watchfiles|apscheduler|structlog) '
 cd "${repo_root}"
 "${venv}/bin/python" -m pytest -q -p no:cacheprovider tests/unit tests/protocol "$@"

@@ -15,12 +15,11 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import watchfiles
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
-from sidecar import pem
+from sidecar import pem, watch
 from sidecar.errors import ConfigError, error_text
 from sidecar.logs import get_logger
 from sidecar.trust import load_ca_bundle
@@ -65,7 +64,7 @@ class BundleWatch:
             try:
                 # The parent is watched rather than the file: the file may not exist yet, and
                 # volume writers often replace it by rename, which a file watch would miss.
-                async for _changes in watchfiles.awatch(
+                async for _changes in watch.awatch(
                     watched,
                     stop_event=stop,
                     watch_filter=functools.partial(_bundle_change, path),

@@ -11,6 +11,7 @@ of deploy state. Reading never writes anything.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -157,6 +158,12 @@ class Inventory:
             )
         self._cache[path] = (key, result)
         return result
+
+    def remember_written(self, path: Path, stat: os.stat_result, facts: pem.CertFacts) -> None:
+        """The writer's word for a PEM it just replaced with a checked one (key matching the
+        leaf, `pem.combine_for_deploy`): the next look at it is a stat, not a parse. ``stat``
+        is of the file after the rename, so any later replacement misses this entry."""
+        self._cache[path] = ((stat.st_ino, stat.st_mtime_ns, stat.st_size), (facts, None, True))
 
     def load_meta(self, name: str) -> storage.CertMeta:
         try:

@@ -34,9 +34,10 @@ __all__ = ["AccountSettings", "Issuer", "IssuerError", "SolverSource"]
 
 log = get_logger("sidecar.issuer")
 
-# A few connections carry all concurrent orders: step-ca answers in milliseconds, and httpcore
-# scans its whole pool for every request (measured with 100 certificates: 2 and 4 connections
-# were as fast as 8 and used less CPU).
+# A few connections carry all concurrent orders: step-ca answers in milliseconds. Measured
+# with ca_client.http11 and 100 certificates (bench/RESULTS.md): 4 connections were as fast
+# as 8 and used less CPU; 16 were slower and made step-ca 0.19 lose more compare-and-swaps
+# on the account's order list (HTTP 500 on newOrder and finalize, some past every retry).
 MAX_CA_CONNECTIONS = 4
 
 
@@ -92,6 +93,8 @@ class Issuer:
         self._store = store
         self._solvers = solvers
         self._client: AcmeClient | None = None
+        #: The account URL in the state directory, as this issuer last read or wrote it.
+        self._stored_url: str | None = None
         self._lock = asyncio.Lock()
         self.last_error: str | None = None
         self.clock_skew: float | None = None
@@ -142,14 +145,18 @@ class Issuer:
         if registered.url != account_url:
             self._store.save_account_url(account.directory, registered.url, account.contact)
             log.info("acme_account_registered", account_url=registered.url)
+        self._stored_url = registered.url
         return client
 
     def _remember_account(self, client: AcmeClient) -> None:
         """The client re-registers by itself when the CA forgot the account (database reset)."""
         url = client.account_url
-        loaded = self._store.load_account(self.account.directory)
-        if url and (loaded is None or loaded[1] != url):
+        # Compared with what this issuer last stored, not read back from disk: reading it
+        # parsed the account key once per order (3 % of a renewal pass), and only this
+        # issuer writes the account while it runs (one-shot commands hand their work over).
+        if url and url != self._stored_url:
             self._store.save_account_url(self.account.directory, url, self.account.contact)
+            self._stored_url = url
             log.warning("acme_account_reregistered", account_url=url)
 
     async def obtain(

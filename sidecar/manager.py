@@ -9,10 +9,13 @@ certificate holds that certificate's lock in the state directory, so two process
 order the same certificate at once.
 
 The order of writes is what makes a crash at any moment safe:
-1. the certificate key is saved (0600) before the order, so a retried order reuses it;
-2. the new certificate is checked (`pem.validate_for_deploy`) before anything is replaced;
-3. the state copy is saved (the old one kept as ``previous.pem``), then the combined PEM is
-   replaced atomically in the certs directory, then the metadata records success;
+1. the certificate key is saved (0600) before the order, so a retried order reuses it (its
+   rename is made durable by the directory fsync of step 3: `StateStore.save_key`);
+2. the new certificate is checked (`pem.combine_for_deploy`, the checks of
+   `pem.validate_for_deploy`) before anything is replaced;
+3. the state copy and the metadata recording success are committed together (the old copy
+   kept as ``previous.pem``; one directory fsync), then the combined PEM is replaced
+   atomically in the certs directory;
 4. HAProxy is told last; if that fails the file on disk is already right, and the next
    deploy (or an HAProxy restart) picks it up.
 """
@@ -230,15 +233,14 @@ class Manager:
         try:
             async with self._orders:
                 issued, key = await self._obtain(spec, view)
-            combined = pem.combined_pem(
-                issued.leaf_pem.encode(),
-                [c.encode() for c in issued.chain_pems],
-                private_key_to_pem(key),
+            leaf_pem = issued.leaf_pem.encode()
+            chain_pems = [c.encode() for c in issued.chain_pems]
+            # The guard before anything is written: key, names, expiry, chain order.
+            combined, _, facts = pem.combine_for_deploy(
+                leaf_pem, chain_pems, private_key_to_pem(key), spec.domains, self.now()
             )
-            bundle = pem.validate_for_deploy(combined, spec.domains, self.now())
         except (SidecarError, pem.PemError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=not dry_run)
-        facts = pem.describe_cert(bundle.leaf)
         done = Outcome(
             spec.name,
             Action.DRY_RUN if dry_run else Action.ISSUED,
@@ -250,13 +252,6 @@ class Manager:
         if dry_run:
             bound.info("cert_dry_run_succeeded", serial=facts.serial_hex)
             return done
-        try:
-            self.store.save_issued(
-                spec.name, issued.leaf_pem.encode(), [c.encode() for c in issued.chain_pems]
-            )
-            self._write_pem(spec.name, combined)
-        except (SidecarError, OSError) as error:
-            return self._failed(spec, view, reason, error, bound, record=True)
         issued_at = self.now()
         meta = view.meta.with_success(
             order_url=issued.order_url,
@@ -269,7 +264,23 @@ class Manager:
             last_attempt_at=issued_at,
             last_success_at=issued_at,
         )
-        self._save_meta(spec.name, meta)
+        try:
+            # The success is recorded in the state commit, before the PEM is replaced: a kill
+            # between the two leaves the old PEM with a meta.json that has no failures to back
+            # off from, and a restart (which goes by the PEM) renews at once if the old one is
+            # due. Recorded after the PEM, a kill between could leave a fresh certificate
+            # behind the last attempts' failures, counted and alerted on until its renewal.
+            #
+            # In a worker thread: the fsyncs would otherwise stop the event loop, and with it
+            # every other order in flight, for as long as the disk takes (a pass over 1,000
+            # certificates spent a fifth of its time there, bench/RESULTS.md "Throughput").
+            written = await asyncio.to_thread(
+                self._commit, spec.name, leaf_pem, chain_pems, meta, combined
+            )
+            if written is not None:
+                self.inventory.remember_written(self.pem_path(spec.name), written, facts)
+        except (SidecarError, OSError) as error:
+            return self._failed(spec, view, reason, error, bound, record=True)
         bound.info(
             "cert_issued",
             serial=facts.serial_hex,
@@ -286,8 +297,9 @@ class Manager:
         key = self.store.load_key(spec.name)
         if key is None or key_type_of(key) != spec.key_type:
             key = generate_private_key(spec.key_type)
-            # Saved before the order so that a retried or resumed order reuses it.
-            self.store.save_key(spec.name, key)
+            # Saved before the order so that a retried or resumed order reuses it (in a thread,
+            # like the commit: its fsync would stop the event loop).
+            await asyncio.to_thread(self.store.save_key, spec.name, key)
         renewing: bytes | None = None
         if view.is_real:
             try:
@@ -302,6 +314,24 @@ class Manager:
             renewing=renewing,
         )
         return issued, key
+
+    def _commit(
+        self,
+        name: str,
+        leaf_pem: bytes,
+        chain_pems: list[bytes],
+        meta: storage.CertMeta,
+        combined: bytes,
+    ) -> os.stat_result | None:
+        """The state commit, then the PEM HAProxy reads (blocking: run in a thread); returns
+        the new PEM's stat for the inventory, None when even that fails (it is written: the
+        inventory then reads it again, as it would any file it has not seen)."""
+        self.store.save_issued(name, leaf_pem, chain_pems, meta)
+        self._write_pem(name, combined)
+        try:
+            return os.stat(self.pem_path(name))
+        except OSError:
+            return None
 
     def _write_pem(self, name: str, data: bytes) -> None:
         storage.atomic_write(
@@ -377,11 +407,15 @@ class Manager:
 
     # -- the HAProxy side ---------------------------------------------------------------------
 
-    async def deploy(self, spec: CertificateSpec, data: bytes) -> DeploySummary | None:
-        """Hand ``data`` (written at `pem_path`) to the deployer; None when there is none."""
+    async def deploy(
+        self, spec: CertificateSpec, data: bytes, facts: pem.CertFacts | None = None
+    ) -> DeploySummary | None:
+        """Hand ``data`` (written at `pem_path`) to the deployer; None when there is none.
+        ``facts``: `pem.describe_cert` of its leaf, when the caller has already parsed it."""
         if self.deployer is None:
             return None
-        facts = pem.describe_cert(pem.parse_combined(data).leaf)
+        if facts is None:
+            facts = pem.describe_cert(pem.parse_combined(data).leaf)
         result = await self.deployer.deploy(
             spec.name,
             self.pem_path(spec.name),
@@ -397,7 +431,7 @@ class Manager:
     ) -> tuple[DeploySummary | None, str | None]:
         """Deploy, and record what HAProxy now serves (the metadata, and the inventory)."""
         try:
-            result = await self.deploy(spec, combined)
+            result = await self.deploy(spec, combined, facts)
         except Exception as error:
             bound.error("haproxy_update_failed", error=error_text(error))
             self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,9 +28,11 @@ from sidecar.placeholder import is_placeholder
 __all__ = [
     "CertFacts",
     "CombinedPem",
+    "Deployable",
     "PemError",
     "PrivateKey",
     "cert_names",
+    "combine_for_deploy",
     "combined_pem",
     "describe_cert",
     "key_matches",
@@ -143,17 +146,55 @@ def combined_pem(leaf_pem: bytes, chain_pems: Sequence[bytes], key_pem: bytes) -
     Every block is parsed on the way, so a malformed input raises ``PemError`` here rather than
     producing a file HAProxy would refuse.
     """
+    certificate_blocks, key_block = _layout(leaf_pem, chain_pems, key_pem)
+    for index, block in enumerate(certificate_blocks):
+        _load_certificate(block, "the leaf" if index == 0 else f"chain certificate {index}")
+    _load_key(key_block)
+    return b"\n".join([*certificate_blocks, key_block]) + b"\n"
+
+
+class Deployable(NamedTuple):
+    """What `combine_for_deploy` checked: the bytes to write, parsed, and their leaf's facts."""
+
+    data: bytes
+    bundle: CombinedPem
+    facts: CertFacts
+
+
+def combine_for_deploy(
+    leaf_pem: bytes,
+    chain_pems: Sequence[bytes],
+    key_pem: bytes,
+    expected_names: Iterable[str],
+    now: datetime,
+) -> Deployable:
+    """`combined_pem`, checked as `validate_for_deploy` checks it, and described.
+
+    Each block is parsed once, by the check, on the very bytes that will be written (not once to
+    build them and again to check them), and the leaf's names and placeholder mark are read
+    once for both the check and the `CertFacts`.
+    """
+    certificate_blocks, key_block = _layout(leaf_pem, chain_pems, key_pem)
+    data = b"\n".join([*certificate_blocks, key_block]) + b"\n"
+    bundle = parse_combined(data)
+    facts = describe_cert(bundle.leaf)
+    _check_for_deploy(bundle, facts.names, facts.is_placeholder, expected_names, now)
+    return Deployable(data, bundle, facts)
+
+
+def _layout(
+    leaf_pem: bytes, chain_pems: Sequence[bytes], key_pem: bytes
+) -> tuple[list[bytes], bytes]:
+    """The normalised certificate blocks (leaf first) and key block of a combined PEM, checked
+    for shape (one leaf, certificates only, one unencrypted key) but not parsed."""
     leaf_blocks = _certificate_blocks(leaf_pem, "the leaf")
     if len(leaf_blocks) != 1:
         raise PemError(f"the leaf must be exactly one certificate, got {len(leaf_blocks)}")
     chain_blocks = [b for pem in chain_pems for b in _certificate_blocks(pem, "the chain")]
-    for index, block in enumerate(leaf_blocks + chain_blocks):
-        _load_certificate(block, "the leaf" if index == 0 else f"chain certificate {index}")
     key_blocks = _blocks(key_pem)
     if len(key_blocks) != 1 or key_blocks[0][0] not in _KEY_LABELS:
         raise PemError("the key must be exactly one unencrypted PEM private key")
-    _load_key(key_blocks[0][1])
-    return b"\n".join([*leaf_blocks, *chain_blocks, key_blocks[0][1]]) + b"\n"
+    return leaf_blocks + chain_blocks, key_blocks[0][1]
 
 
 def parse_certificates(data: bytes) -> list[x509.Certificate]:
@@ -269,12 +310,35 @@ def validate_for_deploy(
     """
     bundle = parse_combined(pem_bytes)
     leaf = bundle.leaf
+    _check_for_deploy(
+        bundle,
+        cert_names(leaf),
+        is_placeholder(leaf),
+        expected_names,
+        now,
+        allow_placeholder=allow_placeholder,
+    )
+    return bundle
+
+
+def _check_for_deploy(
+    bundle: CombinedPem,
+    names: Iterable[str],
+    placeholder: bool,
+    expected_names: Iterable[str],
+    now: datetime,
+    *,
+    allow_placeholder: bool = False,
+) -> None:
+    """`validate_for_deploy`'s checks of a parsed bundle (``names`` and ``placeholder``: its
+    leaf's, as `cert_names` and `is_placeholder` read them)."""
+    leaf = bundle.leaf
     if now >= leaf.not_valid_after_utc:
         raise PemError(f"the certificate expired at {leaf.not_valid_after_utc.isoformat()}")
-    missing = normalise_names(expected_names) - normalise_names(cert_names(leaf))
+    missing = normalise_names(expected_names) - normalise_names(names)
     if missing:
         raise PemError(f"the certificate does not cover {', '.join(sorted(missing))}")
-    if is_placeholder(leaf) and not allow_placeholder:
+    if placeholder and not allow_placeholder:
         raise PemError("the certificate is a placeholder")
     for child, parent in zip([leaf, *bundle.chain], bundle.chain, strict=False):
         try:
@@ -284,4 +348,3 @@ def validate_for_deploy(
                 f"the chain is out of order: {child.subject.rfc4514_string()} "
                 f"is not signed by {parent.subject.rfc4514_string()}"
             ) from None
-    return bundle

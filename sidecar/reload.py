@@ -15,9 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import watchfiles
-
-from sidecar import wiring
+from sidecar import watch, wiring
 from sidecar.config import Settings
 from sidecar.errors import SidecarError, error_text
 from sidecar.inventory import utc_now
@@ -51,7 +49,7 @@ class ConfigReload:
         # The directory is watched (editors and config management replace files by rename),
         # but only events for the file itself count: a log file or anything else beside it
         # must not trigger reloads.
-        async for _changes in watchfiles.awatch(
+        async for _changes in watch.awatch(
             path.parent,
             stop_event=self._service.stopping,
             debounce=300,

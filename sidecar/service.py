@@ -52,6 +52,11 @@ STOP_GRACE = 4.0
 CLOCK_SKEW_WARNING = 5.0
 # A renewal time that moved by less than this is the same schedule (not logged again).
 SCHEDULE_LOG_SLACK = timedelta(seconds=1)
+#: Checks that read state and may order at once. A renewal pass starts one check per
+#: certificate; beyond this many they wait here, before they open a lock file or read and
+#: parse anything, instead of each holding that (and a file descriptor) while it waits for
+#: one of the manager's order slots (`manager.MAX_CONCURRENT_ORDERS`, 16).
+MAX_CONCURRENT_CHECKS = 32
 
 
 class Service:
@@ -76,6 +81,7 @@ class Service:
         self._failed: dict[str, tuple[datetime, metrics.ErrorKind]] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._busy: dict[str, asyncio.Lock] = {}
+        self._checking = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
         self._tasks: set[asyncio.Task[Any]] = set()
         # The last schedule logged per certificate: (renewal time, why), see next_check.
         self._logged_schedule: dict[str, tuple[datetime, str]] = {}
@@ -234,9 +240,13 @@ class Service:
         self, spec: CertificateSpec, *, force: bool, dry_run: bool, respect_backoff: bool = True
     ) -> Outcome:
         try:
-            outcome = await self.manager.ensure(
-                spec, force=force, dry_run=dry_run, respect_backoff=respect_backoff and not force
-            )
+            async with self._checking:
+                outcome = await self.manager.ensure(
+                    spec,
+                    force=force,
+                    dry_run=dry_run,
+                    respect_backoff=respect_backoff and not force,
+                )
         except Exception as error:  # a bug must not stop this certificate's schedule
             log.exception("cert_check_crashed", cert=spec.name)
             outcome = Outcome.failed(spec.name, error_text(error))

@@ -52,6 +52,7 @@ __all__ = [
     "KEY_MODE",
     "SCHEMA_VERSION",
     "CertMeta",
+    "FileWrite",
     "LockTimeout",
     "MetaError",
     "StateStore",
@@ -61,6 +62,7 @@ __all__ = [
     "atomic_write",
     "check_cert_name",
     "clean_stale_temp_files",
+    "write_group",
 ]
 
 log = structlog.get_logger(__name__)
@@ -130,57 +132,123 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path | str, data: bytes, *, mode: int, group: int | None = None) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never less.
+class FileWrite(NamedTuple):
+    """One file of a `write_group`: its name in the directory, content, mode and group."""
 
-    The temporary ``.<name>.<random>`` is created in the same directory (a rename is only
-    atomic within one file system) with O_EXCL and already restricted to ``mode``, so a private
-    key is never readable by others, not even for an instant; its group is set before any data
-    goes in. Then fsync, rename over the target, fsync the directory. On any failure the
-    temporary is removed and ``StorageError`` names the path.
-    """
-    if mode & ~0o777:
-        raise ValueError(f"mode {mode:#o} has bits beyond rwx")
-    path = Path(path)
+    name: str
+    data: bytes
+    mode: int
+    group: int | None = None
+
+
+@dataclass(slots=True)
+class _Temporary:
+    path: Path  # the file it replaces
+    temp: Path
+    fd: int  # -1 once closed
+
+
+def _temporary_name(path: Path) -> Path:
     # NAME_MAX is 255: keep the end of a very long name, where ".pem" is.
-    temp = path.parent / f".{path.name[-200:]}.{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
-    try:
-        # The umask can only remove bits from ``mode``; fchmod then sets exactly ``mode``.
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode
-        )
-    except OSError as error:
-        raise StorageError(f"cannot write {path}: {_describe_os_error(error)}", path) from None
+    return path.parent / f".{path.name[-200:]}.{secrets.token_hex(_TEMP_RANDOM_BYTES)}"
+
+
+def write_group(
+    directory: Path | str, files: Sequence[FileWrite], *, sync_directory: bool = True
+) -> None:
+    """Replace ``files`` in ``directory`` as one commit: in order, with one directory fsync.
+
+    Each temporary ``.<name>.<random>`` is created in the directory (a rename is only atomic
+    within one file system) with O_EXCL and already restricted to its mode, so a private key is
+    never readable by others, not even for an instant; its group is set before any data goes in.
+    Every temporary is written before any is fsynced (on a journalled ext4 the first fsync's
+    commit then carries the others' metadata), and all are fsynced before the first rename, so
+    no name ever points at data that is not on disk. Then the renames, in the order given, then one
+    fsync of the directory makes them all durable.
+
+    A failure before the renames leaves every file as it was; a failure at the Nth rename leaves
+    the files before it replaced and the rest as they were, so callers put the files in an order
+    where every prefix is a state they accept (a certificate's leaf after its chain). On any
+    failure, cancellation included, no temporary is left behind, and ``StorageError`` names the
+    file. ``sync_directory=False`` leaves the renames' durability to a later fsync of the same
+    directory; the caller says why that is enough (`StateStore.save_key`).
+    """
+    directory = Path(directory)
+    names = [item.name for item in files]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a file appears twice in one group: {names}")
+    for item in files:
+        if item.mode & ~0o777:
+            raise ValueError(f"mode {item.mode:#o} has bits beyond rwx")
+        if not item.name or "/" in item.name or item.name in (".", ".."):
+            raise ValueError(f"{item.name!r} is not a file name")
+    if not files:
+        return
+    temporaries: list[_Temporary] = []
+    renamed = 0
+    path = directory / files[0].name  # the file a failure names
     action = "write"
     try:
-        try:
-            os.fchmod(fd, mode)
-            if group is not None:
-                action = f"set group {group} on"
-                os.fchown(fd, -1, group)
+        for item in files:
+            path = directory / item.name
+            temp = _temporary_name(path)
+            # The umask can only remove bits from ``mode``; fchmod then sets exactly ``mode``.
+            fd = os.open(
+                temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, item.mode
+            )
+            temporaries.append(_Temporary(path, temp, fd))
+            os.fchmod(fd, item.mode)
+            if item.group is not None:
+                action = f"set group {item.group} on"
+                os.fchown(fd, -1, item.group)
                 action = "write"
-            view = memoryview(data)
+            view = memoryview(item.data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
+        for temporary in temporaries:
+            path = temporary.path
+            os.fsync(temporary.fd)
+            fd, temporary.fd = temporary.fd, -1
             os.close(fd)
-        os.replace(temp, path)
+        for temporary in temporaries:
+            path = temporary.path
+            os.replace(temporary.temp, temporary.path)
+            renamed += 1
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temp.unlink()
+        _abandon(temporaries[renamed:])
         raise StorageError(f"cannot {action} {path}: {_describe_os_error(error)}", path) from None
     except BaseException:
         # Cancellation or a signal handler's exception: still leave no temporary behind.
-        with contextlib.suppress(OSError):
-            temp.unlink()
+        _abandon(temporaries[renamed:])
         raise
+    if not sync_directory:
+        return
     try:
-        _fsync_directory(path.parent)
+        _fsync_directory(directory)
     except OSError as error:
+        what = str(path) if len(files) == 1 else f"{', '.join(names)} in {directory}"
         raise StorageError(
-            f"wrote {path} but could not sync its directory: {_describe_os_error(error)}", path
+            f"wrote {what} but could not sync its directory: {_describe_os_error(error)}",
+            path if len(files) == 1 else directory,
         ) from None
+
+
+def _abandon(temporaries: Sequence[_Temporary]) -> None:
+    """Close and remove the temporaries of a failed group that were not renamed."""
+    for temporary in temporaries:
+        if temporary.fd != -1:
+            fd, temporary.fd = temporary.fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            temporary.temp.unlink()
+
+
+def atomic_write(path: Path | str, data: bytes, *, mode: int, group: int | None = None) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old file or the new one, never less:
+    the one-file `write_group` (temporary, fsync, rename, fsync of the directory)."""
+    path = Path(path)
+    write_group(path.parent, [FileWrite(path.name, data, mode, group)])
 
 
 def clean_stale_temp_files(directory: Path | str, *, min_age: float = 0.0) -> list[Path]:
@@ -501,33 +569,76 @@ class StateStore:
         return self._load_key_file(self.cert_dir(name) / "key.pem")
 
     def save_key(self, name: str, key: PrivateKey) -> None:
-        """Store (or replace: new key type, revocation) the certificate's key, mode 0600."""
-        directory = self.cert_dir(name)
-        self._make_dir(directory)
-        atomic_write(directory / "key.pem", _key_to_pem(key), mode=KEY_MODE)
+        """Store (or replace: new key type, revocation) the certificate's key, mode 0600.
 
-    def discard_key(self, name: str) -> None:
-        """Forget the key, so the next issuance generates a new one."""
-        _unlink(self.cert_dir(name) / "key.pem")
-
-    def save_issued(self, name: str, leaf_pem: bytes, chain_pems: Sequence[bytes]) -> None:
-        """Store a newly issued certificate; the one it replaces becomes ``previous.pem``.
-
-        The chain is written before the leaf, which is the commit point: a crash in between
-        leaves the old leaf with the new chain, which is the same CA's intermediates in practice
-        and is re-checked (pem.validate_for_deploy) before anything is deployed from here.
+        Saved before the order, without a directory fsync of its own: the rename becomes
+        durable with the next fsync of this directory, which is the state commit of the
+        certificate issued for this key (`save_issued`), or the failure's meta.json. Until then
+        a power loss can only undo this call (the next attempt finds what was there before and
+        decides again). It cannot leave a stored or deployed certificate with a key that does
+        not match it: the state commit syncs this same directory after this rename, so a
+        durable cert.pem implies a durable key.pem; and the combined PEM is built from the key
+        in memory, never read back from here, and is refused before it is written unless key
+        and leaf match (`pem.combine_for_deploy`, through `pem.parse_combined`). The file's own
+        fsync stays: a rename made durable by a later directory fsync must not point at data
+        that never reached the disk (an empty key.pem would fail every renewal).
         """
         directory = self.cert_dir(name)
         self._make_dir(directory)
+        write_group(
+            directory, [FileWrite("key.pem", _key_to_pem(key), KEY_MODE)], sync_directory=False
+        )
+
+    def discard_key(self, name: str) -> None:
+        """Forget the key, so the next issuance generates a new one.
+
+        Synced: `save_key` does not sync the directory, so without this a power loss could
+        bring back a key discarded because it was compromised (``revoke``)."""
+        path = self.cert_dir(name) / "key.pem"
+        _unlink(path)
+        try:
+            _fsync_directory(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise StorageError(
+                f"removed {path} but could not sync its directory: {_describe_os_error(error)}",
+                path,
+            ) from None
+
+    def save_issued(
+        self,
+        name: str,
+        leaf_pem: bytes,
+        chain_pems: Sequence[bytes],
+        meta: CertMeta | None = None,
+    ) -> None:
+        """Store a newly issued certificate, and its ``meta``, as one commit (`write_group`);
+        the certificate it replaces becomes ``previous.pem``.
+
+        Renamed in this order: previous.pem, chain.pem, then cert.pem, the commit point, then
+        meta.json, which describes it. A crash between two renames leaves either the old leaf
+        with the new chain (the same CA's intermediates in practice; and nothing is deployed
+        from this copy: the combined PEM is built from the certificate in memory and checked
+        by pem.combine_for_deploy), or the new leaf with the old meta.json, as a crash before
+        the meta was written always could.
+        """
+        directory = self.cert_dir(name)
+        self._make_dir(directory)
+        # The files being replaced, for previous.pem: not known to the caller, which reads
+        # what is deployed in the certs directory, not this copy.
         current = self.load_cert(name)
         new_leaf = leaf_pem.strip() + b"\n"
         new_chain = b"".join(pem.strip() + b"\n" for pem in chain_pems if pem.strip())
+        files: list[FileWrite] = []
         if current is not None and current.leaf_pem.strip() != new_leaf.strip():
-            atomic_write(
-                directory / "previous.pem", current.leaf_pem + current.chain_pem, mode=_CERT_MODE
-            )
-        atomic_write(directory / "chain.pem", new_chain, mode=_CERT_MODE)
-        atomic_write(directory / "cert.pem", new_leaf, mode=_CERT_MODE)
+            previous = current.leaf_pem + current.chain_pem
+            files.append(FileWrite("previous.pem", previous, _CERT_MODE))
+        files.append(FileWrite("chain.pem", new_chain, _CERT_MODE))
+        files.append(FileWrite("cert.pem", new_leaf, _CERT_MODE))
+        if meta is not None:
+            files.append(FileWrite("meta.json", meta.to_json().encode(), KEY_MODE))
+        write_group(directory, files)
 
     def load_cert(self, name: str) -> StoredCertificate | None:
         directory = self.cert_dir(name)

@@ -215,6 +215,79 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
     assert manager.last_ca_error is None
 
 
+def _record_commits(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[tuple[str, str]]:
+    """fsync and rename calls as (call, path under ``root``), a temporary ``.<name>.<random>``
+    shown as ``~<name>``, a directory with a trailing ``/``."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    root = root.resolve()
+
+    def named(path: Path) -> str:
+        temporary = re.fullmatch(r"\.(.+)\.[0-9a-f]{16}", path.name)
+        name = f"~{temporary[1]}" if temporary else path.name
+        shown = str(path.parent.relative_to(root) / name)
+        return f"{shown}/" if path.is_dir() else shown
+
+    def spy_fsync(fd: int) -> None:
+        calls.append(("fsync", named(Path(os.readlink(f"/proc/self/fd/{fd}")))))
+        real_fsync(fd)
+
+    def spy_replace(source: str, target: str) -> None:
+        calls.append(("rename", named(Path(target).resolve())))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return calls
+
+
+async def test_an_issuance_commits_the_state_with_its_meta_then_the_pem(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The key saved before the order waits for the state commit's directory fsync; the state
+    files and the meta recording success are one commit; the PEM comes last: 7 fsyncs for a
+    new certificate or a renewal, where one atomic write per file took 10."""
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    calls = _record_commits(monkeypatch, tmp_path)
+    await manager.ensure(spec)
+    first = [c for c in calls if not c[1].startswith("state/account/")]
+    del calls[:]
+    await manager.ensure(spec, force=True)
+    renewal = list(calls)
+    monkeypatch.undo()
+    state = f"state/certs/{NAME}"
+    pem_file = f"certs/{NAME}.pem"
+    assert first == [
+        ("fsync", f"{state}/~key.pem"),
+        ("rename", f"{state}/key.pem"),
+        ("fsync", f"{state}/~chain.pem"),
+        ("fsync", f"{state}/~cert.pem"),
+        ("fsync", f"{state}/~meta.json"),
+        ("rename", f"{state}/chain.pem"),
+        ("rename", f"{state}/cert.pem"),
+        ("rename", f"{state}/meta.json"),
+        ("fsync", f"{state}/"),
+        ("fsync", f"certs/~{NAME}.pem"),
+        ("rename", pem_file),
+        ("fsync", "certs/"),
+    ]
+    assert renewal == [  # the key is reused: nothing to save before the order
+        ("fsync", f"{state}/~previous.pem"),
+        ("fsync", f"{state}/~chain.pem"),
+        ("fsync", f"{state}/~cert.pem"),
+        ("fsync", f"{state}/~meta.json"),
+        ("rename", f"{state}/previous.pem"),
+        ("rename", f"{state}/chain.pem"),
+        ("rename", f"{state}/cert.pem"),
+        ("rename", f"{state}/meta.json"),
+        ("fsync", f"{state}/"),
+        ("fsync", f"certs/~{NAME}.pem"),
+        ("rename", pem_file),
+        ("fsync", "certs/"),
+    ]
+
+
 def _key_pem(key: Any) -> bytes:
     return key.private_bytes(  # type: ignore[no-any-return]
         serialization.Encoding.PEM,
@@ -1343,12 +1416,21 @@ async def test_the_deployed_file_is_parsed_once_until_it_changes(
 
     monkeypatch.setattr("sidecar.manager.pem.parse_combined", counting)
     for _ in range(3):
-        manager.inspect(spec)
-    assert len(parsed) == 1
+        view = manager.inspect(spec)
+    # The manager told the inventory what it wrote: nothing is read back.
+    assert parsed == []
+    assert view.facts is not None and view.key_matches and view.due is None
     await manager.ensure(spec, force=True)
+    deploy_parses = len(parsed)  # the deploy's own look at what it sends, not the inventory's
     manager.inspect(spec)
     manager.inspect(spec)
-    assert len(parsed) == 3  # the deploy's own parse, then one look at the new file
+    assert len(parsed) == deploy_parses
+    # Replaced by someone else (same bytes, a new inode): parsed once, then remembered.
+    path = manager.pem_path(spec.name)
+    storage.atomic_write(path, path.read_bytes(), mode=0o600)
+    for _ in range(3):
+        manager.inspect(spec)
+    assert len(parsed) == deploy_parses + 1
 
 
 async def test_unreadable_files_are_named_exactly(make_manager: MakeManager) -> None:
@@ -1420,8 +1502,10 @@ async def test_a_refused_unload_is_logged(make_manager: MakeManager, tmp_path: P
 
 
 async def test_a_meta_that_cannot_be_written_is_logged_not_raised(
-    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+    make_manager: MakeManager, ca: FakeAcme, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A success is recorded in the certificate's state commit (save_issued); what goes through
+    # save_meta on its own is the record of a failure, or of a deploy.
     manager = make_manager()
     (spec,) = manager.settings.certificates
     meta = manager.store.cert_dir(NAME) / "meta.json"
@@ -1430,10 +1514,11 @@ async def test_a_meta_that_cannot_be_written_is_logged_not_raised(
         raise storage.StorageError(f"cannot write {meta}: No space left on device", meta)
 
     monkeypatch.setattr(manager.store, "save_meta", disk_full)
+    ca.fail_times("new-order", 1, lambda: problem(400, "malformed", "no such thing"))
     with capture_logs() as logs:
         outcome = await manager.ensure(spec)
-    assert outcome.action == "issued"  # the certificate is what matters; it is written
-    assert manager.pem_path(NAME).exists()
+    assert outcome.action == "failed"  # the attempt's outcome, not the record's
+    assert outcome.error is not None and "no such thing" in outcome.error
     (failed,) = events(logs, "cert_meta_write_failed")
     assert failed["cert"] == NAME
     assert failed["error"] == f"cannot write {meta}: No space left on device"

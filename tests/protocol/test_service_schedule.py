@@ -28,7 +28,8 @@ import trustme
 from sidecar import pem, policy, wiring
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.service import CLOCK_SKEW_WARNING, Service
+from sidecar.outcome import Action, Outcome
+from sidecar.service import CLOCK_SKEW_WARNING, MAX_CONCURRENT_CHECKS, Service
 from tests.peers.processes import free_port
 from tests.protocol.conftest import RecordingSolver
 from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme
@@ -166,3 +167,38 @@ async def test_run_warns_when_the_ca_clock_disagrees_by_more_than_5_s(offset: fl
         assert abs(warnings[0]["seconds"] - offset) <= 1.0
     else:
         assert warnings == []
+
+
+async def test_a_pass_over_many_certificates_reads_at_most_max_concurrent_checks_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each check holds a lock file open and parsed state while it waits for an order slot;
+    # a pass over 1,000 certificates must not hold 1,000 of them (file descriptors, memory).
+    ca = FakeAcme(clock=time.time, validate_on_response=True)
+    async with running_service(ca) as running:
+        service = running.service
+        spec = service.settings.certificates[0]
+        in_flight = most = 0
+        release = asyncio.Event()
+
+        async def ensure(*_args: Any, **_kwargs: Any) -> Outcome:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await release.wait()
+            in_flight -= 1
+            return Outcome(spec.name, Action.UNCHANGED, ok=True)
+
+        monkeypatch.setattr(service.manager, "ensure", ensure)
+        monkeypatch.setattr(service, "schedule", lambda *_args: None)
+        checks = [
+            asyncio.ensure_future(service.check_locked(spec, force=False, dry_run=True))
+            for _ in range(MAX_CONCURRENT_CHECKS * 3)
+        ]
+        await running.wait_for("the checks to start", lambda: most >= MAX_CONCURRENT_CHECKS)
+        for _ in range(20):
+            await asyncio.sleep(0)  # let any check that is not bounded start too
+        assert most == MAX_CONCURRENT_CHECKS
+        release.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*checks), EVENT_DEADLINE)
+    assert len(outcomes) == MAX_CONCURRENT_CHECKS * 3

@@ -327,5 +327,63 @@ def test_validate_for_deploy_refuses_a_placeholder_unless_asked():
     assert pem.validate_for_deploy(data, ["a.example"], NOW, allow_placeholder=True)
 
 
+# -- combine_for_deploy --------------------------------------------------------------------------
+
+
+def test_combine_for_deploy_is_combined_pem_validated_and_described(bundle):
+    leaf, chain, key = bundle
+    messy_leaf = b"\r\n" + leaf.replace(b"\n", b"\r\n") + b"\r\n\n"
+    data, parsed, facts = pem.combine_for_deploy(messy_leaf, chain, key, ["b.example"], NOW)
+    assert data == pem.combined_pem(leaf, chain, key)
+    checked = pem.validate_for_deploy(data, ["b.example"], NOW)
+    assert (parsed.leaf, parsed.chain) == (checked.leaf, checked.chain)
+    assert parsed.key.private_numbers() == checked.key.private_numbers()
+    assert facts == pem.describe_cert(parsed.leaf)
+
+
+def _placeholder(leaf: bytes, chain: list[bytes], key: bytes) -> tuple[bytes, list[bytes], bytes]:
+    cert_pem, key_pem = make_placeholder("a.example", ["a.example"], now=NOW)
+    return cert_pem, [], key_pem
+
+
+def _stranger(leaf: bytes, chain: list[bytes], key: bytes) -> tuple[bytes, list[bytes], bytes]:
+    return leaf, [trustme.CA().create_child_ca().cert_pem.bytes()], key
+
+
+def _same(leaf: bytes, chain: list[bytes], key: bytes) -> tuple[bytes, list[bytes], bytes]:
+    return leaf, chain, key
+
+
+A = ["a.example"]
+# Everything combined_pem and validate_for_deploy refuse, though each block is parsed only once.
+DEPLOY_CASES = [
+    *[(case, make, A, NOW, message) for case, make, message in COMBINE_CASES],
+    ("other key", lambda leaf, c, k: (leaf, c, _other_key_pem()), A, NOW, "does not match"),
+    ("expired", _same, A, NOW + timedelta(hours=23), "expired"),
+    ("names", _same, [*A, "c.example"], NOW, r"does not cover c\.example"),
+    ("another CA", _stranger, A, NOW, "not signed by"),
+    ("placeholder", _placeholder, A, NOW, "placeholder"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "names", "now", "message"), DEPLOY_CASES, ids=[c[0] for c in DEPLOY_CASES]
+)
+def test_combine_for_deploy_refuses_what_either_check_refuses(
+    bundle, case, make, names, now, message
+):
+    leaf, chain, key = bundle
+    with pytest.raises(pem.PemError, match=message) as caught:
+        pem.combine_for_deploy(*make(leaf, chain, key), names, now)
+    for fragment in secret_fragments(key):
+        assert fragment.decode() not in str(caught.value)
+
+
+def test_combine_for_deploy_refuses_a_chain_out_of_order(bundle, root):
+    leaf, chain, key = bundle
+    with pytest.raises(pem.PemError, match="out of order"):
+        pem.combine_for_deploy(leaf, [root.cert_pem.bytes(), chain[0]], key, A, NOW)
+
+
 def test_pem_error_is_a_value_error():
     assert issubclass(pem.PemError, ValueError)
