@@ -21,7 +21,9 @@ reader has seen EOF) and replaced; one that the CA closes at the very moment a r
 written fails that request with :class:`httpx.RemoteProtocolError`, which ``AcmeTransport``
 retries when the request is idempotent. Idle connections are closed after
 :data:`KEEPALIVE_EXPIRY` seconds, so a sidecar that renews a few times a day holds no sockets
-in between.
+in between. A CA that went away without closing anything (a container restarted) is noticed
+only by a timeout; then every idle connection to it is closed too, so that the retry does not
+meet another silent one.
 """
 
 from __future__ import annotations
