@@ -21,7 +21,9 @@ reader has seen EOF) and replaced; one that the CA closes at the very moment a r
 written fails that request with :class:`httpx.RemoteProtocolError`, which ``AcmeTransport``
 retries when the request is idempotent. Idle connections are closed after
 :data:`KEEPALIVE_EXPIRY` seconds, so a sidecar that renews a few times a day holds no sockets
-in between.
+in between. A CA that went away without closing anything (a container restarted) is noticed
+only by a timeout; then every idle connection to it is closed too, so that the retry does not
+meet another silent one.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from typing import Final
 import h11
 import httpx
 
-#: Seconds an idle connection is kept for reuse. Renewals come in bursts (one pass over the
-#: certificates); between passes the sockets are better closed.
-KEEPALIVE_EXPIRY: Final = 15.0
+#: Seconds an idle connection is kept for reuse (httpcore's default too). Renewals come in
+#: bursts, so within a pass connections are reused; between passes they are closed. Short,
+#: because a CA container that restarts may vanish without closing its connections (its
+#: network namespace goes, and with it any FIN or RST), and a request written to such a
+#: connection only ends at its read timeout.
+KEEPALIVE_EXPIRY: Final = 5.0
 #: Bytes asked of the socket per read. ACME answers are a few kB; a chain fits in one read.
 READ_SIZE: Final = 64 * 1024
 #: Largest response head (status line and headers) accepted. A CA's head is under 2 kB.
@@ -89,7 +94,11 @@ class _Body(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
         while not self._complete:
-            event = await _next_event(connection, self._request, self._read_timeout)
+            try:
+                event = await _next_event(connection, self._request, self._read_timeout)
+            except httpx.TransportError:
+                self._pool._drop_idle(connection.origin)
+                raise
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -191,12 +200,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 connection = await self._connect(origin, request, timeouts.get("connect"))
             self._in_use.add(connection)
             head = await self._exchange(connection, request, timeouts)
-        except BaseException:
+        except BaseException as exc:
             # Any failure, cancellation included: the connection's state is unknown.
             if connection is not None:
                 self._in_use.discard(connection)
                 connection.close()
             self._slots.release()
+            if isinstance(exc, httpx.TransportError):
+                self._drop_idle(origin)
             raise
         return httpx.Response(
             head.status_code,
@@ -222,9 +233,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         connections = self._idle.get(origin)
+        cutoff = asyncio.get_running_loop().time() - self._keepalive_expiry
         while connections:
             connection = connections.pop()  # the most recently used: least likely expired
-            if connection.reusable():
+            if connection.idle_since > cutoff and connection.reusable():
                 return connection
             connection.close()
         return None
@@ -283,6 +295,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
             if isinstance(event, h11.Response):
                 return event
             # 1xx informational answers (RFC 9110 §15.2) precede the real one; skip them.
+
+    def _drop_idle(self, origin: Origin) -> None:
+        """Close the origin's idle connections after one of its connections failed: what
+        broke it (a CA restart, a changed network path) has most likely broken them too, and
+        a retry must not meet the same silent connection again."""
+        for connection in self._idle.pop(origin, []):
+            connection.close()
 
     def _release(self, connection: _Connection) -> None:
         """Back to the idle list when both sides finished the exchange (a body read to its

@@ -419,3 +419,40 @@ async def test_any_answer_gives_a_response_or_a_transport_error(
         except httpx.TransportError:
             return
         assert 100 <= response.status_code <= 999
+
+
+async def test_after_a_connection_goes_silent_a_retry_opens_a_new_one(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    # A CA container that restarts can vanish without closing its connections: requests on
+    # them are never answered. Once one has timed out, its idle siblings are not tried next.
+    silent = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def restarting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected_before = silent.is_set()
+        while True:
+            await read_request(reader)
+            if silent.is_set() and not connected_before:
+                await asyncio.sleep(3600)
+            await asyncio.wait_for(answered.wait(), 10)  # both first requests in flight at once
+            writer.write(OK)
+            await writer.drain()
+
+    server = await serve(restarting)
+    async with _client(server, max_connections=2) as client:
+        first = [asyncio.ensure_future(client.get(server.url + "/")) for _ in range(2)]
+        async with asyncio.timeout(10):
+            while server.connections < 2:
+                await asyncio.sleep(0.01)
+        answered.set()
+        assert [(await f).status_code for f in first] == [200, 200]
+        transport = client._transport
+        assert isinstance(transport, Http11Transport)
+        assert transport.open_connections == 2
+        silent.set()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(server.url + "/", timeout=0.2)
+        response = await client.get(server.url + "/", timeout=5.0)
+        assert response.status_code == 200
+    assert server.connections == 3
