@@ -168,8 +168,10 @@ class Inventory:
     def load_meta(self, name: str) -> storage.CertMeta:
         try:
             return self.store.load_meta(name) or storage.CertMeta()
-        except storage.MetaError as error:
-            # A corrupt meta.json loses the retry state, not the certificate.
+        except storage.StorageError as error:
+            # A meta.json that cannot be read (an I/O error, a directory in its place) loses
+            # the retry state, not the certificate, and not `status` for every certificate.
+            # (A corrupt one never gets here: the store logs cert_meta_corrupt, returns None.)
             log.warning("cert_meta_unreadable", cert=name, error=one_line(str(error)))
             return storage.CertMeta()
 

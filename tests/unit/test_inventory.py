@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trustme
+from structlog.testing import capture_logs
 
 from ca_client.key_types import KeyType
 from sidecar import pem, storage
@@ -88,3 +89,21 @@ def test_a_file_that_does_not_parse_is_unreadable_and_says_why(tmp_path: Path) -
         assert view.due == DueReason.UNREADABLE and view.facts is None and not view.is_real
         assert view.unreadable is not None and why in view.unreadable
         assert str(certs.dir / "a.example.pem") in view.unreadable
+
+
+def test_a_meta_json_that_cannot_be_read_loses_the_retry_state_not_the_look(
+    tmp_path: Path,
+) -> None:
+    # An I/O error reading meta.json (here a directory in its place, EISDIR) used to raise out
+    # of inspect and fail `status` for every certificate (docs/MUTATION.md, finding 3).
+    certs = _Certs(tmp_path)
+    certs.deploy(_combined(WANTED, lifetime=LIFETIME))
+    meta = certs.inventory.store.cert_dir(SPEC.name) / "meta.json"
+    meta.mkdir(parents=True)
+    with capture_logs() as logs:
+        view = certs.inspect(T0 + timedelta(minutes=1))
+    assert view.meta == storage.CertMeta()
+    assert view.due is None and view.is_real
+    (entry,) = [e for e in logs if e["event"] == "cert_meta_unreadable"]
+    assert entry["cert"] == SPEC.name
+    assert entry["error"] == f"cannot read {meta}: Is a directory"
