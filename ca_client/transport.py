@@ -26,6 +26,7 @@ plain http would bypass the trust above), and a body larger than :data:`MAX_RESP
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import email.utils
@@ -275,12 +276,26 @@ class AcmeTransport:
                     }
                 },
             )
-            response = await self._transport.handle_async_request(request)
-            response.request = request
+            # One bound on the whole exchange, not only on each read: a CA trickling its answer
+            # a byte at a time, each within the read timeout, would otherwise hold the request
+            # (and the order's slot) for as long as it likes.
+            whole = asyncio.timeout(timeout)
             try:
-                body = await _read_capped(response, url)
-            finally:
-                await response.aclose()
+                async with whole:
+                    response = await self._transport.handle_async_request(request)
+                    response.request = request
+                    try:
+                        body = await _read_capped(response, url)
+                    finally:
+                        await response.aclose()
+            except TimeoutError as exc:
+                if not whole.expired():
+                    raise  # a socket's own ETIMEDOUT: the clauses below say what it means
+                raise ACMETimeout(
+                    f"no complete answer from the CA within {timeout:.1f}s: {url}", url=url
+                ) from exc
+        except ACMETimeout:
+            raise  # already ours (and an OSError, which the last clause would take)
         except httpx.ConnectTimeout as exc:
             raise CAUnreachable(
                 f"timed out connecting to {url}", url=url, connect_failed=True

@@ -456,3 +456,28 @@ async def test_after_a_connection_goes_silent_a_retry_opens_a_new_one(
         response = await client.get(server.url + "/", timeout=5.0)
         assert response.status_code == 200
     assert server.connections == 3
+
+
+async def test_an_answer_trickled_a_byte_at_a_time_is_bounded_as_a_whole(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    # Slow bytes: each byte well within the read timeout, the answer never complete. The
+    # request's timeout bounds the whole exchange, not each read.
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for byte in b"HTTP/1.1 200 OK\r\nX: " + b"a" * 10_000:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    server = await serve(trickle)
+    acme = _acme(server, timeout=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(ACMETimeout, match="no complete answer"):
+            await acme.get(server.url + "/directory", deadline=started + 60)
+    finally:
+        await acme.aclose()
+    # Bounded by the 0.5 s timeout, not by the 200 s the trickle would take (generous margin).
+    assert loop.time() - started < 30
