@@ -26,8 +26,7 @@ case "$mode" in
         mkdir -p "$store" "$home/.state"
         exec cert-sidecar issue --force --no-placeholder --domain "$domain" \
             --directory "$server" --ca-bundle "$bundle" --certs-dir "$store" \
-            --state-dir "$home/.state" --http-listen 0.0.0.0:80 --pem-mode 0600 \
-            --health-listen 127.0.0.1:0 --log-format console
+            --state-dir "$home/.state" --http-listen 0.0.0.0:80 --pem-mode 0600 --log-format console
         ;;
     deploy)
         target="${DEPLOY_HAPROXY_PEM_PATH:-/etc/haproxy}/$domain.pem"
