@@ -37,7 +37,7 @@ from sidecar.errors import error_text
 from sidecar.gate import SwapGate
 from sidecar.handoff import Handoff
 from sidecar.health import HealthServer, HealthSnapshot
-from sidecar.inventory import cert_status, utc_now
+from sidecar.inventory import CertView, cert_status, utc_now
 from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
 from sidecar.outcome import Action, DeploySummary, Outcome
@@ -306,15 +306,19 @@ class Service:
     def next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
         # The manager's clock: the one its backoff was computed with (tests inject one).
         now = self.manager.now()
-        view = self.manager.inspect(spec, now)
+        try:
+            view: CertView | None = self.manager.inspect(spec, now)
+        except Exception:  # a bug must not leave the certificate without a next check
+            log.exception("cert_schedule_inspect_failed", cert=spec.name)
+            view = None
         if outcome.action in (Action.FAILED, Action.WAITING) and outcome.next_retry_at is not None:
             target, why = outcome.next_retry_at, "retry"
-        elif view.next_renewal is not None:
+        elif view is not None and view.next_renewal is not None:
             target, why = view.next_renewal, "renewal"
         else:
             target, why = now + policy.MIN_RETRY_DELAY, "recheck"
         when = target
-        if view.facts is not None and not view.facts.is_placeholder:
+        if view is not None and view.facts is not None and not view.facts.is_placeholder:
             lifetime = view.facts.not_after - view.facts.not_before
             when = min(when, now + policy.check_interval(lifetime))
         if outcome.action is Action.FAILED and outcome.next_retry_at is None:
