@@ -20,7 +20,12 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from sidecar.errors import error_text
+from sidecar.logs import get_logger
+
 __all__ = ["SwapGate"]
+
+log = get_logger("sidecar.gate")
 
 T = TypeVar("T")
 
@@ -64,7 +69,7 @@ class SwapGate(Generic[T]):
                 async with self._idle:
                     self._idle.notify_all()
                 if replaced is not None:
-                    await self._retire(replaced)
+                    await self._retire_quietly(replaced)
 
     @contextlib.asynccontextmanager
     async def closed(self) -> AsyncIterator[None]:
@@ -88,5 +93,13 @@ class SwapGate(Generic[T]):
         if self.borrowers(old):
             self._replaced[id(old)] = old
         else:
-            await self._retire(old)
+            await self._retire_quietly(old)
         return old
+
+    async def _retire_quietly(self, value: T) -> None:
+        """Retire, logging a failure: it must not become the error of the borrower whose exit
+        happened to trigger it, nor stop the swap."""
+        try:
+            await self._retire(value)
+        except Exception as error:
+            log.warning("parts_retire_failed", error=error_text(error))

@@ -250,8 +250,10 @@ class Service:
         swapping them meanwhile leaves this one on the old parts; `sidecar.gate`)."""
         async with self.gate.use() as parts:
             # As the parts in use configure it: a reload may have changed it while this waited.
-            spec = parts.settings.certificate(spec.name) or spec
-            manager = parts.manager
+            current = parts.settings.certificate(spec.name)
+            if current is None:  # removed by that reload: not checked, nor scheduled again
+                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
+            spec, manager = current, parts.manager
             try:
                 async with self._checking:
                     outcome = await manager.ensure(
