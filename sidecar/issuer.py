@@ -139,7 +139,7 @@ class Issuer:
                 del self._users[key]
                 replaced = self._replaced.pop(key, None)
                 if replaced is not None:
-                    await replaced.aclose()
+                    await _close_quietly(replaced)
 
     async def _ready_client(self) -> AcmeClient:
         """The ACME client with a registered account, made on first use."""
@@ -253,3 +253,12 @@ class Issuer:
                 return await client.renewal_info(deployed_pem)
             except AcmeError as error:
                 raise IssuerError(error) from error
+
+
+async def _close_quietly(client: AcmeClient) -> None:
+    """Close a replaced client after its last exchange; a failure to close must not become
+    that exchange's error (the order it served may well have succeeded)."""
+    try:
+        await client.aclose()
+    except Exception as error:
+        log.warning("acme_client_close_failed", error=one_line(str(error)) or type(error).__name__)
