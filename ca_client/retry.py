@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 from collections.abc import Iterator
 
 FIRST_POLL_DELAY = 0.02
@@ -18,29 +19,48 @@ POLL_CAP = 3.0
 #: A Retry-After longer than this is not believed for polling (seconds): a CA asking to wait
 #: an hour on an order in "processing" is taken as "poll slowly", not as "sleep an hour".
 MAX_POLL_RETRY_AFTER = 60.0
+#: The longest wait `parse_retry_after` reports (seconds, one day). A CA may ask for more, but
+#: a value beyond it is a bug or a lie, and numbers too large for `timedelta` or a float's
+#: precision must never reach the caller's arithmetic (a 21-digit value once did, and the
+#: overflow turned a rate limit into a retry every 100 ms).
+MAX_RETRY_AFTER = 86_400.0
+# RFC 9110 §10.2.3: delay-seconds = 1*DIGIT, and DIGIT is ASCII 0-9 (RFC 5234 B.1): not
+# `str.isdigit`, which also takes "²" or "٣" (that `int()` then refuses).
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+# More digits than this is already past MAX_RETRY_AFTER; not converted at all (int() refuses
+# strings over 4,300 digits, and there is no reason to parse a long one).
+_MAX_DIGITS = len(str(int(MAX_RETRY_AFTER)))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait according to a ``Retry-After`` header; ``None`` when absent or invalid.
 
     ``now`` is the current time as a POSIX timestamp, for the HTTP-date form. A date in the past
-    means 0.
+    means 0; any wait is at most `MAX_RETRY_AFTER`. Never raises, whatever the CA sends: the
+    header is the CA's word, and a parse failure here would escape as a crash, not a failure
+    to back off from.
     """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        return float(int(text))
+    if _DELAY_SECONDS.fullmatch(text):
+        digits = text.lstrip("0") or "0"
+        if len(digits) > _MAX_DIGITS:
+            return MAX_RETRY_AFTER
+        return min(float(digits), MAX_RETRY_AFTER)
     try:
         moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if moment.tzinfo is None:
+            # RFC 9110 §5.6.7: HTTP-dates are always GMT.
+            return None
+        wait = moment.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        # RFC 9110 §5.6.7: HTTP-dates are always GMT.
+    if math.isnan(wait):
         return None
-    return max(0.0, moment.timestamp() - now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 def poll_delays(
@@ -77,6 +97,7 @@ def fits_before_deadline(delay: float, now: float, deadline: float) -> bool:
 __all__ = [
     "FIRST_POLL_DELAY",
     "MAX_POLL_RETRY_AFTER",
+    "MAX_RETRY_AFTER",
     "POLL_CAP",
     "POLL_FACTOR",
     "clamp_to_deadline",

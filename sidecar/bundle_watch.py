@@ -105,6 +105,8 @@ class BundleWatch:
         """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
         service = self._service
         log.info("ca_bundle_changed", path=str(service.settings.ca_bundle))
+        # No lock needed: orders in flight finish on the client they started with, which is
+        # closed after the last of them (`Issuer.reset`); the next order builds trust anew.
         await service.manager.reset_client()
         roots = _load_roots(self._seen or b"")
         for spec in service.settings.certificates:

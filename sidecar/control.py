@@ -323,14 +323,18 @@ class ControlServer(StartStop):
                 self._path.unlink()
         self._inode = None
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, finish: bool = False) -> None:
+        """Stop listening and remove the socket file. Requests in progress are cancelled and
+        told that the sidecar stopped, unless ``finish``: then they run to the end and get
+        their real answer (the socket moves, the sidecar keeps running)."""
         server, self._server = self._server, None
         if server is None:
             return
         server.close()
         self._remove_socket_file()
-        for task in list(self._connections):
-            task.cancel()
+        if not finish:
+            for task in list(self._connections):
+                task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         await server.wait_closed()

@@ -41,11 +41,17 @@ class Handoff:
 
     async def move(self, state_dir: Path) -> None:
         """One-shot commands look for the running sidecar in the state directory they are
-        given: the socket moves with it (a reload)."""
-        if self.server is None:
+        given: the socket moves with it (a reload).
+
+        The old socket stops taking requests, but those already in progress finish and are
+        answered on it: the sidecar did not stop, and a cancelled request used to tell the
+        command it had (issue 17, finding 8). That wait runs beside the reload, not in it.
+        """
+        old = self.server
+        if old is None:
             return
-        await self.server.aclose()
         self.server = ControlServer(socket_path(state_dir), self.handle)
+        self._service.spawn(old.aclose(finish=True))
         try:
             await self.server.start()
         except (SidecarError, OSError) as error:
@@ -96,9 +102,10 @@ class Handoff:
             reason = revocation_code(request.get("reason"))
         except ValueError as error:
             raise OperationError(f"--reason: {error}") from None
-        async with service.lock_for(spec.name):
-            spec = service.spec(spec.name) or spec
-            outcome = await service.manager.revoke(
+        async with service.lock_for(spec.name), service.gate.use() as parts:
+            # The parts borrowed for the whole revocation (a reload may swap them meanwhile).
+            spec = parts.settings.certificate(spec.name) or spec
+            outcome = await parts.manager.revoke(
                 spec, reason=reason, remove=bool(request.get("remove"))
             )
             service.record(outcome)

@@ -14,7 +14,8 @@ It also keeps what the last exchange said about the CA: ``last_error`` (for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,6 +94,12 @@ class Issuer:
         self._store = store
         self._solvers = solvers
         self._client: AcmeClient | None = None
+        # Exchanges in progress per client (by identity). A client `reset` replaces is closed
+        # when its count drops to zero, so an order in flight finishes on the client it
+        # started with (issue 17, finding 4: closing it under the order abandoned the order,
+        # possibly after finalize).
+        self._users: dict[int, int] = {}
+        self._replaced: dict[int, AcmeClient] = {}
         #: The account URL in the state directory, as this issuer last read or wrote it.
         self._stored_url: str | None = None
         self._lock = asyncio.Lock()
@@ -100,14 +107,39 @@ class Issuer:
         self.clock_skew: float | None = None
 
     async def aclose(self) -> None:
+        """Close every client, including replaced ones still in use (the final close)."""
         await self.reset()
+        replaced, self._replaced = list(self._replaced.values()), {}
+        for client in replaced:
+            await client.aclose()
 
     async def reset(self) -> None:
-        """Drop the ACME client, so the next order rebuilds trust from the CA bundle."""
+        """Drop the ACME client, so the next order rebuilds trust from the CA bundle. Orders
+        in flight finish on the old client, which is closed after the last of them."""
         async with self._lock:
             client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        if self._users.get(id(client)):
+            self._replaced[id(client)] = client
+        else:
             await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[AcmeClient]:
+        """The current client, held open for one exchange (see ``_users``)."""
+        client = await self._ready_client()
+        key = id(client)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield client
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                replaced = self._replaced.pop(key, None)
+                if replaced is not None:
+                    await _close_quietly(replaced)
 
     async def _ready_client(self) -> AcmeClient:
         """The ACME client with a registered account, made on first use."""
@@ -171,21 +203,21 @@ class Issuer:
         """One order for ``domains`` on ``key``; ``renewing`` is the deployed PEM it replaces
         (RFC 9773 §5: named in the order where the CA supports ARI)."""
         try:
-            client = await self._ready_client()
-            solver = await self._solvers.get(challenge)
-            replaces = await self._replaces(client, renewing)
-            try:
-                issued = await client.obtain(
-                    [Identifier.from_string(name) for name in domains],
-                    key,
-                    solvers={challenge: solver},
-                    preferred=(challenge,),
-                    timeout=timeout,
-                    replaces=replaces,
-                )
-            finally:
-                self._remember_account(client)
-                self.clock_skew = client.last_server_date_skew
+            async with self._using() as client:
+                solver = await self._solvers.get(challenge)
+                replaces = await self._replaces(client, renewing)
+                try:
+                    issued = await client.obtain(
+                        [Identifier.from_string(name) for name in domains],
+                        key,
+                        solvers={challenge: solver},
+                        preferred=(challenge,),
+                        timeout=timeout,
+                        replaces=replaces,
+                    )
+                finally:
+                    self._remember_account(client)
+                    self.clock_skew = client.last_server_date_skew
         except IssuerError as error:
             self.last_error = str(error)
             raise
@@ -208,16 +240,25 @@ class Issuer:
 
     async def revoke(self, leaf_der: bytes, *, reason: int | None) -> None:
         """RFC 8555 §7.6, signed by the account."""
-        client = await self._ready_client()
-        try:
-            await client.revoke(leaf_der, reason=reason)
-        except AcmeError as error:
-            raise IssuerError(error) from error
+        async with self._using() as client:
+            try:
+                await client.revoke(leaf_der, reason=reason)
+            except AcmeError as error:
+                raise IssuerError(error) from error
 
     async def renewal_info(self, deployed_pem: bytes) -> RenewalInfo | None:
         """RFC 9773 §4: the CA's suggested window for a certificate; None without ARI."""
-        client = await self._ready_client()
-        try:
-            return await client.renewal_info(deployed_pem)
-        except AcmeError as error:
-            raise IssuerError(error) from error
+        async with self._using() as client:
+            try:
+                return await client.renewal_info(deployed_pem)
+            except AcmeError as error:
+                raise IssuerError(error) from error
+
+
+async def _close_quietly(client: AcmeClient) -> None:
+    """Close a replaced client after its last exchange; a failure to close must not become
+    that exchange's error (the order it served may well have succeeded)."""
+    try:
+        await client.aclose()
+    except Exception as error:
+        log.warning("acme_client_close_failed", error=one_line(str(error)) or type(error).__name__)

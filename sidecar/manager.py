@@ -23,12 +23,14 @@ The order of writes is what makes a crash at any moment safe:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from structlog.stdlib import BoundLogger
@@ -47,9 +49,18 @@ from sidecar.metrics import error_kind
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.placeholder import make_placeholder
 
-__all__ = ["Manager", "PemFiles", "ServedCheck", "decide", "order_timeout"]
+__all__ = [
+    "Manager",
+    "PemFiles",
+    "ServedCheck",
+    "decide",
+    "finish_in_thread",
+    "order_timeout",
+]
 
 log = get_logger("sidecar.manager")
+
+T = TypeVar("T")
 
 # How long one order may take before it is abandoned (step-ca answers in milliseconds; Pebble
 # sleeps up to several seconds per validation; a DNS hook may wait for propagation).
@@ -186,7 +197,11 @@ class Manager:
         timeout = LOCK_WAIT if lock_timeout is None else lock_timeout
         try:
             async with self.store.lock(spec.name, timeout=timeout, holder=self.holder):
-                return await self._ensure_locked(spec, bound, force, dry_run, respect_backoff)
+                try:
+                    return await self._ensure_locked(spec, bound, force, dry_run, respect_backoff)
+                except Exception as error:  # a bug, or an answer no layer expected
+                    bound.exception("cert_check_crashed")
+                    return self.crashed(spec, error, record=not dry_run)
         except storage.LockTimeout as error:
             bound.warning("cert_lock_timeout", error=error_text(error))
             return Outcome.failed(spec.name, error_text(error))
@@ -241,6 +256,12 @@ class Manager:
             )
         except (SidecarError, pem.PemError, OSError) as error:
             return self._failed(spec, view, reason, error, bound, record=not dry_run)
+        except Exception as error:
+            # Not an error any step expects (a bug, a CA answer nothing parsed): a failure all
+            # the same, backed off and recorded like the others (issue 17, finding 3: such an
+            # error once skipped the backoff and the order was retried every 100 ms).
+            bound.exception("cert_check_crashed")
+            return self._failed(spec, view, reason, error, bound, record=not dry_run)
         done = Outcome(
             spec.name,
             Action.DRY_RUN if dry_run else Action.ISSUED,
@@ -274,7 +295,7 @@ class Manager:
             # In a worker thread: the fsyncs would otherwise stop the event loop, and with it
             # every other order in flight, for as long as the disk takes (a pass over 1,000
             # certificates spent a fifth of its time there, bench/RESULTS.md "Throughput").
-            written = await asyncio.to_thread(
+            written = await finish_in_thread(
                 self._commit, spec.name, leaf_pem, chain_pems, meta, combined
             )
             if written is not None:
@@ -299,7 +320,7 @@ class Manager:
             key = generate_private_key(spec.key_type)
             # Saved before the order so that a retried or resumed order reuses it (in a thread,
             # like the commit: its fsync would stop the event loop).
-            await asyncio.to_thread(self.store.save_key, spec.name, key)
+            await finish_in_thread(self.store.save_key, spec.name, key)
         renewing: bytes | None = None
         if view.is_real:
             try:
@@ -348,35 +369,72 @@ class Manager:
         *,
         record: bool,
     ) -> Outcome:
+        not_after = view.facts.not_after if view.is_real and view.facts else None
+        return self._back_off(
+            spec.name,
+            view.meta,
+            error,
+            not_after=not_after,
+            reason=str(reason),
+            bound=bound,
+            record=record,
+        )
+
+    def crashed(self, spec: CertificateSpec, error: BaseException, *, record: bool) -> Outcome:
+        """A check that failed outside the steps that expect failures (a bug): backed off and
+        recorded exactly as a failed order is, so no error, however unexpected, makes the
+        schedule retry sooner than the backoff (issue 17, finding 3)."""
+        bound = log.bind(cert=spec.name)
+        meta, not_after = storage.CertMeta(), None
+        try:
+            view = self.inspect(spec)
+            meta = view.meta
+            not_after = view.facts.not_after if view.is_real and view.facts else None
+        except Exception:  # the view may be what is broken: the stored retry state then
+            meta = self.inventory.load_meta(spec.name)
+        return self._back_off(
+            spec.name, meta, error, not_after=not_after, reason=None, bound=bound, record=record
+        )
+
+    def _back_off(
+        self,
+        name: str,
+        meta: storage.CertMeta,
+        error: BaseException,
+        *,
+        not_after: datetime | None,
+        reason: str | None,
+        bound: BoundLogger,
+        record: bool,
+    ) -> Outcome:
+        """The one path every failure takes: the next delay, stored in the state directory
+        (so a restart keeps waiting), logged, and returned for the schedule."""
         now = self.now()
         text = error_text(error)
         ca = error if isinstance(error, IssuerError) else None
-        not_after = view.facts.not_after if view.is_real and view.facts else None
         delay = policy.next_retry_delay(
-            view.meta.failures + 1,
+            meta.failures + 1,
             now,
             not_after,
             self._rng,
             permanent=policy.is_permanent_problem(ca.problem_type if ca else None),
-            retry_after=timedelta(seconds=ca.retry_after) if ca and ca.retry_after else None,
+            retry_after=_retry_after(ca.retry_after if ca else None),
         )
         next_retry_at = now + delay
         if record:
-            self._save_meta(
-                spec.name, view.meta.with_failure(text, now=now, next_retry_at=next_retry_at)
-            )
+            self._save_meta(name, meta.with_failure(text, now=now, next_retry_at=next_retry_at))
         bound.error(
             "cert_renewal_failed",
-            reason=str(reason),
+            reason=reason,
             error=text,
             error_type=ca.cause_type if ca else type(error).__name__,
-            failures=view.meta.failures + 1,
+            failures=meta.failures + 1,
             next_retry_at=next_retry_at.isoformat(),
         )
         return Outcome.failed(
-            spec.name,
+            name,
             text,
-            reason=str(reason),
+            reason=reason,
             next_retry_at=next_retry_at if record else None,
             not_after=not_after,
             error_kind=ca.kind if ca else error_kind(error),
@@ -549,6 +607,34 @@ class Manager:
         self.store.remove_cert(spec.name)
         bound.info("cert_removed", serial=serial)
         return Outcome(spec.name, Action.REMOVED, ok=True, serial=serial, error=warning)
+
+
+def _retry_after(seconds: float | None) -> timedelta | None:
+    """The CA's Retry-After as a delay the policy can use: within [0, MAX_RETRY_DELAY] (the
+    policy honours no more), None when absent or not a number. `timedelta` overflows near
+    1e14 s, and ``ca_client`` is not the only possible source of this number."""
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return timedelta(seconds=min(seconds, policy.MAX_RETRY_DELAY.total_seconds()))
+
+
+async def finish_in_thread(function: Callable[..., T], /, *args: Any) -> T:
+    """``asyncio.to_thread``, except that a cancel waits for the thread to finish.
+
+    A thread cannot be stopped: cancelling the await would only stop waiting for it, and the
+    caller would then release the certificate's locks while the thread is still writing its
+    files (issue 17, finding 8). Here the cancel is held until the thread is done, then raised.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.wait({work})  # unlike awaiting it, never cancels ``work``
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return work.result()
 
 
 async def _served_serial(

@@ -1,16 +1,16 @@
 """The config-file reload of `cert-sidecar run --config FILE`.
 
 `ConfigReload` watches the file, loads it again when it changes, and has every part built anew
-from the new settings (`wiring.rebuild`), swapped in while every certificate's lock is held, so
-each check or order sees either the old parts throughout or the new ones. A file that does not
-load, or parts that cannot be built, leave the running ones in place (``config_reload_failed``).
+from the new settings (`wiring.rebuild`), swapped in through the service's `SwapGate`, so each
+check or order sees either the old parts throughout or the new ones, and none waits for another.
+A file that does not load, or parts that cannot be built, leave the running ones in place
+(``config_reload_failed``).
 What lives outside the parts follows too: the control socket moves with the state directory, the
 bundle watch turns to a new ``ca_bundle``; what only a restart changes is logged as such.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,26 +71,28 @@ class ConfigReload:
     async def apply(self, new: Settings) -> bool:
         """Replace every part with one built from ``new``; keep the old ones if that fails.
 
-        The swap waits for every certificate's lock, so no check or order is running: each one
-        sees either the old parts throughout or the new ones.
+        New checks wait at the gate while the parts are built and swapped; checks already
+        running finish on the parts they started with, which are closed after them
+        (`sidecar.gate`). So each check or order sees either the old parts throughout or the new
+        ones, and none waits for an unrelated order (issue 17, finding 7). Only a responder
+        that must move (its address or hook changed) makes the swap wait for the checks
+        already running, since their orders may be answering a challenge on it.
         """
         service = self._service
         old = service.settings
-        names = sorted({s.name for s in old.certificates} | {s.name for s in new.certificates})
-        async with contextlib.AsyncExitStack() as held:
-            for name in names:  # one lock at a time, always in the same order
-                await held.enter_async_context(service.lock_for(name))
+        async with service.gate.closed():
+            if wiring.solvers_change(old, new):
+                await service.gate.wait_idle()
             try:
                 parts = await wiring.rebuild(service.parts, new, holder=service.holder)
             except Exception as error:
                 log.error("config_reload_failed", error=error_text(error))
                 return False
-            retired = service.adopt(parts)
+            await service.adopt(parts)
         old_names = {spec.name for spec in old.certificates}
         new_names = {spec.name for spec in new.certificates}
         removed = sorted(old_names - new_names)
         log.info("config_reloaded", added=sorted(new_names - old_names), removed=removed)
-        await wiring.retire(retired)
         await self._follow(old, new)
         for name in removed:
             # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.

@@ -34,9 +34,10 @@ from sidecar import metrics, policy, preflight, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import error_text
+from sidecar.gate import SwapGate
 from sidecar.handoff import Handoff
 from sidecar.health import HealthServer, HealthSnapshot
-from sidecar.inventory import cert_status, utc_now
+from sidecar.inventory import CertView, cert_status, utc_now
 from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
 from sidecar.outcome import Action, DeploySummary, Outcome
@@ -73,7 +74,8 @@ class Service:
         self.holder = f"run pid {os.getpid()}"
         # Everything made from the settings; replaced as a whole when the config file changes.
         # Tests hand in parts built by `wiring.build` for an in-process CA and a fake clock.
-        self.parts = parts or wiring.build(settings, holder=self.holder)
+        # Each check borrows them from the gate for its whole length (see `sidecar.gate`).
+        self.gate = SwapGate(parts or wiring.build(settings, holder=self.holder), wiring.retire)
         deployer = self.manager.deployer
         self.metrics = metrics.Metrics(deploy_mode=deployer.mode if deployer else None)
         self.stopping = asyncio.Event()
@@ -91,15 +93,20 @@ class Service:
         self.reload = ConfigReload(self, reload_settings)
 
     @property
+    def parts(self) -> wiring.Parts:
+        """The current configuration's parts (checks already running may hold older ones)."""
+        return self.gate.current
+
+    @property
     def manager(self) -> Manager:
         """The current configuration's manager (a reload replaces it)."""
         return self.parts.manager
 
-    def adopt(self, parts: wiring.Parts) -> wiring.Parts:
-        """Take a freshly built set of parts (a reload, under every lock); returns the old."""
-        retired, self.parts = self.parts, parts
+    async def adopt(self, parts: wiring.Parts) -> wiring.Parts:
+        """Take a freshly built set of parts (a reload, with the gate closed); returns the old,
+        which is closed once the checks still using it are done."""
         self.settings = parts.settings
-        return retired
+        return await self.gate.swap(parts)
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -239,25 +246,48 @@ class Service:
     async def check_locked(
         self, spec: CertificateSpec, *, force: bool, dry_run: bool, respect_backoff: bool = True
     ) -> Outcome:
-        try:
-            async with self._checking:
-                outcome = await self.manager.ensure(
-                    spec,
-                    force=force,
-                    dry_run=dry_run,
-                    respect_backoff=respect_backoff and not force,
-                )
-        except Exception as error:  # a bug must not stop this certificate's schedule
-            log.exception("cert_check_crashed", cert=spec.name)
-            outcome = Outcome.failed(spec.name, error_text(error))
-        self.record(outcome)
-        if outcome.action is Action.FAILED and not dry_run:
-            self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
-        if outcome.action is Action.UNCHANGED:
-            self._record_served(await self.manager.ensure_served(spec))
-        if not dry_run:
-            self.schedule(spec.name, self.next_check(spec, outcome))
+        """One check of ``spec`` with the parts borrowed for its whole length (a reload
+        swapping them meanwhile leaves this one on the old parts; `sidecar.gate`)."""
+        async with self.gate.use() as parts:
+            # As the parts in use configure it: a reload may have changed it while this waited.
+            current = parts.settings.certificate(spec.name)
+            if current is None:  # removed by that reload: not checked, nor scheduled again
+                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
+            spec, manager = current, parts.manager
+            try:
+                async with self._checking:
+                    outcome = await manager.ensure(
+                        spec,
+                        force=force,
+                        dry_run=dry_run,
+                        respect_backoff=respect_backoff and not force,
+                    )
+            except Exception as error:  # a bug must not stop this certificate's schedule...
+                log.exception("cert_check_crashed", cert=spec.name)
+                # ...nor make it retry sooner than any failure would (issue 17, finding 3).
+                outcome = self._crashed(manager, spec, error, record=not dry_run)
+            self.record(outcome)
+            if outcome.action is Action.FAILED and not dry_run:
+                self._failed[spec.name] = (utc_now(), outcome.error_kind or "other")
+            if outcome.action is Action.UNCHANGED:
+                self._record_served(await manager.ensure_served(spec))
+            if not dry_run:
+                self.schedule(spec.name, self.next_check(spec, outcome))
         return outcome
+
+    @staticmethod
+    def _crashed(
+        manager: Manager, spec: CertificateSpec, error: Exception, *, record: bool
+    ) -> Outcome:
+        """The failure an escaped exception stands for, with the backoff stored as for any
+        failure; if even that fails, the first backoff step, held in memory."""
+        try:
+            return manager.crashed(spec, error, record=record)
+        except Exception:
+            log.exception("cert_backoff_record_failed", cert=spec.name)
+            return Outcome.failed(
+                spec.name, error_text(error), next_retry_at=manager.now() + policy.MIN_RETRY_DELAY
+            )
 
     def record(self, outcome: Outcome) -> None:
         if outcome.action in (Action.ISSUED, Action.DRY_RUN):
@@ -276,18 +306,27 @@ class Service:
                 log.warning("clock_skew", seconds=round(skew, 1), cert=outcome.name)
 
     def next_check(self, spec: CertificateSpec, outcome: Outcome) -> datetime:
-        now = utc_now()
-        view = self.manager.inspect(spec, now)
+        # The manager's clock: the one its backoff was computed with (tests inject one).
+        now = self.manager.now()
+        try:
+            view: CertView | None = self.manager.inspect(spec, now)
+        except Exception:  # a bug must not leave the certificate without a next check
+            log.exception("cert_schedule_inspect_failed", cert=spec.name)
+            view = None
         if outcome.action in (Action.FAILED, Action.WAITING) and outcome.next_retry_at is not None:
             target, why = outcome.next_retry_at, "retry"
-        elif view.next_renewal is not None:
+        elif view is not None and view.next_renewal is not None:
             target, why = view.next_renewal, "renewal"
         else:
             target, why = now + policy.MIN_RETRY_DELAY, "recheck"
         when = target
-        if view.facts is not None and not view.facts.is_placeholder:
+        if view is not None and view.facts is not None and not view.facts.is_placeholder:
             lifetime = view.facts.not_after - view.facts.not_before
             when = min(when, now + policy.check_interval(lifetime))
+        if outcome.action is Action.FAILED and outcome.next_retry_at is None:
+            # A failure with no backoff of its own (a lock held elsewhere, nothing recorded)
+            # still waits the shortest backoff: nothing may retry faster (issue 17, finding 3).
+            when = max(when, now + policy.MIN_RETRY_DELAY)
         when = max(when, now + timedelta(milliseconds=100))
         self._log_schedule(spec.name, target, why, when)
         return when

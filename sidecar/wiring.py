@@ -50,6 +50,7 @@ __all__ = [
     "opened",
     "rebuild",
     "retire",
+    "solvers_change",
     "start_solver",
 ]
 
@@ -82,6 +83,15 @@ def _identity(challenge: str, settings: Settings) -> Hashable:
     if challenge == "dns-01":
         return (settings.dns_hook, settings.hook_env)
     return None
+
+
+def solvers_change(old: Settings, new: Settings) -> bool:
+    """Whether `Responders.update` would close a solver (its address or hook changed): what
+    an order in flight may be using, so a reload waits for those orders first."""
+    return any(
+        _identity(challenge, old) != _identity(challenge, new)
+        for challenge in ("http-01", "tls-alpn-01", "dns-01")
+    )
 
 
 async def _close_solver(solver: ChallengeSolver) -> None:

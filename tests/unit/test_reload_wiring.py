@@ -165,19 +165,46 @@ async def test_a_reload_that_cannot_be_built_keeps_the_running_parts(tmp_path: P
         await wiring.close(service.parts)
 
 
-async def test_a_reload_waits_for_the_certificate_being_worked_on(tmp_path: Path) -> None:
+async def test_a_check_in_progress_keeps_its_parts_which_close_after_it(tmp_path: Path) -> None:
+    # Issue 17, finding 7: the reload no longer waits for checks in progress (it used to take
+    # every certificate's lock, so a due check waited behind an unrelated order). The check
+    # keeps the parts it started with; they are closed when it is done, not under it.
     service = Service(_settings(tmp_path))
     old_manager = service.manager
+    closed: list[object] = []
+    real_aclose = old_manager.aclose
+
+    async def aclose() -> None:
+        closed.append(old_manager)
+        await real_aclose()
+
+    old_manager.aclose = aclose  # type: ignore[method-assign]
     new = _settings(tmp_path, "--renew-at", "0.5")
     try:
-        lock = service.lock_for("a.example")
-        await lock.acquire()  # a check or an order in progress
-        reload = asyncio.ensure_future(service.reload.apply(new))
-        for _ in range(20):
-            await asyncio.sleep(0)
-        assert not reload.done()
-        assert service.manager is old_manager
-        lock.release()
+        async with service.gate.use() as parts:  # a check or an order in progress
+            assert await asyncio.wait_for(service.reload.apply(new), timeout=30)
+            assert service.manager is not old_manager
+            assert parts.manager is old_manager
+            assert closed == []
+        assert closed == [old_manager]
+    finally:
+        await wiring.close(service.parts)
+
+
+async def test_a_reload_that_moves_a_responder_waits_for_the_checks_already_running(
+    tmp_path: Path,
+) -> None:
+    # An order in flight may be answering a challenge on the responder that moves.
+    service = Service(_settings(tmp_path, "--http-listen", f"127.0.0.1:{_free_port()}"))
+    old_manager = service.manager
+    new = _settings(tmp_path, "--http-listen", f"127.0.0.1:{_free_port()}")
+    try:
+        async with service.gate.use():
+            reload = asyncio.ensure_future(service.reload.apply(new))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not reload.done()
+            assert service.manager is old_manager
         assert await asyncio.wait_for(reload, timeout=30)
         assert service.manager is not old_manager
     finally:
