@@ -145,6 +145,10 @@ if $uninstall; then
             grep -vF "$MARK" "$haproxy_cfg" | put - "$haproxy_cfg" "$(stat -c %a "$haproxy_cfg")"
         fi
     fi
+    # The install's backup, once haproxy.cfg is that again.
+    if [[ -f "$haproxy_cfg.before-cert-sidecar" ]] && { $dry_run || cmp -s "$haproxy_cfg.before-cert-sidecar" "$haproxy_cfg"; }; then
+        run rm -f "$haproxy_cfg.before-cert-sidecar"
+    fi
     # haproxy-certs as acme.sh had it: the owners and modes recorded at install (the prepare
     # unit changed them); PEMs that were not there then are cert-sidecar's, and go (acme-deploy
     # writes its own below). A volume that did not exist then gets a new volume's root, 0755.

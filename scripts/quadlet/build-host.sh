@@ -13,6 +13,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/quadlet/env.sh
 source "$here/env.sh"
 
+# One build at a time (scripts/test starts the host build early, in the background).
+exec 9>"$QUADLET_CACHE/.lock-$(basename "$0")"
+flock 9
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 tarball="$QUADLET_CACHE/trixie-host.tar"
 packages=systemd,systemd-sysv,dbus,podman,crun,runc,netavark,aardvark-dns,nftables,passt

@@ -16,6 +16,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=scripts/quadlet/env.sh
 source "$here/env.sh"
+# One build at a time (scripts/test starts the host build early, in the background).
+exec 9>"$QUADLET_CACHE/.lock-$(basename "$0")"
+flock 9
 release="${1:-$REPO_ROOT/tests/quadlet/release}"
 images="$REPO_ROOT/docker/test-images"
 log="$QUADLET_CACHE/build-images.log"
