@@ -44,10 +44,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _script(*args: str, timeout: float = 2400) -> str:
     result = subprocess.run(
-        ["bash", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        ["bash", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
     return result.stdout
 
 
@@ -72,7 +79,9 @@ def host() -> Iterator[Host]:
     storage = REPO_ROOT / ".cache" / "quadlet" / "storage" / name
     the_host = Host(
         name=name,
-        image=os.environ.get("QUADLET_HOST_IMAGE", "localhost/cert-sidecar-test/trixie-systemd:latest"),
+        image=os.environ.get(
+            "QUADLET_HOST_IMAGE", "localhost/cert-sidecar-test/trixie-systemd:latest"
+        ),
         storage=storage,
         release_dir=release,
         archive=archive,

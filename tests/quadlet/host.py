@@ -89,7 +89,9 @@ class Host:
 
     def start(self) -> None:
         self.storage.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["podman", "rm", "--force", "--time", "0", self.name], capture_output=True)
+        subprocess.run(
+            ["podman", "rm", "--force", "--time", "0", self.name], check=False, capture_output=True
+        )
         run = [
             "podman", "--runtime", "runc", "run", "--detach", "--name", self.name,
             "--privileged", "--systemd=always", "--hostname", FQDN,
@@ -114,7 +116,9 @@ class Host:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         journal = self.sh("journalctl --no-pager -o short-precise", check=False, timeout=120)
         (self.log_dir / f"{self.name}.journal.txt").write_text(journal.stdout)
-        subprocess.run(["podman", "rm", "--force", "--time", "5", self.name], capture_output=True)
+        subprocess.run(
+            ["podman", "rm", "--force", "--time", "5", self.name], check=False, capture_output=True
+        )
         self.started = False
 
     # -- commands inside the host --------------------------------------------------------------
@@ -129,6 +133,7 @@ class Host:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -155,8 +160,8 @@ class Host:
         probes read it; False while step-ca has not published it yet."""
         result = self.sh(
             "mkdir -p /run/quadlet-test && podman volume mount step-root-ca >/dev/null"
-            " && cp \"$(podman volume inspect --format '{{.Mountpoint}}' step-root-ca)/root_ca.crt\""
-            " /run/quadlet-test/root_ca.crt",
+            " && dir=\"$(podman volume inspect --format '{{.Mountpoint}}' step-root-ca)\""
+            ' && cp "$dir/root_ca.crt" /run/quadlet-test/root_ca.crt',
             check=False,
         )
         return result.returncode == 0

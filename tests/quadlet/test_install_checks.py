@@ -51,6 +51,7 @@ def run(rpm: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
@@ -91,18 +92,30 @@ def test_units_in_etc_are_found_too(rpm: Path) -> None:
     for unit in (rpm / "usr-share-containers-systemd").iterdir():
         shutil.move(unit, rpm / "etc-containers-systemd")
     # Past the unit check, the next one fails: the image named below does not exist.
-    refused(rpm, "--dry-run", "--image", "localhost/no-such-image:x", says="localhost/no-such-image:x")
+    refused(
+        rpm, "--dry-run", "--image", "localhost/no-such-image:x", says="localhost/no-such-image:x"
+    )
 
 
 def test_missing_system_url(rpm: Path) -> None:
     env = rpm / "configs" / "openchami.env"
-    env.write_text("\n".join(line for line in env.read_text().splitlines() if not line.startswith("SYSTEM_URL=")))
+    env.write_text(
+        "\n".join(
+            line for line in env.read_text().splitlines() if not line.startswith("SYSTEM_URL=")
+        )
+    )
     refused(rpm, "--dry-run", says="no SYSTEM_URL=")
 
 
-@pytest.mark.parametrize("value", ["demo", "", "demo .openchami.cluster", "-x.example", "a_b.example"])
+@pytest.mark.parametrize(
+    "value", ["demo", "", "demo .openchami.cluster", "-x.example", "a_b.example"]
+)
 def test_system_url_that_is_not_a_host_name(rpm: Path, value: str) -> None:
-    edit(rpm / "configs" / "openchami.env", "SYSTEM_URL=demo.openchami.cluster", f"SYSTEM_URL={value}")
+    edit(
+        rpm / "configs" / "openchami.env",
+        "SYSTEM_URL=demo.openchami.cluster",
+        f"SYSTEM_URL={value}",
+    )
     refused(rpm, "--dry-run", says="SYSTEM_URL")
 
 
@@ -123,7 +136,9 @@ def test_hand_edited_haproxy_cfg_with_two_global_sections(rpm: Path) -> None:
 
 
 def test_haproxy_cfg_that_does_not_load_the_certs_directory(rpm: Path) -> None:
-    edit(rpm / "configs" / "haproxy.cfg", "crt /etc/haproxy/certs/", "crt /etc/ssl/private/site.pem")
+    edit(
+        rpm / "configs" / "haproxy.cfg", "crt /etc/haproxy/certs/", "crt /etc/ssl/private/site.pem"
+    )
     refused(rpm, "--dry-run", says="ssl crt /etc/haproxy/certs/")
 
 

@@ -96,16 +96,32 @@ class TestReleaseRpm:
         )
         cfg = host.sh("cat /etc/openchami/configs/haproxy.cfg").stdout
         assert cfg.count("/var/lib/haproxy-run/admin.sock") == 1
-        assert host.sh("test -f /etc/openchami/configs/haproxy.cfg.before-cert-sidecar", check=False).returncode == 0
+        assert (
+            host.sh(
+                "test -f /etc/openchami/configs/haproxy.cfg.before-cert-sidecar", check=False
+            ).returncode
+            == 0
+        )
 
         # HAProxy's backends first: it refuses to start while a server name does not resolve,
         # and the RPM's haproxy.container orders itself after opaal without pulling it in.
-        host.sh("systemctl start opaal.service smd.service bss.service cloud-init-server.service", timeout=600)
+        host.sh(
+            "systemctl start opaal.service smd.service bss.service cloud-init-server.service",
+            timeout=600,
+        )
         start = time.monotonic()
         host.sh("systemctl start haproxy.service", timeout=600)
-        wait_for("HAProxy to serve a verified certificate", lambda: _served_fresh(host), deadline_s=300, interval_s=0.2)
+        wait_for(
+            "HAProxy to serve a verified certificate",
+            lambda: _served_fresh(host),
+            deadline_s=300,
+            interval_s=0.2,
+        )
         elapsed = time.monotonic() - start
-        record(f"quadlet first certificate: systemctl start haproxy.service -> verified on :8443 in {elapsed:.1f} s")
+        record(
+            "quadlet first certificate: systemctl start haproxy.service -> verified on :8443"
+            f" in {elapsed:.1f} s"
+        )
         facts["first"] = elapsed
 
         # HAProxy started only once cert-sidecar had said READY=1 (Type=notify).
@@ -122,7 +138,11 @@ class TestReleaseRpm:
         # `systemctl status` shows what is served; the journal reads as text, not JSON.
         wait_for(
             "systemctl status to name the certificate",
-            lambda: True if FQDN in host.show("cert-sidecar.service", "StatusText")["StatusText"] else None,
+            lambda: (
+                True
+                if FQDN in host.show("cert-sidecar.service", "StatusText")["StatusText"]
+                else None
+            ),
             deadline_s=120,
         )
         check = run_readme(host, "quadlet-check")
@@ -137,7 +157,9 @@ class TestReleaseRpm:
         assert before is not None
         container, pid = host.container_id("haproxy"), host.container_pid("haproxy")
         after = wait_for(
-            "a renewed certificate", lambda: new_serial(host, before.serial), deadline_s=RENEWAL_DEADLINE
+            "a renewed certificate",
+            lambda: new_serial(host, before.serial),
+            deadline_s=RENEWAL_DEADLINE,
         )
         assert (host.container_id("haproxy"), host.container_pid("haproxy")) == (container, pid)
         status = host.show("cert-sidecar.service", "StatusText")["StatusText"]
@@ -147,17 +169,29 @@ class TestReleaseRpm:
         haproxy_pid = host.container_pid("haproxy")
         host.sh("systemctl restart cert-sidecar.service", timeout=300)
         assert host.active("cert-sidecar.service") and host.active("haproxy.service")
-        assert host.container_pid("haproxy") == haproxy_pid, "restarting cert-sidecar restarted HAProxy"
+        assert host.container_pid("haproxy") == haproxy_pid, (
+            "restarting cert-sidecar restarted HAProxy"
+        )
         current = host.served()
         assert current is not None
-        wait_for("a renewal after restarting cert-sidecar", lambda: new_serial(host, current.serial), deadline_s=RENEWAL_DEADLINE)
+        wait_for(
+            "a renewal after restarting cert-sidecar",
+            lambda: new_serial(host, current.serial),
+            deadline_s=RENEWAL_DEADLINE,
+        )
 
         sidecar_pid = host.container_pid("cert-sidecar")
         host.sh("systemctl restart step-ca.service", timeout=300)
-        assert host.container_pid("cert-sidecar") == sidecar_pid, "a step-ca restart restarted cert-sidecar"
+        assert host.container_pid("cert-sidecar") == sidecar_pid, (
+            "a step-ca restart restarted cert-sidecar"
+        )
         current = host.served()
         assert current is not None
-        wait_for("a renewal after restarting step-ca", lambda: new_serial(host, current.serial), deadline_s=RENEWAL_DEADLINE)
+        wait_for(
+            "a renewal after restarting step-ca",
+            lambda: new_serial(host, current.serial),
+            deadline_s=RENEWAL_DEADLINE,
+        )
         assert host.container_pid("haproxy") == haproxy_pid
 
     def test_4_a_hung_sidecar_is_restarted_by_the_watchdog(self, host: Host) -> None:
@@ -168,28 +202,54 @@ class TestReleaseRpm:
         host.sh(f"kill -STOP {pid}")
         wait_for(
             "systemd's watchdog to restart cert-sidecar",
-            lambda: True
-            if int(host.show("cert-sidecar.service", "NRestarts")["NRestarts"]) > restarts
-            else None,
+            lambda: (
+                True
+                if int(host.show("cert-sidecar.service", "NRestarts")["NRestarts"]) > restarts
+                else None
+            ),
             deadline_s=180,
         )
-        assert "watchdog" in host.sh(f"journalctl --no-pager -u cert-sidecar.service --since {shlex.quote(since)}").stdout.lower()
-        wait_for("cert-sidecar active again", lambda: True if host.active("cert-sidecar.service") else None, deadline_s=180)
+        assert (
+            "watchdog"
+            in host.sh(
+                f"journalctl --no-pager -u cert-sidecar.service --since {shlex.quote(since)}"
+            ).stdout.lower()
+        )
+        wait_for(
+            "cert-sidecar active again",
+            lambda: True if host.active("cert-sidecar.service") else None,
+            deadline_s=180,
+        )
         current = host.served()
         assert current is not None
-        wait_for("a renewal after the watchdog restart", lambda: new_serial(host, current.serial), deadline_s=RENEWAL_DEADLINE)
+        wait_for(
+            "a renewal after the watchdog restart",
+            lambda: new_serial(host, current.serial),
+            deadline_s=RENEWAL_DEADLINE,
+        )
 
     def test_5_an_fqdn_change_re_issues_for_the_new_name(self, host: Host) -> None:
         haproxy_pid = host.container_pid("haproxy")
-        host.sh(f"openchami-certificate-update update {NEW_FQDN} && systemctl restart cert-sidecar.service")
+        host.sh(
+            f"openchami-certificate-update update {NEW_FQDN}"
+            " && systemctl restart cert-sidecar.service"
+        )
         got = wait_for(
-            f"a verified certificate for {NEW_FQDN}", lambda: host.served(NEW_FQDN), deadline_s=RENEWAL_DEADLINE
+            f"a verified certificate for {NEW_FQDN}",
+            lambda: host.served(NEW_FQDN),
+            deadline_s=RENEWAL_DEADLINE,
         )
         assert got.serial
         assert host.container_pid("haproxy") == haproxy_pid
         # And back, so the acme.sh path below issues for the host's own name again.
-        host.sh(f"openchami-certificate-update update {FQDN} && systemctl restart cert-sidecar.service")
-        wait_for(f"a certificate for {FQDN} again", lambda: _served_fresh(host), deadline_s=RENEWAL_DEADLINE)
+        host.sh(
+            f"openchami-certificate-update update {FQDN} && systemctl restart cert-sidecar.service"
+        )
+        wait_for(
+            f"a certificate for {FQDN} again",
+            lambda: _served_fresh(host),
+            deadline_s=RENEWAL_DEADLINE,
+        )
 
     def test_6_uninstall_gives_the_acme_sh_path_back_as_it_was(self, host: Host) -> None:
         run_readme(host, "quadlet-uninstall")
@@ -198,16 +258,19 @@ class TestReleaseRpm:
         assert not host.active("cert-sidecar.service")
         assert host.active("acme-deploy.service") and host.active("haproxy.service")
         # acme.sh's certificate, in acme.sh's file: root's, 0600.
-        wait_for("HAProxy to serve acme.sh's certificate", lambda: host.served(), deadline_s=300)
+        wait_for("HAProxy to serve acme.sh's certificate", host.served, deadline_s=300)
         assert host.volume_file("haproxy-certs", f"{FQDN}.pem") == "600 0:0"
-        assert "/var/lib/haproxy-run" not in host.sh("podman inspect --format '{{.Mounts}}' haproxy").stdout
+        assert (
+            "/var/lib/haproxy-run"
+            not in host.sh("podman inspect --format '{{.Mounts}}' haproxy").stdout
+        )
 
     def test_7_install_over_a_running_acme_sh_install_restarts_haproxy_once(
         self, host: Host
     ) -> None:
         # A fresh certificate from acme.sh, the RPM's way (its daily renewal unit, run by hand).
         host.sh("systemctl start openchami-cert-renewal.service", timeout=600)
-        acme = wait_for("acme.sh's renewed certificate", lambda: host.served(), deadline_s=120)
+        acme = wait_for("acme.sh's renewed certificate", host.served, deadline_s=120)
         host.sh(
             "rm -f /run/quadlet-test/poll.log; nohup python3 -c "
             + shlex.quote(_POLLER)
@@ -219,14 +282,22 @@ class TestReleaseRpm:
         time.sleep(3)
         host.sh("kill $(cat /run/quadlet-test/poll.pid)")
         starts = host.sh(
-            f"journalctl --no-pager -o cat -u haproxy.service --since {shlex.quote(since)} | grep -c '^Started' || true"
+            f"journalctl --no-pager -o cat -u haproxy.service --since {shlex.quote(since)}"
+            " | grep -c '^Started' || true"
         ).stdout.strip()
         assert starts == "1", f"HAProxy was started {starts} times by the migration"
         outage = _longest_outage(host.sh("cat /run/quadlet-test/poll.log").stdout)
-        record(f"quadlet migration from acme.sh: longest interruption on :8443 {outage:.1f} s (one HAProxy restart)")
+        record(
+            "quadlet migration from acme.sh: longest interruption on :8443"
+            f" {outage:.1f} s (one HAProxy restart)"
+        )
         assert host.volume_file("haproxy-certs", f"{FQDN}.pem") == "640 10001:65532"
         # cert-sidecar took acme.sh's still-valid certificate over, then renews it itself.
-        wait_for("cert-sidecar's own certificate", lambda: new_serial(host, acme.serial), deadline_s=RENEWAL_DEADLINE)
+        wait_for(
+            "cert-sidecar's own certificate",
+            lambda: new_serial(host, acme.serial),
+            deadline_s=RENEWAL_DEADLINE,
+        )
 
 
 def _served_fresh(host: Host) -> Served | None:

@@ -27,7 +27,7 @@ class Answer(BaseHTTPRequestHandler):
 
     do_POST = do_GET
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -38,7 +38,7 @@ def main() -> int:
     servers = []
     for port in PORTS:
         try:
-            servers.append(ThreadingHTTPServer(("0.0.0.0", port), Answer))
+            servers.append(ThreadingHTTPServer(("0.0.0.0", port), Answer))  # noqa: S104 (a backend)
         except OSError as error:  # a port another stub on the host network holds
             print(f"stub {NAME}: port {port}: {error}", file=sys.stderr, flush=True)
     for server in servers[1:]:
