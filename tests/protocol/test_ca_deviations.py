@@ -6,11 +6,21 @@ docs/ACME-DEVIATIONS.md lists them with the reasons.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
+import httpx
 import pytest
 
-from ca_client.errors import OrderFailed
+from ca_client.errors import (
+    MalformedResponse,
+    NoSolver,
+    NotACME,
+    OrderFailed,
+    RejectedIdentifier,
+)
 from ca_client.keys import KeyType, generate_private_key
 from ca_client.models import Identifier
 from tests.protocol.conftest import ClientFactory, FakeClock, RecordingSolver
@@ -108,3 +118,158 @@ async def test_a_failed_challenge_with_error_still_carries_the_cas_reason(
         )
     assert caught.value.problem is not None
     assert "no reason" not in str(caught.value)
+
+
+# --- the table of docs/ACME-DEVIATIONS.md, checked ---------------------------------------------
+
+Edit = Callable[[httpx.Request, str, httpx.Response], httpx.Response]
+
+
+def _rebuilt(
+    response: httpx.Response,
+    *,
+    status: int | None = None,
+    drop: tuple[str, ...] = (),
+    set_headers: dict[str, str] | None = None,
+    content: bytes | None = None,
+) -> httpx.Response:
+    headers = {k.lower(): v for k, v in response.headers.items() if k.lower() not in drop}
+    headers.pop("content-length", None)
+    headers.update({k.lower(): v for k, v in (set_headers or {}).items()})
+    return httpx.Response(
+        status or response.status_code,
+        headers=headers,
+        content=response.content if content is None else content,
+    )
+
+
+def _json_edit(route: str, change: Callable[[dict[str, Any]], None]) -> Edit:
+    def edit(request: httpx.Request, found: str, response: httpx.Response) -> httpx.Response:
+        if found != route or response.status_code >= 400:
+            return response
+        body = json.loads(response.content)
+        change(body)
+        return _rebuilt(response, content=json.dumps(body).encode())
+
+    return edit
+
+
+def _no_nonce(request: httpx.Request, route: str, response: httpx.Response) -> httpx.Response:
+    return response if route == "new-nonce" else _rebuilt(response, drop=("replay-nonce",))
+
+
+def _no_nonce_anywhere(
+    request: httpx.Request, route: str, response: httpx.Response
+) -> httpx.Response:
+    return _rebuilt(response, drop=("replay-nonce",))
+
+
+def _text_plain(request: httpx.Request, route: str, response: httpx.Response) -> httpx.Response:
+    return _rebuilt(response, set_headers={"Content-Type": "text/plain"})
+
+
+def _status_200(request: httpx.Request, route: str, response: httpx.Response) -> httpx.Response:
+    return _rebuilt(response, status=200) if response.status_code == 201 else response
+
+
+def _no_location(route: str) -> Edit:
+    def edit(request: httpx.Request, found: str, response: httpx.Response) -> httpx.Response:
+        return _rebuilt(response, drop=("location",)) if found == route else response
+
+    return edit
+
+
+def _no_link(request: httpx.Request, route: str, response: httpx.Response) -> httpx.Response:
+    return _rebuilt(response, drop=("link",)) if route == "chall" else response
+
+
+def _relative_location(
+    request: httpx.Request, route: str, response: httpx.Response
+) -> httpx.Response:
+    location = response.headers.get("location")
+    if not location:
+        return response
+    return _rebuilt(response, set_headers={"Location": location.removeprefix("https://ca.test")})
+
+
+def _problem_as_json(
+    request: httpx.Request, route: str, response: httpx.Response
+) -> httpx.Response:
+    if route != "new-order":
+        return response
+    return httpx.Response(
+        400,
+        json={"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "not here"},
+        headers={"Content-Type": "application/json", "Replay-Nonce": "n-problem"},
+    )
+
+
+def _html_error(request: httpx.Request, route: str, response: httpx.Response) -> httpx.Response:
+    if route != "new-order":
+        return response
+    return httpx.Response(
+        400, content=b"<html>Bad Request</html>", headers={"Content-Type": "text/html"}
+    )
+
+
+def _unknown_fields(body: dict[str, Any]) -> None:
+    body["x-vendor"] = {"anything": [1, 2]}
+
+
+DEVIATIONS: list[tuple[str, list[Edit], type[Exception] | None, str]] = [
+    ("no Replay-Nonce on answers", [_no_nonce], None, ""),
+    ("no Replay-Nonce even from newNonce", [_no_nonce_anywhere], MalformedResponse, "Replay-Nonce"),
+    ("JSON served as text/plain", [_text_plain], None, ""),
+    ("200 instead of 201", [_status_200], None, ""),
+    ("relative Location", [_relative_location], None, ""),
+    ("unknown fields", [_json_edit("order", _unknown_fields)], None, ""),
+    ("no Link up on a challenge", [_no_link], None, ""),
+    ("problem document as application/json", [_problem_as_json], RejectedIdentifier, "not here"),
+    ("HTML error page", [_html_error], NotACME, "text/html"),
+    (
+        "order without status",
+        [_json_edit("new-order", lambda b: b.pop("status"))],
+        MalformedResponse,
+        "field 'status' missing",
+    ),
+    ("newOrder without Location", [_no_location("new-order")], MalformedResponse, "Location"),
+    (
+        "authorization without challenges",
+        [_json_edit("authz", lambda b: b.update(challenges=[]))],
+        NoSolver,
+        "the CA offers nothing",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edits", "refused", "words"),
+    [pytest.param(e, r, w, id=name) for name, e, r, w in DEVIATIONS],
+)
+async def test_deviation_table(
+    ca: FakeAcme,
+    make_client: ClientFactory,
+    solver: RecordingSolver,
+    edits: list[Edit],
+    refused: type[Exception] | None,
+    words: str,
+) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = await ca.async_handler(request)
+        route = ca._route(request.url.path)
+        for edit in edits:
+            response = edit(request, route, response)
+        return response
+
+    client = make_client(transport=httpx.MockTransport(handler))
+    obtaining = client.obtain(
+        [NAME], generate_private_key(KeyType.EC_P256), solvers={"http-01": solver}
+    )
+    if refused is None:
+        issued = await obtaining
+        assert issued.leaf_pem.startswith("-----BEGIN CERTIFICATE-----")
+        return
+    with pytest.raises(refused) as caught:
+        await obtaining
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
