@@ -24,7 +24,7 @@ from ca_client.errors import (
 from ca_client.keys import KeyType, generate_private_key
 from ca_client.models import Identifier
 from tests.protocol.conftest import ClientFactory, FakeClock, RecordingSolver
-from tests.protocol.fake_acme import FakeAcme
+from tests.protocol.fake_acme import FakeAcme, problem
 
 pytestmark = pytest.mark.anyio
 
@@ -273,3 +273,54 @@ async def test_deviation_table(
         await obtaining
     assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+async def test_a_failed_challenge_left_pending_with_its_error_fails_at_once(
+    clock: FakeClock, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
+    # step-ca 0.19: the challenge stays "pending" with the error, the authorization "pending",
+    # for ever (§8.2 says "invalid"). Waiting would wait for the whole deadline.
+    ca = FakeAcme(clock=clock)  # reaches nothing: validation fails
+
+    def pending(body: dict[str, Any]) -> None:
+        if body.get("status") == "invalid":
+            body["status"] = "pending"
+        for challenge in body.get("challenges", []):
+            if challenge.get("status") == "invalid":
+                challenge["status"] = "pending"
+
+    edits = [_json_edit("authz", pending), _json_edit("chall", pending)]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        response = await ca.async_handler(request)
+        for edit in edits:
+            response = edit(request, ca._route(request.url.path), response)
+        return response
+
+    client = make_client(transport=httpx.MockTransport(handler))
+    started = clock.now
+    with pytest.raises(OrderFailed) as caught:
+        await client.obtain(
+            [NAME], generate_private_key(KeyType.EC_P256), solvers={"http-01": solver}
+        )
+    assert caught.value.problem is not None  # the CA's own reason
+    assert clock.now - started < 30  # not the deadline
+
+
+async def test_a_refused_replaces_hint_orders_again_without_it(
+    clock: FakeClock, make_client: ClientFactory, solver: RecordingSolver
+) -> None:
+    ca = FakeAcme(clock=clock, renewal_info=True)
+    ca.reach(solver)
+    ca.fail_times(
+        "new-order", 1, lambda: problem(409, "alreadyReplaced", "that one was replaced already")
+    )
+    client = make_client(transport=ca.transport())
+    issued = await client.obtain(
+        [NAME],
+        generate_private_key(KeyType.EC_P256),
+        solvers={"http-01": solver},
+        replaces="aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE",
+    )
+    assert issued.leaf_pem
+    assert [payload.get("replaces") for payload in ca.new_order_payloads] == [None]
