@@ -25,8 +25,8 @@ always let in, and when there is no room an older connection is closed. Which on
   counting its addresses one by one would hand it 2**64 sources. A source that already holds
   ``per_source`` connections and opens another loses one of its own, chosen the same way.
 
-Closing is the caller's ``close`` callback (aborting the transport), so the connection's own
-handler sees end-of-stream and finishes normally; its slot is freed at once, here, so the
+Closing is the caller's ``close`` callback (a reset: ``_listen.reset``), so the connection's
+own handler sees end-of-stream and finishes normally; its slot is freed at once, here, so the
 newcomer fits immediately.
 
 Pure bookkeeping, no I/O and no clock (the order of events is the only time it needs): the
@@ -118,7 +118,7 @@ class ConnectionLimits:
 
     def answering(self, slot: Slot) -> None:
         """The whole request is in: from now on the connection is closed only as a last resort."""
-        if slot in self._idle:  # not released, evicted, or answering already
+        if slot in self._idle:  # else released or evicted already: nothing to move
             del self._idle[slot]
             self._progress(slot, self._answering, answering=True)
 
