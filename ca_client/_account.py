@@ -55,7 +55,7 @@ async def new_account(
         deadline=deadline,
         idempotent=True,
     )
-    account = _account_from(response)
+    account = await _account_from(session, response, deadline)
     session.registration = Registration(tuple(contact), eab, terms_agreed)
     session.account = account
     if response.status == 201:
@@ -65,12 +65,45 @@ async def new_account(
     return account
 
 
-def _account_from(response: AcmeResponse) -> Account:
+async def _account_from(session: Session, response: AcmeResponse, deadline: float) -> Account:
+    """The account a newAccount answer names: its ``Location``, and its body when it is one.
+
+    §7.3.1 says the body is the account object, but some CAs answer an existing key with ``200``,
+    a ``Location`` and ``{}`` (or nothing). certbot and lego rely on ``Location`` alone, and so
+    can we: the account is then read from its URL (POST-as-GET, §7.3.3). See
+    docs/ACME-DEVIATIONS.md.
+    """
     url = response.location
     if not url:
         raise MalformedResponse("account answer without a Location", url=response.url)
-    body = response.json() if response.content.strip() else {"status": "valid"}
-    return Account.from_json(body, url=url)
+    body = response.json() if response.content.strip() else None
+    if not lacks_account(body):
+        return Account.from_json(body, url=url)
+    logger.debug("newAccount answer for %s has no account object: fetching it", url)
+    fetched = await session.transport.post(
+        url, None, session.account_key, kid=url, deadline=deadline, idempotent=True
+    )
+    body = fetched.json() if fetched.content.strip() else None
+    if not lacks_account(body):
+        return Account.from_json(body, url=url)
+    # Still no status. The CA has just accepted a request signed for this account (a kid
+    # POST-as-GET): §7.3.6 has it refuse those for a deactivated or revoked account
+    # ("the server MUST NOT accept further requests authorized by that account's key"), so the
+    # account is usable, which is all "valid" means here. Anything else in the body (a contact
+    # of the wrong type, say) is still checked.
+    logger.warning("the CA gave no status for account %s: taking it as valid", url)
+    return Account.from_json(
+        {**(body if isinstance(body, Mapping) else {}), "status": "valid"}, url=url
+    )
+
+
+def lacks_account(body: object) -> bool:
+    """No body, or an object without ``status``: what some CAs send for an existing account.
+
+    Anything else is parsed as the account, and refused if it is not one (a list, a status of
+    the wrong type): that is a broken answer, not a short one.
+    """
+    return body is None or (isinstance(body, Mapping) and "status" not in body)
 
 
 async def find_account(session: Session, deadline: float | None) -> Account | None:
@@ -97,7 +130,7 @@ async def _find_existing(session: Session, deadline: float) -> Account | None:
         )
     except AccountDoesNotExist:
         return None
-    return _account_from(response)
+    return await _account_from(session, response, deadline)
 
 
 async def ensure_account(

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 Cleanup = Callable[[], Awaitable[None]]
 
+NO_REASON = "the CA gave no reason (no error document in the challenge or authorization)"
+
 
 async def fetch_authorization(
     session: Session, url: str, deadline: float
@@ -77,10 +79,10 @@ async def authorize(
     if authorization.status == "valid":
         return  # reused from an earlier order (§7.1.4 allows the CA to)
     if authorization.status != "pending":
+        problem = first_error(authorization)
+        message = f"authorization for {authorization.identifier} is {authorization.status}"
         raise OrderFailed(
-            f"authorization for {authorization.identifier} is {authorization.status}",
-            url=url,
-            problem=first_error(authorization),
+            message if problem else f"{message}: {NO_REASON}", url=url, problem=problem
         )
     challenge, solver = pick_challenge(authorization, solvers, preferred)
     assert challenge.token is not None
@@ -194,12 +196,15 @@ def _validation_failed(
     if answer.error is not None and (final is None or final.error is None):
         final = answer
     problem = final.error if final is not None and final.error else None
-    return OrderFailed(
-        f"{challenge_type} validation of {identifier} failed "
-        f"(authorization {authorization.status})",
-        url=authorization.url,
-        problem=problem or first_error(authorization),
+    problem = problem or first_error(authorization)
+    message = (
+        f"{challenge_type} validation of {identifier} failed (authorization {authorization.status})"
     )
+    if problem is None:
+        # RFC 8555 §8: the server "SHOULD" add an error to a failed challenge, not MUST; some
+        # CAs send none. Say so, rather than leave the operator wondering what was cut off.
+        message += f": {NO_REASON}"
+    return OrderFailed(message, url=authorization.url, problem=problem)
 
 
 def first_error(authorization: Authorization) -> AcmeProblem | None:

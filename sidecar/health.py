@@ -6,9 +6,12 @@ only clients are probes, Prometheus and curl: one request per connection (``Conn
 GET and HEAD only, no request body, bounded request head, a short wait for the first byte, a
 deadline for reading the request and for writing the answer, and a cap on simultaneous
 connections, per source and in all, so a slow or hostile client cannot pin the service's event
-loop or memory. The cap never refuses a newcomer: when it is reached, the oldest connection of the
-busiest source is closed instead (``ca_client.challenges._limits``, shared with the challenge
-responders), so a pile of idle local sockets cannot make ``healthcheck`` fail.
+loop or memory. The cap never refuses a newcomer: when it is reached, the connection idle the
+longest (no whole request yet, or its answer written) is closed instead
+(``ca_client.challenges._limits``, shared with the challenge responders), so a pile of idle local
+sockets cannot make ``healthcheck`` fail. A client given up on (evicted, or not reading its answer
+within ``WRITE_TIMEOUT``) is reset (``SO_LINGER`` 0), not closed: a close would leave the unsent
+answer in the kernel's send queue until TCP gives up, minutes later.
 
 ``cmd_healthcheck`` runs every few seconds inside the container (Docker/compose ``HEALTHCHECK``):
 it uses asyncio streams and imports nothing heavy (``sidecar.metrics`` is pure and light).
@@ -28,8 +31,8 @@ from typing import Any, Protocol, TextIO
 
 from ca_client.challenges import _http
 from ca_client.challenges._http import HeadNotRead, HttpRequest, HttpRequestError, read_request_head
-from ca_client.challenges._limits import ConnectionLimits
-from ca_client.challenges._listen import dual_stack_socket, normalize_host
+from ca_client.challenges._limits import ConnectionLimits, Slot
+from ca_client.challenges._listen import dual_stack_socket, normalize_host, reset
 from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line, os_error_text
 from sidecar.metrics import (
@@ -64,10 +67,13 @@ MAX_HEAD_BYTES = 8 * 1024  # request line + headers; probes send a few hundred b
 MAX_HEADERS = 64
 FIRST_BYTE_TIMEOUT = 2.0  # probes and Prometheus write their request as soon as they connect
 READ_TIMEOUT = 5.0  # from accepting a connection to having the whole request head
-WRITE_TIMEOUT = 10.0  # a /metrics answer for 1,000 certificates is a few hundred KiB
+# From a whole request to the client having read the answer (a /metrics answer for 1,000
+# certificates is a few hundred KiB); a client still not done is reset.
+WRITE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64  # Prometheus and a probe or two need a handful
 MAX_PER_SOURCE = 16  # one address (all local probes share 127.0.0.1: eviction keeps them going)
 _MAX_PROBE_ANSWER = 4 * 1024 * 1024
+_MAX_DISCARD = 64 * 1024  # what a client may still send after its request, before it closes
 
 _REASONS = {
     200: "OK",
@@ -166,6 +172,27 @@ def _utc_now() -> datetime:
 # --- the server ------------------------------------------------------------------------------
 
 
+async def _deliver(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes
+) -> None:
+    """Write ``answer`` and wait until the client has it: its end of the connection closes.
+
+    ``drain()`` returning says only that the kernel took the bytes: it takes a whole ``/metrics``
+    answer into the send queue of a client that never reads. So the answer ends with a FIN, and
+    the client's own close (every client reads to the end of a ``Connection: close`` answer,
+    then closes) is what says it was delivered; the caller's deadline covers the whole wait and
+    resets the connection when it passes.
+    """
+    writer.write(answer)
+    await writer.drain()
+    if not writer.can_write_eof():  # pragma: no cover - TCP transports can
+        return
+    writer.write_eof()
+    discarded = 0
+    while discarded < _MAX_DISCARD and (chunk := await reader.read(65536)):
+        discarded += len(chunk)  # a client has nothing more to send: ignore it, bounded
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -257,22 +284,30 @@ class HealthServer(StartStop):
         if task is None:  # pragma: no cover - asyncio always runs handlers in a task
             writer.transport.abort()
             return
-        # When full, the oldest connection of the busiest source is aborted to make room: its
-        # pending read then sees end-of-stream and its handler returns.
-        slot = self._limits.admit(writer.get_extra_info("peername"), writer.transport.abort)
+        # When full, the connection idle the longest is reset to make room: its pending read then
+        # sees end-of-stream and its handler returns.
+        slot = self._limits.admit(
+            writer.get_extra_info("peername"), lambda: reset(writer.transport)
+        )
         self._connections[task] = writer
+        finished = False
         try:
-            answer = await self._answer(reader)
+            answer = await self._answer(reader, slot)
             if answer is not None:
-                writer.write(answer)
                 async with asyncio.timeout(WRITE_TIMEOUT):
-                    await writer.drain()
+                    await _deliver(reader, writer, answer)
+            finished = True
         except (TimeoutError, ConnectionError):
             pass  # the client went away or stalled: nothing to tell it
         finally:
             self._limits.release(slot)
             del self._connections[task]
-            writer.close()
+            if finished:
+                writer.close()
+            else:
+                # Given up on (stalled, gone, or shutting down): drop what the kernel still
+                # holds for it rather than leave it in the send queue.
+                reset(writer.transport)
 
     def _alive(self) -> tuple[bool, str | None]:
         if self._liveness is not None:
@@ -280,11 +315,13 @@ class HealthServer(StartStop):
         snapshot = self._snapshot()
         return snapshot.alive, snapshot.detail
 
-    async def _answer(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _answer(self, reader: asyncio.StreamReader, slot: Slot) -> bytes | None:
         try:
             head = await read_request_head(
                 reader, first_byte_timeout=FIRST_BYTE_TIMEOUT, head_timeout=READ_TIMEOUT
             )
+            # A whole request: a flood of idle connections no longer makes room by closing it.
+            self._limits.answering(slot)
         except HeadNotRead as exc:
             # Nothing sent, or a TCP probe that connected and closed: answer nothing.
             return None if exc.status is None else _text(exc.status, str(exc))

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ca_client.challenges.base import ChallengeSolver
 from ca_client.client import AcmeClient
-from ca_client.errors import AcmeError
+from ca_client.errors import AcmeError, InvalidContact, Malformed, UnsupportedContact
 from ca_client.keys import KeyType, PrivateKey, generate_private_key
 from ca_client.models import ExternalAccountBinding, Identifier, IssuedCertificate, RenewalInfo
 from ca_client.renewal_info import certificate_id
@@ -50,8 +50,9 @@ class IssuerError(OperationError):
     the CA asked to wait, ``kind`` the `metrics.ErrorKind` label.
     """
 
-    def __init__(self, error: AcmeError) -> None:
-        super().__init__(one_line(str(error)) or type(error).__name__)
+    def __init__(self, error: AcmeError, *, hint: str | None = None) -> None:
+        text = one_line(str(error)) or type(error).__name__
+        super().__init__(f"{text}; {hint}" if hint else text)
         self.cause_type = type(error).__name__
         problem_type = getattr(error, "type", None)
         self.problem_type = problem_type if isinstance(problem_type, str) else None
@@ -82,6 +83,21 @@ class AccountSettings:
     @property
     def contact(self) -> list[str]:
         return [f"mailto:{self.email}"] if self.email else []
+
+
+def _contact_hint(error: AcmeError, email: str | None) -> str | None:
+    """What to change when the CA refused the account over its contact, naming the setting.
+
+    RFC 8555 §7.3.1: "the server MAY require a contact"; a CA that does answers a newAccount
+    without one with ``malformed`` (or ``invalidContact``), in words that do not say which of
+    the sidecar's settings is missing. A ``malformed`` with a contact given is about something
+    else: no hint then.
+    """
+    if email is None:
+        return "the CA may require a contact address: set --email (CERT_SIDECAR_EMAIL)"
+    if isinstance(error, InvalidContact | UnsupportedContact):
+        return f"the CA refused the contact mailto:{email}: check --email (CERT_SIDECAR_EMAIL)"
+    return None
 
 
 class Issuer:
@@ -168,9 +184,15 @@ class Issuer:
             eab = None
             if account.eab_kid and account.eab_hmac_key:
                 eab = ExternalAccountBinding(account.eab_kid, account.eab_hmac_key)
-            registered = await client.ensure_account(
-                contact=account.contact, eab=eab, account_url=account_url
-            )
+            try:
+                registered = await client.ensure_account(
+                    contact=account.contact, eab=eab, account_url=account_url
+                )
+            except (Malformed, InvalidContact, UnsupportedContact) as error:
+                hint = _contact_hint(error, account.email)
+                if hint is None:
+                    raise
+                raise IssuerError(error, hint=hint) from error
         except BaseException:
             await client.aclose()
             raise

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ca_client.challenges import _http, _listen
 from ca_client.challenges._http import HttpRequest, HttpRequestError
+from ca_client.challenges._limits import Slot
 from ca_client.challenges.base import check_key_authorization, format_address, is_base64url
 from ca_client.models import Identifier
 
@@ -103,9 +104,11 @@ class Http01Responder(_listen.Listener):
     Anyone can connect, so each connection is bounded: ``first_byte_timeout`` to start the
     request, ``read_timeout`` (from the accept) for the whole head, ``max_request_bytes`` for its
     size, at most ``max_per_source`` connections from one address (an IPv6 /64), and at most
-    ``max_connections`` in all, where a newcomer is let in by closing the oldest connection of
-    the busiest source (see `ca_client.challenges._limits`). A CA validating hundreds of names
-    at once from one address still fits: 128 per source.
+    ``max_connections`` in all, where a newcomer is let in by closing the connection that has
+    been idle the longest: one that has not sent a whole request head, or whose answer is
+    written (see `ca_client.challenges._limits`). A request being answered is closed only when
+    every slot is. A CA validating hundreds of names at once from one address still fits: 128
+    per source.
     """
 
     challenge_type = "http-01"
@@ -151,14 +154,19 @@ class Http01Responder(_listen.Listener):
         self._tokens.pop(token, None)
         logger.debug("http-01 token %s removed for %s", token, identifier.value)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        response, include_body = await self._read_and_answer(reader)
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
+    ) -> None:
+        response, include_body = await self._read_and_answer(reader, slot)
         if response is None:
             return
         writer.write(response.render(include_body=include_body))
         async with asyncio.timeout(self._read_timeout):
             await writer.drain()
         if response.status >= 400:
+            # Refused: nothing the client still waits for may be lost by closing it now. A
+            # key authorization (200) stays protected until the connection is closed.
+            self._answered(slot)
             await self._linger(reader, writer)
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -178,7 +186,7 @@ class Http01Responder(_listen.Listener):
                     discarded += len(chunk)
 
     async def _read_and_answer(
-        self, reader: asyncio.StreamReader
+        self, reader: asyncio.StreamReader, slot: Slot
     ) -> tuple[HttpResponse | None, bool]:
         try:
             head = await _http.read_request_head(
@@ -186,6 +194,7 @@ class Http01Responder(_listen.Listener):
                 first_byte_timeout=self._first_byte_timeout,
                 head_timeout=self._read_timeout,
             )
+            self._answering(slot)
         except _http.HeadNotRead as exc:
             if exc.status is None:
                 return None, False

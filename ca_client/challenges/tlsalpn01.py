@@ -41,6 +41,7 @@ from ca_client.challenges._client_hello import (
     MalformedClientHello,
     parse_client_hello,
 )
+from ca_client.challenges._limits import Slot
 from ca_client.challenges.base import (
     ChallengeSetupError,
     check_key_authorization,
@@ -289,11 +290,15 @@ class TlsAlpn01Responder(_listen.Listener):
             writer.write(alert_record(ALERT_DECODE_ERROR))
         return None, b""
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
+    ) -> None:
         async with asyncio.timeout(self._handshake_timeout):
-            await self._handshake(reader, writer)
+            await self._handshake(reader, writer, slot)
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: Slot
+    ) -> None:
         hello, received = await self._read_client_hello(reader, writer)
         if hello is None:
             return
@@ -306,7 +311,9 @@ class TlsAlpn01Responder(_listen.Listener):
                 refusal,
             )
             writer.write(alert_record(refusal))
-            return
+            return  # still idle: a refused client may be closed to make room
+        # A whole ClientHello for a name we serve: the handshake is protected from here.
+        self._answering(slot)
 
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = self._context.wrap_bio(incoming, outgoing, server_side=True)

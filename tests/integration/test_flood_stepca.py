@@ -47,6 +47,7 @@ async def flooding(
     connections: int,
     interval: float,
     log: Path,
+    sources: int = 1,
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the attacker until the block ends; yields a dict that gets its final counts."""
     with log.open("wb") as stderr:
@@ -63,6 +64,8 @@ async def flooding(
             str(connections),
             "--interval",
             str(interval),
+            "--sources",
+            str(sources),
             cwd=REPO_ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,

@@ -2,7 +2,9 @@
 
 ``python -m tests.peers.flood MODE --target HOST:PORT --source ADDRESS --connections N``
 
-Every connection is bound to ``--source``, a loopback address other than 127.0.0.1: step-ca's
+Every connection is bound to ``--source``, a loopback address other than 127.0.0.1 (with
+``--sources N``, connection i to ``--source`` + i mod N: one connection from each of many
+sources, as an attacker holding an IPv6 /48 can): step-ca's
 validation connections to 127.0.1.N leave from 127.0.0.1 (the kernel's choice for the ``lo``
 route, ``ip route get 127.0.1.N`` says ``src 127.0.0.1``), so the responder sees the attacker
 and the CA as two different sources, as it would on a real network.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import resource
@@ -124,6 +127,7 @@ async def flood(
     connections: int,
     interval: float,
     duration: float | None,
+    sources: int = 1,
 ) -> FloodStats:
     stats = FloodStats()
     stop = asyncio.Event()
@@ -131,8 +135,13 @@ async def flood(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     events = [asyncio.Event() for _ in range(connections)]
+    first = ipaddress.ip_address(source)
     tasks = [
-        asyncio.create_task(_one_connection(mode, *target, source, interval, stats, events[index]))
+        asyncio.create_task(
+            _one_connection(
+                mode, *target, str(first + index % sources), interval, stats, events[index]
+            )
+        )
         for index in range(connections)
     ]
     try:
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="HOST:PORT")
     parser.add_argument("--source", required=True, help="address to connect from")
     parser.add_argument("--connections", type=int, default=520)
+    parser.add_argument("--sources", type=int, default=1, help="spread over this many addresses")
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--duration", type=float, default=None)
     args = parser.parse_args(argv)
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             args.connections,
             args.interval,
             args.duration,
+            args.sources,
         )
     )
     print(json.dumps(asdict(stats)), flush=True)

@@ -311,6 +311,16 @@ class FakeAcme:
     #: where the CA looks for challenge proofs (see `reach`); nothing: every challenge fails
     reachable: list[ProofSource] = field(default_factory=list)
 
+    # Deviations from RFC 8555 seen in CAs other than step-ca and Pebble (docs/ACME-DEVIATIONS.md).
+    #: newAccount's body for a key it knows already: "account" (§7.3.1), "{}" or "" (no body)
+    existing_account_body: str = "account"
+    #: an account fetched from its URL (POST-as-GET) has a ``status``
+    account_fetch_has_status: bool = True
+    #: a failed challenge carries an ``error`` document (§7.1.5 "SHOULD")
+    challenge_error: bool = True
+    #: refuse a newAccount without a contact with this problem type ("malformed", ...)
+    contact_required: str | None = None
+
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     account_urls_by_thumb: dict[str, str] = field(default_factory=dict)
     orders: dict[int, FakeOrder] = field(default_factory=dict)
@@ -477,11 +487,16 @@ class FakeAcme:
         thumb = json.dumps(protected["jwk"], sort_keys=True)
         existing = self.account_urls_by_thumb.get(thumb)
         if existing is not None:
-            return httpx.Response(
-                200, json=self._account_json(existing), headers={"Location": existing}
-            )
+            headers = {"Location": existing}
+            if self.existing_account_body == "account":
+                return httpx.Response(200, json=self._account_json(existing), headers=headers)
+            content = self.existing_account_body.encode()
+            headers["Content-Type"] = "application/json"
+            return httpx.Response(200, content=content, headers=headers)
         if payload.get("onlyReturnExisting"):
             return problem(400, "accountDoesNotExist", "no account for this key")
+        if self.contact_required and not payload.get("contact"):
+            return problem(400, self.contact_required, "a contact address is required")
         if self.eab_keys:
             binding = payload.get("externalAccountBinding")
             if not binding:
@@ -519,7 +534,10 @@ class FakeAcme:
                     self.accounts[account_url]["contact"] = payload["contact"]
                 if payload.get("status") == "deactivated":
                     self.accounts[account_url]["status"] = "deactivated"
-            return httpx.Response(200, json=self._account_json(account_url))
+            body = self._account_json(account_url)
+            if payload is None and not self.account_fetch_has_status:
+                del body["status"]
+            return httpx.Response(200, json=body)
         if route == "new-order":
             assert payload is not None
             return self._new_order(account_url, payload)
@@ -613,7 +631,7 @@ class FakeAcme:
                 "status": authz.challenge_status,
                 "token": authz.token,
             }
-            if authz.challenge_status == "invalid":
+            if authz.challenge_status == "invalid" and self.challenge_error:
                 challenge["error"] = authz.error or {
                     "type": "urn:ietf:params:acme:error:connection",
                     "detail": "refused",

@@ -61,20 +61,81 @@ def test_per_source_cap_closes_that_sources_oldest() -> None:
     assert len(limits) == 3
 
 
-def test_full_closes_the_oldest_of_the_heaviest_source() -> None:
-    limits, closed = ConnectionLimits(total=4, per_source=4), Closed()
-    limits.admit(("10.0.0.9", 1), closed.closer("ca"))  # the oldest of all, but a light source
-    for port in range(3):
-        limits.admit(("10.0.0.1", port), closed.closer(f"attacker{port}"))
-    newcomer = limits.admit(("10.0.0.2", 1), closed.closer("new"))
-    assert closed == ["attacker0"]
-    assert not newcomer.evicted and len(limits) == 4
-    # A tie in weight: the source holding the oldest connection gives one up.
-    limits2, closed2 = ConnectionLimits(total=2, per_source=2), Closed()
-    limits2.admit(("10.0.0.1", 1), closed2.closer("old"))
-    limits2.admit(("10.0.0.2", 1), closed2.closer("young"))
-    limits2.admit(("10.0.0.3", 1), closed2.closer("new"))
-    assert closed2 == ["old"]
+def test_full_closes_the_connection_idle_longest_not_the_busiest_source() -> None:
+    # The finding: a validator checking three names at once was the busiest source, so an
+    # attacker with one connection from each of many sources had all three closed first.
+    limits, closed = ConnectionLimits(total=8, per_source=8), Closed()
+    validator = [limits.admit(("10.0.0.9", port), closed.closer(f"ca{port}")) for port in range(3)]
+    for slot in validator:
+        limits.answering(slot)  # each has sent its whole request
+    for host in range(5):
+        limits.admit((f"10.1.0.{host}", 1), closed.closer(f"early{host}"))
+    for host in range(20):
+        limits.admit((f"10.2.0.{host}", 1), closed.closer(f"flood{host}"))
+    assert not any(name.startswith("ca") for name in closed)
+    assert closed[:5] == [f"early{host}" for host in range(5)]  # idle the longest first
+    assert not any(slot.evicted for slot in validator) and len(limits) == 8
+
+
+def test_a_prompt_validator_outlives_older_idle_connections() -> None:
+    # Connected, request not complete yet (one round trip): idle, but the newest idle.
+    limits, closed = ConnectionLimits(total=8, per_source=8), Closed()
+    for host in range(8):
+        limits.admit((f"10.1.0.{host}", 1), closed.closer(f"early{host}"))
+    validator = [limits.admit(("10.0.0.9", port), closed.closer(f"ca{port}")) for port in range(3)]
+    for host in range(4):
+        limits.admit((f"10.2.0.{host}", 1), closed.closer(f"flood{host}"))
+    assert closed == [f"early{host}" for host in range(7)]
+    assert not any(slot.evicted for slot in validator)
+
+
+def test_an_answered_connection_is_idle_again_from_then() -> None:
+    limits, closed = ConnectionLimits(total=3, per_source=3), Closed()
+    refused = limits.admit(("10.0.0.1", 1), closed.closer("refused"))
+    limits.answering(refused)
+    limits.admit(("10.0.0.2", 1), closed.closer("idle"))
+    limits.answered(refused)  # its 404 is written: only closing is left
+    limits.admit(("10.0.0.3", 1), closed.closer("third"))
+    limits.admit(("10.0.0.4", 1), closed.closer("new"))
+    limits.admit(("10.0.0.5", 1), closed.closer("newer"))
+    assert closed == ["idle", "refused"]  # in the order they became idle
+
+
+def test_when_every_slot_is_answering_the_one_answering_longest_goes() -> None:
+    # Refusing the newcomer instead would let stalled handshakes keep the validator out.
+    limits, closed = ConnectionLimits(total=2, per_source=2), Closed()
+    first = limits.admit(("10.0.0.1", 1), closed.closer("first"))
+    second = limits.admit(("10.0.0.2", 1), closed.closer("second"))
+    limits.answering(second)
+    limits.answering(first)
+    newcomer = limits.admit(("10.0.0.3", 1), closed.closer("new"))
+    assert closed == ["second"] and not newcomer.evicted and len(limits) == 2
+
+
+def test_per_source_cap_spares_that_sources_answering_connections() -> None:
+    limits, closed = ConnectionLimits(total=10, per_source=3), Closed()
+    busy = limits.admit(("10.0.0.1", 1), closed.closer("busy"))
+    limits.answering(busy)
+    limits.admit(("10.0.0.1", 2), closed.closer("idle1"))
+    limits.admit(("10.0.0.1", 3), closed.closer("idle2"))
+    limits.admit(("10.0.0.1", 4), closed.closer("idle3"))
+    limits.admit(("10.0.0.1", 5), closed.closer("idle4"))
+    assert closed == ["idle1", "idle2"] and not busy.evicted
+    assert limits.count("10.0.0.1") == 3
+
+
+def test_progress_after_release_or_eviction_changes_nothing() -> None:
+    limits, closed = ConnectionLimits(total=1, per_source=1), Closed()
+    old = limits.admit(("10.0.0.1", 1), closed.closer("old"))
+    new = limits.admit(("10.0.0.2", 1), closed.closer("new"))
+    limits.answering(old)  # its handler had not noticed the eviction yet
+    limits.answered(old)
+    assert old.evicted and len(limits) == 1
+    limits.answering(new)
+    limits.answering(new)  # twice: no double counting
+    limits.answered(new)
+    limits.release(new)
+    assert len(limits) == 0
 
 
 def test_release_frees_the_slot_once() -> None:
@@ -143,6 +204,14 @@ async def _until(predicate: object, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.005)
 
 
+async def _read_or_reset(reader: asyncio.StreamReader) -> bytes:
+    """All the server sent before closing; a reset counts as closing (evictions reset)."""
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+
+
 async def _http_get(port: int, path: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: a.example\r\n\r\n".encode())
@@ -175,10 +244,10 @@ async def test_http01_per_source_cap() -> None:
         async with holding(port, 10, HALF_HTTP) as connections:
             await _until(lambda: responder.evictions == 6)
             assert responder._limits.count(ATTACKER) == 4
-            # The oldest six were the ones closed, without an answer.
+            # The oldest six were the ones closed (reset), without an answer.
             for reader, _ in connections[:6]:
                 async with asyncio.timeout(30):
-                    assert await reader.read() == b""
+                    assert await _read_or_reset(reader) == b""
 
 
 async def test_http01_silent_connection_closed_after_first_byte_wait() -> None:
