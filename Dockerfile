@@ -1,6 +1,6 @@
 # cert-sidecar container image.
 #
-#   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim
+#   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim-bookworm
 #   docker build --build-arg BASE_IMAGE=<slim python image> .  # any Debian-like Python >= 3.11
 #
 # The default build context (this directory, filtered by .dockerignore) never holds wheels, so a
@@ -9,7 +9,7 @@
 # base image's Python; then the image installs from wheels/ only (no index). The compose tests
 # assemble such a context (scripts/compose/build-images.sh) and point compose.yaml's
 # CERT_SIDECAR_BUILD_CONTEXT at it.
-ARG BASE_IMAGE=python:3.12-slim
+ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
