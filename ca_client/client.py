@@ -44,6 +44,7 @@ from ca_client.models import (
     IssuedCertificate,
     Order,
     RenewalInfo,
+    serial_hex,
 )
 from ca_client.transport import AcmeTransport, Clock, Sleep
 
@@ -337,10 +338,11 @@ class AcmeClient:
         )
         leaf = verify_issued_certificate(chain[0], cert_key, identifiers)
         logger.info(
-            "certificate issued for %s: serial %x, not after %s",
+            "certificate issued for %s: serial %s, not after %s",
             names,
-            leaf.serial_number,
+            serial_hex(leaf.serial_number),
             leaf.not_valid_after_utc.isoformat(),
+            extra={"acme_event": "certificate_issued"},
         )
         return IssuedCertificate(
             pem="".join(chain),
