@@ -12,6 +12,9 @@
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# The classic builder (docker-compose 1.29, DOCKER_BUILDKIT=0) keeps this stage as an untagged
+# image of about 280 MB: the label lets the README's clean-up remove it, and nothing else.
+LABEL cert-sidecar.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
