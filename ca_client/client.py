@@ -323,7 +323,13 @@ class AcmeClient:
         csr = build_csr(cert_key, identifiers)  # pure, so bad identifiers fail before any I/O
         order = await self.new_order(identifiers, replaces=replaces, deadline=deadline)
         names = ", ".join(str(i) for i in identifiers)
-        logger.info("ACME order %s for %s: %s", order.url, names, order.status)
+        logger.info(
+            "ACME order %s for %s: %s",
+            order.url,
+            names,
+            order.status,
+            extra={"acme_event": "order_created"},
+        )
         authorized = order.status == "pending"
         if authorized:
             await _authorization.authorize_all(

@@ -84,6 +84,7 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
 # too: in the sidecar's log they show at debug level only (one line per fact).
 COVERED: Final[Mapping[str, str]] = MappingProxyType(
     {
+        "order_created": "cert_renewal_started",
         "certificate_issued": "cert_issued",
         "account_created": "acme_account_registered",
         "certificate_revoked": "cert_revoked",
