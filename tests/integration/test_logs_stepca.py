@@ -55,10 +55,10 @@ def test_one_line_per_fact_with_a_sentence_first_and_no_nulls(
     # The sidecar's events say it; ca_client's lines of the same facts are debug only.
     assert names.count("acme_account_registered") == 1
     assert names.count("cert_issued") == 1
+    assert names.count("cert_renewal_started") == 1
     texts = [str(event["message"]) for event in events]
-    assert not [
-        t for t in texts if t.startswith(("certificate issued for", "ACME account created"))
-    ]
+    repeated = ("ACME order ", "certificate issued for", "ACME account created")
+    assert not [text for text in texts if text.startswith(repeated)]
     for event in events:
         assert next(iter(event)) == "message", event
         assert None not in event.values(), event
