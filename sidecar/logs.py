@@ -33,7 +33,7 @@ from typing import IO, Any, Final
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-from sidecar.log_messages import COVERED, sentence_for
+from sidecar.log_messages import COVERED, MESSAGES, sentence_for
 
 __all__ = [
     "REDACTED",
@@ -97,7 +97,8 @@ def add_message(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> 
     are removed: ``_from_structlog`` tells the two apart.
     """
     event = str(event_dict.get("event", ""))
-    if event_dict.get("_from_structlog"):
+    # A stdlib record may carry an event name too (sidecar.health logs through stdlib).
+    if event_dict.get("_from_structlog") or event in MESSAGES:
         sentence = sentence_for(event)
         cert = event_dict.get("cert")
         message = f"{cert}: {sentence}" if cert else sentence

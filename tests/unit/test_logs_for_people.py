@@ -91,7 +91,8 @@ def test_json_starts_with_the_sentence_and_leaves_out_null_fields() -> None:
     )
     get_logger("sidecar.service").info("service_stopped")
     logging.getLogger("ca_client.transport").info("retrying %s: %s", "https://ca/x", "refused")
-    updated, stopped, library = _json_lines(stream)
+    logging.getLogger("sidecar.health").warning("health_request_failed")  # stdlib, named
+    updated, stopped, library, health = _json_lines(stream)
     assert list(updated)[:5] == ["message", "timestamp", "level", "event", "cert"]
     assert updated["message"] == "a.example: HAProxy serves the new certificate"
     assert updated["event"] == "haproxy_updated"
@@ -99,6 +100,10 @@ def test_json_starts_with_the_sentence_and_leaves_out_null_fields() -> None:
     assert (stopped["message"], stopped["event"]) == ("cert-sidecar stopped", "service_stopped")
     assert library["message"] == "retrying https://ca/x: refused"
     assert next(iter(library)) == "message"
+    assert (health["message"], health["event"]) == (
+        "health request failed",
+        "health_request_failed",
+    )
 
 
 def test_console_is_one_line_per_event_sentence_first_no_nulls() -> None:
