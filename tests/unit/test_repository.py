@@ -110,3 +110,12 @@ def test_every_upstream_image_is_pinned_to_a_version() -> None:
     for where, var, image in upstream:
         _, _, tag = image.partition(":")
         assert re.match(r"\d+\.\d+", tag), f"{where}: {var} default {image} names no version"
+
+
+def test_compose_leaves_the_log_format_to_the_reader() -> None:
+    """No forced JSON: unset, the sidecar picks console for a terminal and JSON otherwise; a
+    person reading `docker compose logs` sets CERT_SIDECAR_LOG_FORMAT=console (README, Logs)."""
+    compose = (REPO_ROOT / "compose.yaml").read_text()
+    (value,) = re.findall(r"^      CERT_SIDECAR_LOG_FORMAT: (.*)$", compose, re.MULTILINE)
+    assert value == "${CERT_SIDECAR_LOG_FORMAT:-}"
+    assert "export CERT_SIDECAR_LOG_FORMAT=console" in (REPO_ROOT / "README.md").read_text()
