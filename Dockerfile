@@ -1,6 +1,6 @@
 # cert-sidecar container image.
 #
-#   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim
+#   docker build -t cert-sidecar .                            # from PyPI, on python:3.12-slim-bookworm
 #   docker build --build-arg BASE_IMAGE=<slim python image> .  # any Debian-like Python >= 3.11
 #
 # The default build context (this directory, filtered by .dockerignore) never holds wheels, so a
@@ -9,9 +9,12 @@
 # base image's Python; then the image installs from wheels/ only (no index). The compose tests
 # assemble such a context (scripts/compose/build-images.sh) and point compose.yaml's
 # CERT_SIDECAR_BUILD_CONTEXT at it.
-ARG BASE_IMAGE=python:3.12-slim
+ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# The classic builder (docker-compose 1.29, DOCKER_BUILDKIT=0) keeps this stage as an untagged
+# image of about 280 MB: the label lets the README's clean-up remove it, and nothing else.
+LABEL cert-sidecar.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \

@@ -59,7 +59,9 @@ async def new_account(
     session.registration = Registration(tuple(contact), eab, terms_agreed)
     session.account = account
     if response.status == 201:
-        logger.info("ACME account created: %s", account.url)
+        logger.info(
+            "ACME account created: %s", account.url, extra={"acme_event": "account_created"}
+        )
     else:
         logger.debug("ACME account exists: %s", account.url)
     return account

@@ -25,7 +25,7 @@ from ca_client._account import post_as_account
 from ca_client._session import Session, logger
 from ca_client.errors import CertificateMismatch, MalformedResponse
 from ca_client.keys import PrivateKey, b64url, public_key_der
-from ca_client.models import Identifier
+from ca_client.models import Identifier, serial_hex
 from ca_client.renewal_info import load_certificate
 from ca_client.transport import PEM_CHAIN, AcmeResponse
 
@@ -88,7 +88,8 @@ def verify_issued_certificate(
         public_key_der(leaf_key) != public_key_der(cert_key)
     ):
         raise CertificateMismatch(
-            f"the issued certificate (serial {leaf.serial_number:x}) is not for the key of the CSR"
+            f"the issued certificate (serial {serial_hex(leaf.serial_number)}) is not for the key"
+            " of the CSR"
         )
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -105,7 +106,7 @@ def verify_issued_certificate(
             missing.append(identifier.value)
     if missing:
         raise CertificateMismatch(
-            f"the issued certificate (serial {leaf.serial_number:x}) does not cover "
+            f"the issued certificate (serial {serial_hex(leaf.serial_number)}) does not cover "
             + ", ".join(missing)
         )
     return leaf
@@ -181,4 +182,9 @@ async def revoke(
         )
     else:
         await post_as_account(session, directory.revoke_cert, payload, deadline=deadline)
-    logger.info("certificate serial %x revoked (reason %s)", certificate.serial_number, reason)
+    logger.info(
+        "certificate serial %s revoked (reason %s)",
+        serial_hex(certificate.serial_number),
+        reason,
+        extra={"acme_event": "certificate_revoked"},
+    )

@@ -44,6 +44,7 @@ from ca_client.models import (
     IssuedCertificate,
     Order,
     RenewalInfo,
+    serial_hex,
 )
 from ca_client.transport import AcmeTransport, Clock, Sleep
 
@@ -322,7 +323,13 @@ class AcmeClient:
         csr = build_csr(cert_key, identifiers)  # pure, so bad identifiers fail before any I/O
         order = await self.new_order(identifiers, replaces=replaces, deadline=deadline)
         names = ", ".join(str(i) for i in identifiers)
-        logger.info("ACME order %s for %s: %s", order.url, names, order.status)
+        logger.info(
+            "ACME order %s for %s: %s",
+            order.url,
+            names,
+            order.status,
+            extra={"acme_event": "order_created"},
+        )
         authorized = order.status == "pending"
         if authorized:
             await _authorization.authorize_all(
@@ -337,10 +344,11 @@ class AcmeClient:
         )
         leaf = verify_issued_certificate(chain[0], cert_key, identifiers)
         logger.info(
-            "certificate issued for %s: serial %x, not after %s",
+            "certificate issued for %s: serial %s, not after %s",
             names,
-            leaf.serial_number,
+            serial_hex(leaf.serial_number),
             leaf.not_valid_after_utc.isoformat(),
+            extra={"acme_event": "certificate_issued"},
         )
         return IssuedCertificate(
             pem="".join(chain),

@@ -113,6 +113,13 @@ def parse_timestamp(value: str) -> datetime:
     return parsed
 
 
+def serial_hex(serial: int) -> str:
+    """A certificate serial as logs, errors and the sidecar's status print it: upper-case hex,
+    no colons, padded to whole bytes (``66E6F329``), as HAProxy's ``show ssl cert`` shows it."""
+    text = format(serial, "X")
+    return "0" + text if len(text) % 2 else text
+
+
 # --- resources -------------------------------------------------------------------------------
 
 
@@ -333,4 +340,5 @@ __all__ = [
     "Order",
     "RenewalInfo",
     "parse_timestamp",
+    "serial_hex",
 ]

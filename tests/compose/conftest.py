@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose.stack import SCRIPTS, require, scripts_environment
+from tests.compose.stack import SCRIPTS, docker_cli, require, scripts_environment
 
 # pytest-timeout for the compose tests, instead of the suite's 300 s (pyproject.toml): a test's
 # time includes the session fixtures it is the first to need, and building the images on a
@@ -108,6 +108,24 @@ def docker_engine(stand_in_images: dict[str, str]) -> Iterator[str]:
         )
         yield env["DOCKER_ENGINE_HOST"]
     finally:
+        # Builds on this engine (`up --build` with the classic builder) leave cert-sidecar's
+        # build stage untagged: about 280 MB each, labelled by the Dockerfile.
+        subprocess.run(
+            [
+                docker_cli(),
+                "-H",
+                env["DOCKER_ENGINE_HOST"],
+                "image",
+                "prune",
+                "--force",
+                "--filter",
+                "label=cert-sidecar.stage=build",
+            ],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
         subprocess.run(
             ["bash", engine, "stop-if-idle"], env=env, capture_output=True, timeout=180, check=False
         )

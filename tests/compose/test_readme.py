@@ -208,6 +208,9 @@ def test_clean_up_leaves_nothing(quick_start: tuple[Readme, ComposeStack, Served
     for image in BUILT_IMAGES:
         found = stack.cli("image", "inspect", image, check=False)
         assert found.returncode != 0, f"{image} is still there"
+    # The build stage the classic builder kept untagged (Dockerfile's label) is gone too.
+    stages = stack.cli("image", "ls", "--quiet", "--filter", "label=cert-sidecar.stage=build")
+    assert stages.stdout.split() == []
     assert not (runner.workdir / "root_ca.crt").exists()
 
 

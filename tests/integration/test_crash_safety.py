@@ -162,7 +162,8 @@ def _sleep_seconds(seconds: float) -> None:
 # seconds on a loaded machine):
 # - "ordering": at cert_renewal_started, before anything is written: the old PEM stays;
 # - "writing": at ca_client's "certificate issued" line, which comes just before the write,
-#   then a random 0-20 ms: the old PEM or the new one, whole;
+#   then a random 0-20 ms: the old PEM or the new one, whole (a debug line in the sidecar's
+#   log, where cert_issued says the same at info: hence --log-level debug);
 # - "written": at cert_issued, which comes after the write: the new PEM.
 KILL_POINTS = {
     "ordering": lambda event: event.get("event") == "cert_renewal_started",
@@ -221,7 +222,7 @@ def test_sigkill_of_issue_at_each_stage_leaves_a_whole_pem(
     for stage in [*KILL_POINTS] * 4:
         before = _serial(pem_path)
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "issue", "--force", *args],
+            [sys.executable, "-m", "sidecar", "issue", "--force", "--log-level", "debug", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

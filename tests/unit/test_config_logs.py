@@ -79,9 +79,10 @@ def test_reconfiguring_replaces_the_handler() -> None:
 def test_console_format() -> None:
     stream = io.StringIO()
     configure_logging("console", "info", stream=stream)
-    get_logger("x").info("cert_issued", cert="a.example")
+    get_logger("x").info("cert_issued", cert="a.example", serial="0A")
     text = stream.getvalue()
-    assert "cert_issued" in text and "cert=a.example" in text
+    # The name leads the sentence, so it is not repeated as cert=; the event's name ends it.
+    assert " a.example: new certificate issued and written  serial=0A  [cert_issued]\n" in text
     assert "\x1b[" not in text  # no colours when the stream is not a terminal
 
 
