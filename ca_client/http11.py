@@ -50,6 +50,11 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 Origin = tuple[str, int]
 
 
+class PoolClosed(httpx.TransportError):
+    """A request on a pool after its ``aclose``; ``AcmeTransport`` turns it into
+    :class:`ca_client.errors.TransportClosed`."""
+
+
 class _Reader(asyncio.StreamReader):
     """A stream reader that counts the bytes the connection delivered to it.
 
@@ -210,7 +215,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
-            raise RuntimeError("the transport is closed")
+            raise PoolClosed("the connection pool to the CA is closed", request=request)
         url = request.url
         if url.scheme != "https":
             raise httpx.UnsupportedProtocol(
@@ -399,4 +404,4 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return idle + len(self._in_use)
 
 
-__all__ = ["KEEPALIVE_EXPIRY", "Http11Transport"]
+__all__ = ["KEEPALIVE_EXPIRY", "Http11Transport", "PoolClosed"]

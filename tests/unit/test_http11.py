@@ -659,3 +659,103 @@ async def test_any_byte_stream_answers_only_its_own_request(
         await _settle()
         second = await client.get(server.url + "/second", timeout=10.0)
         assert (second.status_code, second.content) == (200, b"/second")
+
+
+# --- issue 17: http11 against httpcore (httpx's own pool), the same byte streams --------------
+
+
+def _outcome(result: httpx.Response | BaseException) -> tuple[object, ...]:
+    """What a caller can tell apart: the answer, or the kind of transport error."""
+    if isinstance(result, httpx.Response):
+        return ("response", result.status_code, result.content)
+    if isinstance(result, httpx.TimeoutException):
+        return ("timeout",)
+    if isinstance(result, httpx.ProtocolError):
+        return ("protocol error",)
+    if isinstance(result, httpx.NetworkError):
+        return ("network error",)
+    raise result  # anything else is a bug in either client
+
+
+async def _first_answer(
+    serve: Callable[[Handler], Awaitable[Server]], answer: bytes, pool: str
+) -> tuple[object, ...]:
+    """Request once through ``pool`` from a server that sends ``answer`` and closes cleanly."""
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()  # with TLS close_notify: an end of the stream, not a broken one
+        await writer.wait_closed()
+
+    server = await serve(answer_then_close)
+    transport: httpx.AsyncBaseTransport
+    if pool == "http11":
+        transport = Http11Transport(server.client_context, max_connections=4)
+    else:
+        transport = httpx.AsyncHTTPTransport(verify=server.client_context, trust_env=False)
+    async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+        try:
+            result: httpx.Response | BaseException = await client.get(server.url + "/")
+        except httpx.TransportError as exc:
+            result = exc
+    return _outcome(result)
+
+
+def _both_framings(answer: bytes) -> bool:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    return b"content-length:" in head and b"transfer-encoding:" in head
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(answer=_ANSWERS)
+async def test_http11_and_httpcore_read_any_answer_alike(
+    serve: Callable[[Handler], Awaitable[Server]], answer: bytes
+) -> None:
+    # Both frame HTTP/1.1 with h11, so for one answer on one connection they must agree: the
+    # same status and body, or an error of the same kind. The one deliberate difference:
+    # http11 refuses an answer with both Content-Length and Transfer-Encoding (RFC 9112 §6.3),
+    # which httpcore reads as chunked.
+    ours = await _first_answer(serve, answer, "http11")
+    if _both_framings(answer) and ours == ("protocol error",):
+        return
+    theirs = await _first_answer(serve, answer, "httpcore")
+    assert ours == theirs
+
+
+async def test_httpcore_hands_an_appended_answer_to_the_next_request_and_http11_does_not(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    # The measured reason http11 stays (bench/RESULTS.md, issue 17) is CPU; this is the other
+    # one. If this ever fails for httpcore, httpcore learnt to refuse such a connection.
+    results: dict[str, tuple[int, bytes]] = {}
+    for pool in ("http11", "httpcore"):
+        connections = 0
+
+        async def appending(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            if connections == 1:
+                request = await read_request(reader)
+                writer.write(_own(request.split(b" ", 2)[1]) + EVIL)
+                await writer.drain()
+            await answer_with_own_path(reader, writer)
+
+        server = await serve(appending)
+        transport: httpx.AsyncBaseTransport
+        if pool == "http11":
+            transport = Http11Transport(server.client_context, max_connections=4)
+        else:
+            transport = httpx.AsyncHTTPTransport(verify=server.client_context, trust_env=False)
+        async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+            first = await client.get(server.url + "/first")
+            assert first.content == b"/first"
+            await _settle()
+            second = await client.get(server.url + "/second")
+        results[pool] = (second.status_code, second.content)
+    assert results == {"http11": (200, b"/second"), "httpcore": (201, b"")}
