@@ -629,7 +629,7 @@ _ANSWERS = st.lists(
 
 
 @settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
