@@ -143,6 +143,7 @@ class AcmeResponse:
 #: index, a few alternate chains) take a few hundred bytes; a cut value could end mid-URL.
 MAX_LINK_VALUE_CHARS = 16 * 1024
 _OWS = " \t"
+_NAME_ENDS = '=;,<>"' + _OWS  # what ends a link-param's name
 
 
 def _skip_ows(value: str, index: int) -> int:
@@ -197,7 +198,7 @@ def parse_link_value(value: str) -> list[tuple[str, dict[str, str]]]:
                 break
             index = _skip_ows(value, index + 1)
             name_end = index
-            while name_end < length and value[name_end] not in '=;,<>"' + _OWS:
+            while name_end < length and value[name_end] not in _NAME_ENDS:
                 name_end += 1
             name = value[index:name_end].lower()
             index = _skip_ows(value, name_end)
