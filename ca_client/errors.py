@@ -8,7 +8,8 @@ the package (``transport.py`` is the single place that converts them)::
     │   ├── CAUnreachable              connect/read failure, reset, 5xx that is not a problem
     │   ├── TLSVerificationFailed      the CA's certificate is not trusted by the given context
     │   ├── NotACME                    an answer that is not ACME (HTML page, no directory, ...)
-    │   └── MalformedResponse          ACME-looking answer that does not parse or lacks fields
+    │   ├── MalformedResponse          ACME-looking answer that does not parse or lacks fields
+    │   └── TransportClosed            the client was closed while a request still needed it
     ├── ACMETimeout                    the operation's deadline passed (also a TimeoutError)
     ├── AcmeProblem                    the CA answered with an RFC 7807 / RFC 8555 §6.7 problem
     │   ├── BadNonce                   ...:badNonce (retried transparently, §6.5)
@@ -78,6 +79,15 @@ class NotACME(TransportError):
 
 class MalformedResponse(TransportError):
     """An answer that should be ACME JSON/PEM but does not parse or lacks required fields."""
+
+
+class TransportClosed(TransportError):
+    """The client's connection pool was closed (``aclose``) while a request still needed it.
+
+    A shut-down or replaced client (a changed CA bundle builds a new one) fails the requests
+    still in flight with this, not with a connection error: retrying on the same client
+    cannot help.
+    """
 
 
 class ACMETimeout(AcmeError, TimeoutError):
@@ -386,6 +396,7 @@ __all__ = [
     "ServerInternal",
     "TLSProblem",
     "TLSVerificationFailed",
+    "TransportClosed",
     "TransportError",
     "Unauthorized",
     "UnsupportedContact",

@@ -7,7 +7,16 @@ connection each time one is released, and every idle connection is polled with a
 about 9,000 pool entries and 30,000 polls for about 600 requests. Here a request takes an idle
 connection of its origin (the most recently used one) or opens a new one, and waits on a
 semaphore only when ``max_connections`` requests are already in flight; a released connection
-goes back to the idle list in O(1). ``bench/RESULTS.md`` has the measurements.
+goes back to the idle list in O(1). ``bench/RESULTS.md`` has the measurements; re-measured for
+issue 17 against httpcore with a semaphore in front (so that no request waits inside its pool),
+httpcore still cost 10-17 ms more CPU per certificate, and it hands bytes left after one answer
+to the next request (``tests/unit/test_http11.py`` checks both pools with the same byte streams).
+
+A connection is reused only when nothing is left unread after a complete answer (neither in
+h11's buffer nor in the stream reader's) and the answer had one framing (not both
+Content-Length and Transfer-Encoding, RFC 9112 §6.3): otherwise leftover bytes (a second
+answer, a body on a HEAD answer) would become the next request's answer, perhaps another
+order's. An idle connection that received anything while idle is discarded when taken.
 
 Only what ACME needs: HTTPS (the CA is always reached over TLS, RFC 8555 §6.1), no proxies,
 no HTTP/2 (measured: one multiplexed h2 connection cost more CPU than HTTP/1.1 here). h11
@@ -30,8 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Iterable
+from typing import Final, SupportsIndex, cast
 
 import h11
 import httpx
@@ -50,23 +59,58 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 Origin = tuple[str, int]
 
 
+class PoolClosed(httpx.TransportError):
+    """A request on a pool after its ``aclose``; ``AcmeTransport`` turns it into
+    :class:`ca_client.errors.TransportClosed`."""
+
+
+class _Reader(asyncio.StreamReader):
+    """A stream reader that counts the bytes the connection delivered to it.
+
+    asyncio reads the socket as soon as it is readable, so bytes the CA sends after a complete
+    response sit in this reader's buffer, not in the socket: a ``poll`` of the socket (what
+    httpcore does) would not see them. Counting what came in against what was read out does,
+    without a syscall.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(limit=READ_SIZE)
+        self.received = 0
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        self.received += len(cast("bytes", data))  # asyncio's protocol feeds bytes
+        super().feed_data(data)
+
+
 class _Connection:
     """One TLS connection to one origin, with its h11 state."""
 
-    __slots__ = ("idle_since", "origin", "reader", "state", "writer")
+    __slots__ = ("consumed", "idle_since", "origin", "reader", "state", "writer")
 
-    def __init__(
-        self, origin: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, origin: Origin, reader: _Reader, writer: asyncio.StreamWriter) -> None:
         self.origin = origin
         self.reader = reader
         self.writer = writer
         self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.idle_since = 0.0
+        self.consumed = 0  # bytes read out of ``reader``
 
     def reusable(self) -> bool:
-        """Still open, and the CA has not closed its side while the connection was idle."""
-        return not (self.reader.at_eof() or self.writer.transport.is_closing())
+        """Still open, the CA has not closed its side, and no byte is waiting.
+
+        A byte that arrives when no request is outstanding answers nothing we asked: a second
+        response, a body on a HEAD answer, a body longer than its Content-Length. Reusing the
+        connection would hand it to the next request, perhaps another order's, as its answer
+        (an attacker's ``201 Created`` with its own ``Location``). Such a connection is closed.
+        """
+        trailing, closed = self.state.trailing_data
+        return not (
+            trailing
+            or closed
+            or self.reader.received != self.consumed
+            or self.reader.at_eof()
+            or self.writer.transport.is_closing()
+        )
 
     def close(self) -> None:
         # abort, not close: no TLS close_notify round trip to wait for, nothing left to send.
@@ -142,6 +186,7 @@ async def _next_event(
             raise httpx.ReadTimeout("timed out reading from the CA", request=request) from exc
         except OSError as exc:
             raise httpx.ReadError(f"reading from the CA failed: {exc}", request=request) from exc
+        connection.consumed += len(data)
         if not data and state.their_state is h11.SEND_RESPONSE:
             # EOF before a single byte of the answer: typically a kept-alive connection the CA
             # closed just as the request went out (httpcore says the same thing here).
@@ -179,7 +224,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
-            raise RuntimeError("the transport is closed")
+            raise PoolClosed("the connection pool to the CA is closed", request=request)
         url = request.url
         if url.scheme != "https":
             raise httpx.UnsupportedProtocol(
@@ -245,14 +290,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self, origin: Origin, request: httpx.Request, connect_timeout: float | None
     ) -> _Connection:
         host, port = origin
+        loop = asyncio.get_running_loop()
+        reader = _Reader()
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    ssl=self._ssl_context,
-                    server_hostname=host,
-                    limit=READ_SIZE,
+                # asyncio.open_connection, with the counting reader above.
+                transport, _ = await loop.create_connection(
+                    lambda: protocol, host, port, ssl=self._ssl_context, server_hostname=host
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(
@@ -262,6 +307,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(
                 f"cannot connect to {host}:{port}: {exc}", request=request
             ) from exc
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         return _Connection(origin, reader, writer)
 
     async def _exchange(
@@ -293,8 +339,19 @@ class Http11Transport(httpx.AsyncBaseTransport):
         while True:
             event = await _next_event(connection, request, timeouts.get("read"))
             if isinstance(event, h11.Response):
-                return event
+                break
             # 1xx informational answers (RFC 9110 §15.2) precede the real one; skip them.
+        names = {name for name, _ in event.headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 §6.3: such a message "might indicate an attempt to perform request
+            # smuggling or response splitting and ought to be handled as an error"; the two
+            # framings disagree on where this answer ends and the next begins. h11 follows
+            # Transfer-Encoding; we refuse, and the caller closes the connection.
+            raise httpx.RemoteProtocolError(
+                "the CA's answer has both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
+                request=request,
+            )
+        return event
 
     def _drop_idle(self, origin: Origin) -> None:
         """Close the origin's idle connections after one of its connections failed: what
@@ -356,4 +413,4 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return idle + len(self._in_use)
 
 
-__all__ = ["KEEPALIVE_EXPIRY", "Http11Transport"]
+__all__ = ["KEEPALIVE_EXPIRY", "Http11Transport", "PoolClosed"]
