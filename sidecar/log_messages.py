@@ -19,8 +19,8 @@ MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
     {
         "parts_retire_failed": "closing the parts a reload replaced failed",
         "acme_client_close_failed": "closing a replaced ACME client failed",
-        "cert_backoff_record_failed": "could not store the backoff after a failed check; retrying after the shortest wait",
-        "cert_schedule_inspect_failed": "could not read the certificate to schedule its next check; checking again soon",
+        "cert_backoff_record_failed": "could not store a failed check's backoff; retrying soon",
+        "cert_schedule_inspect_failed": "could not read the certificate to plan its next check",
         # The ACME account and the CA.
         "acme_account_registered": "ACME account registered with the CA",
         "acme_account_reregistered": "the CA knows the ACME account under a new URL (saved)",
