@@ -70,8 +70,8 @@ _SUN_PATH_MAX: Final = 108
 STATUS_MAX: Final = 160
 #: How much of an error a STATUS line carries (the whole text is in the log and `status`).
 ERROR_MAX: Final = 60
-#: How much room the names take in a STATUS line with several certificates.
-NAMES_MAX: Final = 48
+#: The most room the names take in a STATUS line with several certificates.
+NAMES_MAX: Final = 60
 #: At most one STATUS computation per this many seconds: a renewal pass over many
 #: certificates ends in one check after another, and each asks for a new line.
 STATUS_MIN_INTERVAL: Final = 1.0
@@ -211,15 +211,18 @@ def _cert_phrase(status: CertStatus, now: datetime) -> str:
     return f"{status.name} serial {serial} served{expired}{renewal}"
 
 
-def _names(statuses: Sequence[CertStatus]) -> str:
-    """``a.example, b.example +3 more``: as many names as fit in `NAMES_MAX`."""
+def _names(statuses: Sequence[CertStatus], room: int) -> str:
+    """``a.example, b.example +3 more`` in at most ``room`` characters ("" if not even one
+    name fits)."""
     shown: list[str] = []
-    used = 0
-    for status in statuses:
-        if shown and used + len(status.name) + 2 > NAMES_MAX:
+    for count, status in enumerate(statuses, start=1):
+        rest = len(statuses) - count
+        candidate = ", ".join([*shown, status.name]) + (f" +{rest} more" if rest else "")
+        if len(candidate) > room:
             break
         shown.append(status.name)
-        used += len(status.name) + 2
+    if not shown:
+        return ""
     rest = len(statuses) - len(shown)
     return ", ".join(shown) + (f" +{rest} more" if rest else "")
 
@@ -248,10 +251,13 @@ def status_line(statuses: Sequence[CertStatus], now: datetime) -> str:
         soonest = min(upcoming, key=lambda s: s.next_renewal or now)
         assert soonest.next_renewal is not None
         parts.append(f"next renewal {_when(soonest.next_renewal, now)} ({soonest.name})")
-    line = f"{len(statuses)} certificates ({_names(statuses)}): " + ", ".join(parts)
+    summary = ", ".join(parts)
     if failing:
-        line += f"; {len(failing)} failing, {_error_phrase(failing[0], now)}"
-    return status_text(line)
+        summary += f"; {len(failing)} failing, {_error_phrase(failing[0], now)}"
+    # The names get what room is left: the counts and the error matter more.
+    head = f"{len(statuses)} certificates"
+    names = _names(statuses, min(NAMES_MAX, STATUS_MAX - len(head) - len(summary) - 5))
+    return status_text(f"{head} ({names}): {summary}" if names else f"{head}: {summary}")
 
 
 def every_file_in_place(statuses: Sequence[CertStatus]) -> bool:
