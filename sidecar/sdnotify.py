@@ -389,8 +389,9 @@ class ServiceNotify:
 
     def started(self) -> None:
         """The start-up files are written (placeholders, when on): READY if each certificate
-        has a file, and the first STATUS."""
-        self.update()
+        has a file, and the first STATUS (the CA bundle has not been looked at yet, so it says
+        nothing of it)."""
+        self.update(bundle_known=False)
 
     def changed(self) -> None:
         """Something a STATUS line shows may have changed (a check ended, the bundle came):
@@ -406,13 +407,13 @@ class ServiceNotify:
         self._pending = None
         self.update()
 
-    def update(self) -> None:
+    def update(self, *, bundle_known: bool = True) -> None:
         """Send READY (the first time every file is in place) and STATUS now."""
         if not self.enabled or self._stopping:
             return
         self._last_status_at = self._clock()
         try:
-            waiting = self._waiting_for()
+            waiting = self._waiting_for() if bundle_known else None
             statuses = self._statuses()
             line = (
                 status_text(f"waiting for CA bundle {waiting}")

@@ -141,6 +141,7 @@ class Service:
             self.notify.started()
             await self.handoff.open(self.settings.state_dir)
             self.spawn(self.bundle.watch())
+            self.notify.changed()  # after the watch's first look: "waiting for CA bundle"?
             if self.settings.config_file is not None and self.reload.enabled:
                 self.spawn(self.reload.watch(self.settings.config_file))
             await self.wait_or_stop(self.bundle.ready.wait())

@@ -407,7 +407,9 @@ async def test_ready_once_when_every_file_is_in_place_and_status_throttled(
         [_status("a.example", state="missing")], waiting=Path("/root_ca/root_ca.crt")
     )
     notify = _service_notify(address, fake)
-    notify.started()
+    notify.started()  # the bundle has not been looked at yet
+    assert receiver.drain() == [b"STATUS=1 certificate: a.example: no certificate yet"]
+    notify.update()
     assert receiver.drain() == [b"STATUS=waiting for CA bundle /root_ca/root_ca.crt"]
     fake.waiting = None
     fake.statuses = [_status("a.example", serial="0A", next_renewal=NOW + timedelta(hours=1))]
@@ -417,8 +419,8 @@ async def test_ready_once_when_every_file_is_in_place_and_status_throttled(
     await asyncio.sleep(0.1)
     assert receiver.drain() == []
     fake.now = 2.0
-    await receiver.await_(lambda got: len(got) >= 3, "READY and STATUS")
-    assert receiver.received[1:] == [
+    await receiver.await_(lambda got: len(got) >= 4, "READY and STATUS")
+    assert receiver.received[2:] == [
         b"READY=1",
         b"STATUS=1 certificate: a.example serial 0A served, next renewal 13:00 UTC",
     ]
@@ -552,11 +554,17 @@ async def test_run_says_ready_with_placeholders_while_the_ca_bundle_is_still_mis
     # HAProxy waits for READY (After=): it must not wait for the CA as well.
     address, receiver = path_receiver
     async with running_service(address, bundle=False) as (_service, notifier, _logs):
-        await receiver.await_(lambda got: b"READY=1" in got, "READY=1")
-        receiver.drain()
-    status = [m for m in receiver.received if m.startswith(b"STATUS=")]
+        await receiver.await_(
+            lambda got: any(
+                m.startswith(b"STATUS=waiting for CA bundle /tmp/sdn-svc-") for m in got
+            ),
+            "the waiting STATUS",
+        )
     assert _sent(notifier, b"READY=1") == ["placeholder"]
-    assert status[0].startswith(b"STATUS=waiting for CA bundle /tmp/sdn-svc-")
+    assert receiver.received[:2] == [
+        b"READY=1",
+        b"STATUS=1 certificate: svc.example: placeholder served, waiting for the first certificate",
+    ]
 
 
 @pytest.mark.anyio
