@@ -322,3 +322,65 @@ def test_a_hostile_notify_socket_is_at_most_one_warning_and_the_sidecar_runs_on(
         assert not stat.S_ISSOCK((short / "file").stat().st_mode)  # nothing was created there
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_a_config_reload_is_reloading_then_ready(
+    tmp_path: Path, notify_socket_factory: Callable[[Path | None], NotifySocket]
+) -> None:
+    notify = notify_socket_factory(None)
+    config = tmp_path / "conf" / "cert-sidecar.toml"
+    config.parent.mkdir()
+
+    def write(names: list[str]) -> None:
+        lines = [
+            "[acme]",
+            'directory = "https://127.0.0.1:9/acme/acme/directory"',
+            f'ca_bundle = "{tmp_path / "absent" / "root_ca.crt"}"',
+            f'http_listen = "127.0.0.1:{http_port}"',
+            "[files]",
+            f'certs_dir = "{tmp_path / "certs"}"',
+            f'state_dir = "{tmp_path / "state"}"',
+        ]
+        for name in names:
+            lines += ["[[certificates]]", f'name = "{name}"', f'domains = ["{name}"]']
+        temp = config.with_name(".new.toml")
+        temp.write_text("\n".join(lines) + "\n")
+        temp.rename(config)
+
+    http_port = free_port()
+    write(["a.cert-sidecar.test"])
+    sidecar = Sidecar(
+        ["--config", str(config)],
+        tmp_path / "run.log",
+        health_port=free_port(),
+        env={"NOTIFY_SOCKET": notify.path},
+    )
+    try:
+        sidecar.wait_for(lambda: notify.count(b"READY=1") == 1, "READY=1")
+        sidecar.wait_for(lambda: "ca_bundle_waiting" in sidecar.event_names(), "the bundle wait")
+        # The file watch starts shortly after the bundle wait, with no event of its own: the
+        # new file is written again each second until the reload shows.
+        last_write = 0.0
+
+        def reloaded() -> bool:
+            nonlocal last_write
+            if notify.count(b"READY=1") == 2:
+                return True
+            if time.monotonic() - last_write > 1.0:
+                write(["a.cert-sidecar.test", "b.cert-sidecar.test"])
+                last_write = time.monotonic()
+            return False
+
+        sidecar.wait_for(reloaded, "READY=1 after the reload")
+    finally:
+        code, _elapsed = sidecar.stop()
+    assert code == 0
+    assert "config_reloaded" in sidecar.event_names()
+    sequence = [
+        item.message.split(b"\n")[0]
+        for item in notify.messages()
+        if item.message.startswith((b"READY=", b"RELOADING=", b"STOPPING="))
+    ]
+    assert sequence == [b"READY=1", b"RELOADING=1", b"READY=1", b"STOPPING=1"]
+    (reloading,) = notify.where(lambda m: m.startswith(b"RELOADING=1"))
+    assert reloading.message.split(b"\n")[1].startswith(b"MONOTONIC_USEC=")
