@@ -282,7 +282,7 @@ def test_a_stopped_process_sends_no_watchdog_pings(
 @pytest.mark.parametrize(
     "kind", ["nothing", "regular-file", "directory", "too-long", "relative", "abstract-nobody"]
 )
-def test_a_hostile_notify_socket_is_at_most_one_warning_and_the_sidecar_runs_on(
+def test_a_hostile_notify_socket_is_one_warning_and_the_sidecar_runs_on(
     kind: str, tmp_path: Path
 ) -> None:
     short = Path(tempfile.mkdtemp(prefix="sdn-", dir="/tmp"))
