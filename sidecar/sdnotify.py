@@ -40,11 +40,11 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from sidecar.errors import error_text, one_line
+from sidecar.errors import error_text, one_line, os_error_text
 from sidecar.logs import get_logger
 from sidecar.metrics import CertStatus
 
@@ -185,10 +185,11 @@ def format_message(*assignments: tuple[str, str]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _when(moment: datetime, now: datetime) -> str:
-    """``21:10 UTC`` today, ``2026-12-08 21:10 UTC`` on another day."""
-    moment = moment.astimezone(now.tzinfo)
-    if moment.date() == now.date():
+def _when(moment: datetime, now: datetime | None = None) -> str:
+    """``2026-12-07 21:10 UTC``; only ``21:10 UTC`` when ``now`` is given and it is that day
+    (a retry is minutes away; a renewal is read next to no date at all)."""
+    moment = moment.astimezone(UTC)
+    if now is not None and moment.date() == now.astimezone(UTC).date():
         return moment.strftime("%H:%M UTC")
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -207,7 +208,7 @@ def _cert_phrase(status: CertStatus, now: datetime) -> str:
         return f"{status.name}: placeholder served, waiting for the first certificate"
     serial = status.deployed_serial or status.serial or "?"
     expired = " EXPIRED" if status.state == "expired" else ""
-    renewal = f", next renewal {_when(status.next_renewal, now)}" if status.next_renewal else ""
+    renewal = f", next renewal {_when(status.next_renewal)}" if status.next_renewal else ""
     return f"{status.name} serial {serial} served{expired}{renewal}"
 
 
@@ -246,16 +247,19 @@ def status_line(statuses: Sequence[CertStatus], now: datetime) -> str:
         count = sum(1 for s in statuses if s.state == state)
         if count:
             parts.append(f"{count} {state}")
+    head = f"{len(statuses)} certificates"
+    error = f"; {len(failing)} failing, {_error_phrase(failing[0], now)}" if failing else ""
     upcoming = [s for s in statuses if s.next_renewal is not None and s.state == "valid"]
     if upcoming:
         soonest = min(upcoming, key=lambda s: s.next_renewal or now)
         assert soonest.next_renewal is not None
-        parts.append(f"next renewal {_when(soonest.next_renewal, now)} ({soonest.name})")
-    summary = ", ".join(parts)
-    if failing:
-        summary += f"; {len(failing)} failing, {_error_phrase(failing[0], now)}"
+        renewal = f"next renewal {_when(soonest.next_renewal)}"
+        # Which certificate renews first, when the error leaves room for its name.
+        named = f"{renewal} ({soonest.name})"
+        fits = len(head) + len(", ".join([*parts, named])) + len(error) + 2 <= STATUS_MAX
+        parts.append(named if fits else renewal)
+    summary = ", ".join(parts) + error
     # The names get what room is left: the counts and the error matter more.
-    head = f"{len(statuses)} certificates"
     names = _names(statuses, min(NAMES_MAX, STATUS_MAX - len(head) - len(summary) - 5))
     return status_text(f"{head} ({names}): {summary}" if names else f"{head}: {summary}")
 
@@ -273,14 +277,15 @@ class Notifier:
     """Sends notify messages to ``NOTIFY_SOCKET``; does nothing when there is none.
 
     Never raises and never blocks: the socket is non-blocking, a full buffer drops the message,
-    and the first failure of each kind is logged (later ones only at debug level).
+    and only the first failure is a warning (later ones are logged at debug level: a watchdog
+    pinging a socket that is gone would otherwise fill the journal).
     """
 
     def __init__(self, address: str | bytes | None, *, watchdog: float | None = None) -> None:
         self.address = address
         self.watchdog_interval = watchdog if address is not None else None
         self._socket: socket.socket | None = None
-        self._warned: set[str] = set()
+        self._warned = False
 
     @classmethod
     def from_environment(
@@ -291,7 +296,7 @@ class Notifier:
         )
         notifier = cls(found.address, watchdog=found.watchdog)
         for problem in found.problems[:1]:  # at most one warning for a broken environment
-            notifier._warn_once("environment", problem)
+            notifier._warn_once(problem)
         return notifier
 
     @property
@@ -313,17 +318,20 @@ class Notifier:
             # The supervisor is not reading (or is stopped): drop it, the next one replaces it.
             log.debug("sd_notify_dropped", message=assignments[0][0] if assignments else "")
             return False
-        except (OSError, ValueError) as error:
-            self._warn_once(type(error).__name__, error_text(error))
+        except OSError as error:
+            self._warn_once(os_error_text(error))
+            return False
+        except ValueError as error:  # a message this module should not have built
+            self._warn_once(error_text(error))
             return False
         return True
 
-    def _warn_once(self, kind: str, problem: str) -> None:
+    def _warn_once(self, problem: str) -> None:
         if self._warned:
             log.debug("sd_notify_failed", problem=problem)
         else:
             log.warning("sd_notify_failed", problem=problem, socket=self._shown_address())
-        self._warned.add(kind)
+        self._warned = True
 
     def _shown_address(self) -> str | None:
         if isinstance(self.address, bytes):

@@ -206,7 +206,8 @@ def test_status_line_for_one_certificate() -> None:
         next_renewal=datetime(2026, 12, 7, 21, 10, 30, tzinfo=UTC),
     )
     assert status_line([served], NOW) == (
-        "1 certificate: demo.openchami.cluster serial 66E6F329 served, next renewal 21:10 UTC"
+        "1 certificate: demo.openchami.cluster serial 66E6F329 served,"
+        " next renewal 2026-12-07 21:10 UTC"
     )
     tomorrow = _status("a.example", serial="0A", next_renewal=NOW + timedelta(days=1, hours=1))
     assert status_line([tomorrow], NOW).endswith("next renewal 2026-12-08 13:00 UTC")
@@ -238,8 +239,18 @@ def test_status_line_for_many_certificates_is_short_and_names_the_first() -> Non
     statuses[7] = _status("host007.openchami.cluster", serial="07", last_error="rate limited")
     line = status_line(statuses, NOW)
     assert len(line) <= STATUS_MAX
-    assert line.startswith("200 certificates: 199 served, 1 placeholder, next renewal 13:00 UTC")
-    assert line.endswith("1 failing, host007.openchami.cluster: last error: rate limited")
+    assert line.startswith(
+        "200 certificates: 199 served, 1 placeholder, next renewal 2026-12-07 13:00 UTC"
+    )
+    assert line.endswith(
+        "next renewal 2026-12-07 13:00 UTC; 1 failing,"
+        " host007.openchami.cluster: last error: rate limited"
+    )
+    # Without an error, the first to renew is named.
+    statuses[7] = _status("host007.openchami.cluster", serial="07", next_renewal=NOW)
+    assert "next renewal 2026-12-07 12:00 UTC (host007.openchami.cluster)" in status_line(
+        statuses, NOW
+    )
     # Short names fit in front.
     few = [_status(f"h{i}.example", serial="0A") for i in range(12)]
     line = status_line(few, NOW)
@@ -422,7 +433,7 @@ async def test_ready_once_when_every_file_is_in_place_and_status_throttled(
     await receiver.await_(lambda got: len(got) >= 4, "READY and STATUS")
     assert receiver.received[2:] == [
         b"READY=1",
-        b"STATUS=1 certificate: a.example serial 0A served, next renewal 13:00 UTC",
+        b"STATUS=1 certificate: a.example serial 0A served, next renewal 2026-12-07 13:00 UTC",
     ]
     # Same text again: not sent again; READY never again.
     notify.update()
