@@ -66,7 +66,11 @@ class ConfigReload:
                 continue
             if new == self._service.settings:
                 continue  # touched, not changed
-            await self.apply(new)
+            self._service.notify.reloading()  # systemd: RELOADING=1 now, READY=1 after
+            try:
+                await self.apply(new)
+            finally:
+                self._service.notify.reloaded()
 
     async def apply(self, new: Settings) -> bool:
         """Replace every part with one built from ``new``; keep the old ones if that fails.

@@ -42,6 +42,7 @@ from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.reload import ConfigReload
+from sidecar.sdnotify import Notifier, ServiceNotify
 from sidecar.storage import clean_stale_temp_files
 
 log = get_logger("sidecar.service")
@@ -69,6 +70,7 @@ class Service:
         *,
         reload_settings: Callable[[], Settings] | None = None,
         parts: wiring.Parts | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.holder = f"run pid {os.getpid()}"
@@ -91,6 +93,13 @@ class Service:
         self.bundle = BundleWatch(self)
         self.handoff = Handoff(self)
         self.reload = ConfigReload(self, reload_settings)
+        # systemd's notify protocol (READY, STATUS, watchdog); inert without NOTIFY_SOCKET.
+        self.notify = ServiceNotify(
+            notifier or Notifier.from_environment(),
+            statuses=self.statuses,
+            waiting_for=lambda: None if self.bundle.ready.is_set() else self.settings.ca_bundle,
+            now=utc_now,
+        )
 
     @property
     def parts(self) -> wiring.Parts:
@@ -115,6 +124,7 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
+        self.spawn(self.notify.watchdog(lambda: self._liveness()[0]))
         try:
             await health.start()
             log.info(
@@ -126,16 +136,23 @@ class Service:
             if self.settings.placeholder is not False:
                 for spec in self.settings.certificates:
                     await self.manager.ensure_placeholder(spec)
+            # READY=1 now if every certificate has a file (placeholders count), else after the
+            # check that gives the last one its file (see `record`).
+            self.notify.started()
             await self.handoff.open(self.settings.state_dir)
             self.spawn(self.bundle.watch())
+            self.notify.changed()  # after the watch's first look: "waiting for CA bundle"?
             if self.settings.config_file is not None and self.reload.enabled:
                 self.spawn(self.reload.watch(self.settings.config_file))
             await self.wait_or_stop(self.bundle.ready.wait())
+            self.notify.changed()
             if not self.stopping.is_set():
                 await self._start_scheduler()
                 await self.stopping.wait()
         finally:
+            self.notify.stopping()
             await self._shutdown(health)
+            self.notify.close()
         log.info("service_stopped")
         return 0
 
@@ -290,6 +307,7 @@ class Service:
             )
 
     def record(self, outcome: Outcome) -> None:
+        self.notify.changed()  # STATUS (and READY, the first time every file is in place)
         if outcome.action in (Action.ISSUED, Action.DRY_RUN):
             self.metrics.record_renewal("success")
             self.metrics.set_ca_reachable(True)
