@@ -17,6 +17,10 @@ __all__ = ["COVERED", "MESSAGES", "sentence_for"]
 
 MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
     {
+        "sd_notify_ready": "told systemd READY=1: every certificate or its placeholder is on disk",
+        "sd_notify_failed": "could not notify systemd (NOTIFY_SOCKET); going on without",
+        "sd_notify_dropped": "a systemd notification was dropped (its socket was full)",
+        "sd_notify_status_failed": "could not compose the systemd status line",
         "parts_retire_failed": "closing the parts a reload replaced failed",
         "acme_client_close_failed": "closing a replaced ACME client failed",
         "cert_backoff_record_failed": "could not store a failed check's backoff; retrying soon",
