@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sidecar import orphans
 from sidecar.config import CertificateSpec
 from sidecar.control import ControlServer, make_answer, socket_path
 from sidecar.errors import OperationError, SidecarError, error_text
@@ -62,6 +63,8 @@ class Handoff:
             return await self._check_all(request)
         if command == "revoke":
             return await self._revoke(request)
+        if command == "remove-orphan":
+            return await self._remove_orphan(request)
         return make_answer(False, 2, error=f"unknown command {command!r}")
 
     async def _check_all(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -104,4 +107,18 @@ class Handoff:
             service.record(outcome)
         if outcome.action is not Action.REMOVED:
             service.schedule(spec.name, service.next_check(spec, outcome))
+        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+
+    async def _remove_orphan(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``revoke NAME --remove`` for a name the configuration no longer has."""
+        service = self._service
+        name = str(request.get("name"))
+        async with service.lock_for(name):
+            # Under the lock: a reload may have configured the name again meanwhile.
+            orphan = orphans.find(service.manager.inventory, service.settings, name)
+            if orphan is None:
+                return make_answer(
+                    False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
+                )
+            outcome = await orphans.remove(service.manager, orphan, service.settings)
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from sidecar import preflight, wiring
+from sidecar import orphans, preflight, wiring
 from sidecar.config import CertificateSpec, Settings
 from sidecar.control import request
 from sidecar.errors import OperationError
@@ -79,8 +79,38 @@ def find_spec(settings: Settings, name: str) -> CertificateSpec:
     spec = settings.certificate(name)
     if spec is None:
         known = ", ".join(s.name for s in settings.certificates) or "none"
-        raise OperationError(f"no configured certificate named {name!r} (configured: {known})")
+        on_disk = wiring.inventory(settings, create_state=False).pem_path(name)
+        extra = (
+            f"; {on_disk} is still on disk: 'revoke {name} --remove' removes it"
+            if on_disk.is_file()
+            else ""
+        )
+        raise OperationError(
+            f"no configured certificate named {name!r} (configured: {known}){extra}"
+        )
     return spec
+
+
+async def _remove_orphan(settings: Settings, name: str) -> int:
+    """``revoke NAME --remove`` for a name no longer configured (`sidecar.orphans`)."""
+    inventory = wiring.inventory(settings, create_state=False)
+    if orphans.find(inventory, settings, name) is None:
+        known = ", ".join(s.name for s in settings.certificates) or "none"
+        raise OperationError(
+            f"no certificate named {name!r}: not configured (configured: {known}) and no "
+            f"{inventory.pem_path(name)}"
+        )
+    preflight.check(settings)
+    handed = await _hand_off(settings, {"command": "remove-orphan", "name": name})
+    if handed is not None:
+        return handed
+    async with wiring.opened(settings, holder=f"revoke pid {os.getpid()}") as parts:
+        orphan = orphans.find(parts.manager.inventory, settings, name)
+        if orphan is None:  # removed meanwhile by someone else
+            raise OperationError(f"{inventory.pem_path(name)} is gone")
+        outcome = await orphans.remove(parts.manager, orphan, settings)
+    _print(outcome)
+    return 0 if outcome.ok else 1
 
 
 async def cmd_revoke(
@@ -91,6 +121,8 @@ async def cmd_revoke(
     except ValueError as error:
         raise OperationError(f"--reason: {error}") from None
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
+    if settings.certificate(name) is None and remove:
+        return await _remove_orphan(settings, name)
     spec = find_spec(settings, name)
     preflight.check(settings)
     handed = await _hand_off(

@@ -306,6 +306,16 @@ class Metrics:
         self._ca_reachable: bool | None = None
         self._ca_error: str | None = None
         self._clock_skew: float | None = None
+        self._not_configured: int | None = None
+
+    def set_not_configured(self, count: int) -> None:
+        """How many PEMs in the certs directory no configured certificate owns (orphans)."""
+        with self._lock:
+            self._not_configured = count
+
+    @property
+    def not_configured(self) -> int | None:
+        return self._not_configured
 
     def record_renewal(self, result: RenewalResult) -> None:
         """One finished attempt to obtain a certificate (issue or renewal)."""
@@ -567,7 +577,14 @@ def _activity_families(metrics: Metrics) -> list[_Family]:
         "Local clock minus the CA's Date header, in seconds, at the last exchange.",
     )
     skew.add(metrics.clock_skew)
-    return [renewals, deploys, haproxy_up, ca_reachable, skew]
+    not_configured = _Family(
+        "certificates_not_configured",
+        "gauge",
+        "PEMs in the certs directory that no configured certificate owns: still served by "
+        "HAProxy, never renewed (remove with revoke NAME --remove).",
+    )
+    not_configured.add(metrics.not_configured)
+    return [renewals, deploys, haproxy_up, ca_reachable, skew, not_configured]
 
 
 def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sidecar import metrics, policy, preflight, wiring
+from sidecar import applied, metrics, policy, preflight, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import error_text
@@ -99,6 +99,8 @@ class Service:
         """Take a freshly built set of parts (a reload, under every lock); returns the old."""
         retired, self.parts = self.parts, parts
         self.settings = parts.settings
+        applied.mark_errors_stale(retired.settings, parts.settings, parts.manager.inventory)
+        self.spawn(applied.settings_applied(parts.settings, parts.manager.inventory, self.metrics))
         return retired
 
     # -- entry --------------------------------------------------------------------------------
@@ -125,6 +127,9 @@ class Service:
                 self.spawn(self.reload.watch(self.settings.config_file))
             await self.wait_or_stop(self.bundle.ready.wait())
             if not self.stopping.is_set():
+                self.spawn(
+                    applied.settings_applied(self.settings, self.manager.inventory, self.metrics)
+                )
                 await self._start_scheduler()
                 await self.stopping.wait()
         finally:
