@@ -135,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete its files and unload it from HAProxy instead of replacing it",
     )
     command("healthcheck", "exit 0 when the running sidecar reports ready (for HEALTHCHECK)")
-    command("check-config", "validate the configuration and print the effective settings")
+    check = command("check-config", "validate the configuration and print the effective settings")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also fetch the CA's ACME directory, its TLS verified against the CA bundle; "
+        "exit 1 with one line when that fails",
+    )
     return parser
 
 
@@ -168,6 +174,8 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     if args.command == "check-config":
         # Nothing here logs, so structlog is not even imported: check-config stays fast.
         sys.stdout.write(describe(settings))
+        if args.online:
+            return _check_online(settings)
         return 0
 
     if args.command != "healthcheck":
@@ -188,6 +196,17 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
     return int(result)
+
+
+def _check_online(settings: Settings) -> int:
+    """``check-config --online``: the directory, fetched as `run` would (exit 1 if not)."""
+    import asyncio
+
+    from sidecar.ca_probe import describe_directory, fetch
+
+    directory = asyncio.run(fetch(settings))
+    sys.stdout.write("\n" + describe_directory(directory))
+    return 0
 
 
 def _debug_requested(

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from sidecar import orphans, preflight, wiring
+from sidecar import ca_probe, orphans, preflight, wiring
 from sidecar.config import CertificateSpec, Settings
 from sidecar.control import request
 from sidecar.errors import OperationError
@@ -55,6 +55,9 @@ def _exit_code(outcomes: list[Outcome]) -> int:
 
 async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool) -> int:
     _check_before_network(settings)
+    # First, so that a wrong URL is named as such (setting and URL), not as the CA's bare
+    # "notFound (HTTP 404)", and a dry run that orders nothing still tests the CA.
+    await ca_probe.fetch(settings)
     handed = await _hand_off(settings, {"command": command, "force": force, "dry_run": dry_run})
     if handed is not None:
         return handed
@@ -125,6 +128,7 @@ async def cmd_revoke(
         return await _remove_orphan(settings, name)
     spec = find_spec(settings, name)
     preflight.check(settings)
+    await ca_probe.fetch(settings)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
     )

@@ -400,6 +400,16 @@ class Manager:
             return
         try:
             info = await self.issuer.renewal_info(view.path.read_bytes())
+        except IssuerError as error:
+            # A CA without renewalInfo answers None, not an error: this is the CA failing
+            # (a wrong directory URL answers 404 here first), never "the CA has no ARI".
+            log.warning(
+                "renewal_info_failed",
+                cert=spec.name,
+                directory=self.issuer.account.directory,
+                error=error_text(error),
+            )
+            info = None
         except (SidecarError, OSError) as error:
             log.info("renewal_info_unavailable", cert=spec.name, error=error_text(error))
             info = None
