@@ -30,6 +30,7 @@ from sidecar.config import (
     check_directories,
     describe,
     load_settings,
+    locate_running_sidecar,
 )
 from sidecar.domains import validate_certificate_name
 from sidecar.errors import ConfigError, SidecarError, one_line
@@ -53,6 +54,8 @@ _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
 # What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
 _NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
 _NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
+# What still answers from a running sidecar when the configuration does not load.
+_ASK_THE_RUNNING_SIDECAR: Final = frozenset({"healthcheck", "status"})
 _PRIVATE_KEY: Final = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*", re.DOTALL)
 _EXIT_INTERRUPTED: Final = 130
 
@@ -158,9 +161,14 @@ def _command_kwargs(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str
 
 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[str, Any]) -> int:
-    settings: Settings = load_settings(
-        args, environ, require_certificates=args.command != "healthcheck"
-    )
+    try:
+        settings: Settings = load_settings(
+            args, environ, require_certificates=args.command != "healthcheck"
+        )
+    except ConfigError as error:
+        if args.command in _ASK_THE_RUNNING_SIDECAR:
+            return _ask_running_sidecar(args, environ, error)
+        raise
     state["settings"] = settings
     if args.command == "revoke":
         try:
@@ -196,6 +204,28 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
     return int(result)
+
+
+def _ask_running_sidecar(
+    args: argparse.Namespace, environ: Mapping[str, str], error: ConfigError
+) -> int:
+    """``healthcheck`` and ``status`` when the configuration does not load: a running sidecar
+    keeps its last good settings (a bad file saved into the watched config), so ask it rather
+    than report a healthy sidecar as broken. ``error`` is raised when there is none to ask."""
+    try:
+        where = locate_running_sidecar(args, environ)
+    except ConfigError:
+        raise error from None
+    import asyncio
+
+    if args.command == "healthcheck":
+        from sidecar.health import cmd_healthcheck
+
+        # Quiet as always when healthy; the file's problem is for check-config and the logs.
+        return asyncio.run(cmd_healthcheck(where))
+    from sidecar.status import cmd_status_live
+
+    return asyncio.run(cmd_status_live(where.state_dir, error, as_json=args.as_json))
 
 
 def _check_online(settings: Settings) -> int:

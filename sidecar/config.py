@@ -62,6 +62,7 @@ __all__ = [
     "describe",
     "is_reload_mode",
     "load_settings",
+    "locate_running_sidecar",
     "parse_bool",
     "parse_host_port",
     "parse_pem_mode",
@@ -966,6 +967,75 @@ def _load_sources(
     if file is not None:
         sources = _Sources(args, environ, file.values)
     return sources, file
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSidecarAddress:
+    """Where a running sidecar answers: its health listener and its state directory (the
+    control socket)."""
+
+    health_listen: tuple[str, int]
+    state_dir: Path
+
+
+def locate_running_sidecar(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> RunningSidecarAddress:
+    """Where to ask a running sidecar when the config file does not load (issue 16, item 4).
+
+    `run` keeps its last good settings when a bad file is saved; ``healthcheck`` and ``status``
+    must still reach it. They need only two settings, so those are taken from the flags, the
+    environment, and whatever of the file still reads: the two keys from a file that is valid
+    TOML (an unknown key or a bad value elsewhere), or their own lines from one that is not.
+    Raises `ConfigError` when these two settings themselves are wrong.
+    """
+    sources = _Sources(args, environ, {})
+    located = _config_path(sources)
+    if located is not None:
+        sources = _Sources(args, environ, _salvage(located[0]))
+    return RunningSidecarAddress(
+        health_listen=_host_port(sources.get("health_listen")),
+        state_dir=_path(sources.get("state_dir")),
+    )
+
+
+_SALVAGED: Final = ("health_listen", "state_dir")
+_TABLE_LINE: Final = re.compile(r"\s*\[\s*([A-Za-z_]+)\s*\]\s*(#.*)?")
+
+
+def _salvage(path: Path) -> dict[str, _Raw]:
+    """``_SALVAGED`` from a config file that does not load as a whole (see above)."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        # Line by line: each `key = value` line under its [table] header is TOML of its own.
+        document, table = {}, None
+        for line in text.splitlines():
+            header = _TABLE_LINE.fullmatch(line)
+            if header:
+                table = header.group(1)
+                continue
+            if table is None:
+                continue
+            try:
+                document.setdefault(table, {}).update(tomllib.loads(line))
+            except tomllib.TOMLDecodeError:
+                continue
+    values = {}
+    for name in _SALVAGED:
+        option = _OPTION_BY_FIELD[name]
+        table_values = document.get(option.table)
+        if isinstance(table_values, dict) and option.key in table_values:
+            values[name] = _Raw(
+                table_values[option.key], f"{option.toml} in {path}", "file", path.parent
+            )
+    return values
 
 
 class _CaSection(TypedDict):

@@ -13,15 +13,17 @@ import sys
 from typing import Any
 
 from sidecar import ca_probe, orphans, preflight, wiring
-from sidecar.config import CertificateSpec, Settings
+from sidecar.config import WORK_FIELDS, CertificateSpec, Settings, work_fingerprint, work_label
 from sidecar.control import request
-from sidecar.errors import OperationError
+from sidecar.errors import ConfigError, OperationError
 from sidecar.outcome import Outcome, revocation_code
 from sidecar.trust import load_ca_bundle
 
 # A renewal pass handed to a running sidecar may include slow orders (a DNS hook waiting for
 # propagation, a CA under load); the sidecar bounds each order itself.
 HANDOFF_TIMEOUT = 900.0
+# The running sidecar answers what its settings are from memory.
+SETTINGS_TIMEOUT = 30.0
 
 
 def _check_before_network(settings: Settings) -> None:
@@ -31,8 +33,44 @@ def _check_before_network(settings: Settings) -> None:
     preflight.check(settings)
 
 
-async def _hand_off(settings: Settings, payload: dict[str, Any]) -> int | None:
-    """Let a running sidecar do it; None when there is none."""
+def _refuse_other_settings(settings: Settings, running: dict[str, Any], command: str) -> None:
+    """A running sidecar does handed-over work with its own settings, so a one-shot whose
+    settings differ (a ``--directory`` to try, another key type, ...) would silently not get
+    what it asked for: refuse it, naming what differs (exit 2). Doing it here instead is no
+    way out: `run` holds the challenge ports and the certificates' locks."""
+    theirs = running.get("work")
+    if not running.get("ok") or not isinstance(theirs, dict):
+        return  # a sidecar from before this check: it cannot say
+    ours = work_fingerprint(settings)
+    differ = [name for name in WORK_FIELDS if theirs.get(name) != ours[name]]
+    if not differ:
+        return
+    labels = [work_label(settings, name) for name in differ]
+    also = f" (also: {', '.join(labels[1:])})" if len(labels) > 1 else ""
+    raise ConfigError(
+        labels[0],
+        f"differs from the running cert-sidecar's setting{also}; it would do this {command} "
+        "with its own settings, so it was not asked: change the configuration it runs with "
+        "(a config file is reloaded), or stop it to run this here; to test another CA, use "
+        "'check-config --online'",
+    )
+
+
+async def _hand_off(
+    settings: Settings, payload: dict[str, Any], *, probe_ca: bool = True
+) -> int | None:
+    """Let a running sidecar do it; None when there is none (the CA's directory fetched
+    either way, when ``probe_ca``, once the settings are known to be the ones that count)."""
+    running = await request(settings.state_dir, {"command": "settings"}, timeout=SETTINGS_TIMEOUT)
+    if running is not None:
+        command = str(payload["command"])
+        _refuse_other_settings(settings, running, command.replace("remove-orphan", "revoke"))
+    if probe_ca:
+        # So that a wrong URL is named as such (setting and URL), not as the CA's bare
+        # "notFound (HTTP 404)", and a dry run that orders nothing still tests the CA.
+        await ca_probe.fetch(settings)
+    if running is None:
+        return None
     answer = await request(settings.state_dir, payload, timeout=HANDOFF_TIMEOUT)
     if answer is None:
         return None
@@ -55,9 +93,6 @@ def _exit_code(outcomes: list[Outcome]) -> int:
 
 async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool) -> int:
     _check_before_network(settings)
-    # First, so that a wrong URL is named as such (setting and URL), not as the CA's bare
-    # "notFound (HTTP 404)", and a dry run that orders nothing still tests the CA.
-    await ca_probe.fetch(settings)
     handed = await _hand_off(settings, {"command": command, "force": force, "dry_run": dry_run})
     if handed is not None:
         return handed
@@ -104,7 +139,8 @@ async def _remove_orphan(settings: Settings, name: str) -> int:
             f"{inventory.pem_path(name)}"
         )
     preflight.check(settings)
-    handed = await _hand_off(settings, {"command": "remove-orphan", "name": name})
+    # A placeholder needs no CA; a real certificate's revocation names the CA if it fails.
+    handed = await _hand_off(settings, {"command": "remove-orphan", "name": name}, probe_ca=False)
     if handed is not None:
         return handed
     async with wiring.opened(settings, holder=f"revoke pid {os.getpid()}") as parts:
@@ -128,7 +164,6 @@ async def cmd_revoke(
         return await _remove_orphan(settings, name)
     spec = find_spec(settings, name)
     preflight.check(settings)
-    await ca_probe.fetch(settings)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
     )

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sidecar import wiring
+from sidecar import control, wiring
 from sidecar.config import Settings
 from sidecar.deploy import Deployer
+from sidecar.errors import ConfigError
 from sidecar.inventory import Inventory, cert_status, utc_now
 from sidecar.metrics import CertStatus
+
+# ``status`` reads; the running sidecar answers from memory and one directory listing.
+LIVE_TIMEOUT = 30.0
 
 
 def _left(now: datetime, until: datetime | None) -> str:
@@ -162,6 +167,30 @@ async def cmd_status(settings: Settings, *, as_json: bool = False) -> int:
     inventory = wiring.inventory(settings, create_state=False)
     records = await collect(settings, inventory, wiring.deployer(settings))
     orphans = orphan_records(inventory, settings)
+    if as_json:
+        json.dump({"certificates": records, "not_configured": orphans}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_table(records, utc_now()))
+        if orphans:
+            print(render_orphans(orphans))
+    return 0
+
+
+async def cmd_status_live(state_dir: Path, problem: ConfigError, *, as_json: bool = False) -> int:
+    """``status`` when the configuration does not load: the running sidecar's own view (it
+    keeps its last good settings), under a one-line warning. Without a running sidecar, or one
+    too old to answer, ``problem`` is the answer (exit 2)."""
+    answer = await control.request(state_dir, {"command": "status"}, timeout=LIVE_TIMEOUT)
+    if answer is None or not answer.get("ok") or "not_configured" not in answer:
+        raise problem
+    records = answer["results"]
+    orphans = answer["not_configured"]
+    print(
+        f"cert-sidecar: warning: the configuration does not load ({problem}); showing the "
+        "running sidecar, which keeps its last good settings",
+        file=sys.stderr,
+    )
     if as_json:
         json.dump({"certificates": records, "not_configured": orphans}, sys.stdout, indent=2)
         sys.stdout.write("\n")
