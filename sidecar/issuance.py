@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from sidecar import ca_probe, orphans, preflight, wiring
@@ -82,7 +83,11 @@ async def _hand_off(
     return int(answer.get("exit_code", 1))
 
 
-def _print(outcome: Outcome) -> None:
+def _print(outcome: Outcome, *, retried: bool = True) -> None:
+    """One line; ``retried``: something will try again (the running sidecar did the work).
+    Done here, nothing retries it, so its line names no next retry."""
+    if not retried:
+        outcome = replace(outcome, next_retry_at=None)
     stream = sys.stdout if outcome.ok else sys.stderr
     print(outcome.line(), file=stream)
 
@@ -101,7 +106,7 @@ async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool)
             settings.certificates, force=force, dry_run=dry_run
         )
     for outcome in outcomes:
-        _print(outcome)
+        _print(outcome, retried=False)
     return _exit_code(outcomes)
 
 
@@ -148,7 +153,7 @@ async def _remove_orphan(settings: Settings, name: str) -> int:
         if orphan is None:  # removed meanwhile by someone else
             raise OperationError(f"{inventory.pem_path(name)} is gone")
         outcome = await orphans.remove(parts.manager, orphan, settings)
-    _print(outcome)
+    _print(outcome, retried=False)
     return 0 if outcome.ok else 1
 
 
@@ -171,5 +176,5 @@ async def cmd_revoke(
         return handed
     async with wiring.opened(settings, holder=f"revoke pid {os.getpid()}") as parts:
         outcome = await parts.manager.revoke(spec, reason=reason_code, remove=remove)
-    _print(outcome)
+    _print(outcome, retried=False)
     return 0 if outcome.ok else 1

@@ -38,7 +38,7 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
-from sidecar.errors import SidecarError, error_text
+from sidecar.errors import SidecarError, error_text, with_hint
 from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
@@ -349,7 +349,7 @@ class Manager:
         record: bool,
     ) -> Outcome:
         now = self.now()
-        text = error_text(error)
+        text = with_hint(error_text(error))
         ca = error if isinstance(error, IssuerError) else None
         not_after = view.facts.not_after if view.is_real and view.facts else None
         delay = policy.next_retry_delay(

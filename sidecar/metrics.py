@@ -229,13 +229,16 @@ def certificate_problems(status: CertStatus, now: datetime) -> list[str]:
     Decided from the times and flags, with ``now``, rather than from ``status.state`` alone, so
     that a snapshot taken a moment before expiry still reports the expiry when it is read.
     """
+    # Where no real certificate is there, the last error is why: say it with the problem, so
+    # that `healthcheck` (Docker's health log) shows what to fix, not only that it is broken.
+    why = f"; last error: {status.last_error}" if status.last_error else ""
     if status.state == "missing" or status.not_after is None:
-        return ["no certificate"]
+        return [f"no certificate{why}"]
     problems: list[str] = []
     if status.is_placeholder or status.state == "placeholder":
-        problems.append("placeholder certificate, not yet issued by the CA")
+        problems.append(f"placeholder certificate, not yet issued by the CA{why}")
     elif now >= status.not_after:
-        problems.append(f"expired at {status.not_after.isoformat()}")
+        problems.append(f"expired at {status.not_after.isoformat()}{why}")
     elif status.not_before is not None and status.not_after > status.not_before:
         lifetime = status.not_after - status.not_before
         if status.not_after - now < lifetime * URGENT_FRACTION:
