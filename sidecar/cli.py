@@ -54,6 +54,25 @@ _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
 # What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
 _NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
 _NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
+# The settings a command's --help lists, where it uses only a few (by argparse dest); every
+# settings flag is accepted by every command, so that one flag list serves them all.
+_SHOWN_SETTINGS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "status": frozenset(
+            {
+                "config",
+                "domains",
+                "certs_dir",
+                "state_dir",
+                "renew_at",
+                "haproxy_sockets",
+                "haproxy_certs_dir",
+                "log_level",
+            }
+        ),
+        "healthcheck": frozenset({"config", "health_listen", "state_dir"}),
+    }
+)
 # What still answers from a running sidecar when the configuration does not load.
 _ASK_THE_RUNNING_SIDECAR: Final = frozenset({"healthcheck", "status"})
 _PRIVATE_KEY: Final = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*", re.DOTALL)
@@ -78,6 +97,20 @@ def _setting_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
 
 
+def _settings_parent(shown: frozenset[str] | None = None) -> _Parser:
+    """The settings flags, for a command's parser; ``shown``: the only ones its help lists."""
+    settings = _Parser(add_help=False)
+    add_setting_arguments(settings)
+    # argparse copies every attribute of a command's namespace over the top-level one, defaults
+    # included: without SUPPRESS, a flag given before the command would be reset to None. With
+    # it, a command sets only what was written after it (which then wins).
+    for action in _setting_actions(settings):
+        action.default = argparse.SUPPRESS
+        if shown is not None and action.dest not in shown:
+            action.help = argparse.SUPPRESS
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -92,18 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_arguments(parser)
     for action in _setting_actions(parser):
         action.help = argparse.SUPPRESS
-    settings = _Parser(add_help=False)
-    add_setting_arguments(settings)
-    # argparse copies every attribute of a command's namespace over the top-level one, defaults
-    # included: without SUPPRESS, a flag given before the command would be reset to None. With
-    # it, a command sets only what was written after it (which then wins).
-    for action in _setting_actions(settings):
-        action.default = argparse.SUPPRESS
+    settings = _settings_parent()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
+        shown = _SHOWN_SETTINGS.get(name)
+        # Parents share their actions: a command that shows fewer gets its own copy.
+        parent = settings if shown is None else _settings_parent(shown)
         sub: argparse.ArgumentParser = commands.add_parser(
-            name, parents=[settings], help=summary, description=summary
+            name,
+            parents=[parent],
+            help=summary,
+            description=summary,
+            epilog=None
+            if shown is None
+            else f"Every other setting's flag is accepted too (see '{PROG} run --help'); "
+            "these are the ones this command uses.",
         )
         return sub
 

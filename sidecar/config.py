@@ -1420,7 +1420,8 @@ def _source_name(settings: Settings, field_name: str) -> str:
     """Where a value came from, as ``check-config`` says it (issue 16, item 9)."""
     label = settings.setting_labels.get(field_name)
     if label is None:
-        return "default"
+        derived = _DEFAULT_HELP.get(field_name)
+        return f"default: {derived}" if derived else "default"
     if label.startswith("--"):
         return f"flag {label}"
     if label.startswith(ENV_PREFIX):
