@@ -23,6 +23,7 @@ from sidecar.inventory import Inventory, utc_now
 from sidecar.logs import get_logger
 from sidecar.metrics import Metrics
 from sidecar.storage import StorageError
+from sidecar.wiring import Parts
 
 __all__ = ["STALE_PREFIX", "mark_errors_stale", "settings_applied"]
 
@@ -31,11 +32,15 @@ log = get_logger("sidecar.applied")
 STALE_PREFIX = "(from the configuration before the reload at "
 
 
-async def settings_applied(settings: Settings, inventory: Inventory, metrics: Metrics) -> None:
+async def settings_applied(parts: Parts, metrics: Metrics) -> None:
     """At start (once the CA bundle is there) and after each reload."""
-    found = orphans.log_orphans(inventory, (spec.name for spec in settings.certificates))
+    settings, manager = parts.settings, parts.manager
+    found = orphans.log_orphans(manager.inventory, (spec.name for spec in settings.certificates))
     metrics.set_not_configured(len(found))
-    await ca_probe.check_reachable(settings, metrics)
+    # The issuer's client options: tests hand an in-process CA to both.
+    await ca_probe.check_reachable(
+        settings, metrics, client_options=manager.issuer.account.client_options
+    )
 
 
 def mark_errors_stale(old: Settings, new: Settings, inventory: Inventory) -> list[str]:

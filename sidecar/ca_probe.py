@@ -14,6 +14,9 @@ the CA's own words ("notFound: resource not found (HTTP 404)") name neither.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ca_client.client import AcmeClient
 from ca_client.errors import AcmeError
 from ca_client.keys import KeyType, generate_private_key
@@ -53,7 +56,12 @@ def _hint(error: BaseException) -> str:
     return ""
 
 
-async def fetch(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> Directory:  # noqa: ASYNC109
+async def fetch(
+    settings: Settings,
+    *,
+    timeout: float = PROBE_TIMEOUT,  # noqa: ASYNC109
+    client_options: Mapping[str, Any] | None = None,
+) -> Directory:
     """The CA's directory (RFC 8555 §7.1.1), or `DirectoryUnusable`.
 
     The key only signs nothing here (a directory GET is unauthenticated); the client needs one.
@@ -63,13 +71,8 @@ async def fetch(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> Direct
         context = build_ssl_context(settings.ca_bundle, system_trust=settings.system_trust)
     except (SidecarError, OSError, ValueError) as error:
         raise DirectoryUnusable(setting, url, f"was not asked: {error_text(error)}") from None
-    client = AcmeClient(
-        url,
-        generate_private_key(KeyType.EC_P256),
-        ssl_context=context,
-        timeout=timeout,
-        max_connections=1,
-    )
+    options: dict[str, Any] = {"timeout": timeout, "max_connections": 1, **(client_options or {})}
+    client = AcmeClient(url, generate_private_key(KeyType.EC_P256), ssl_context=context, **options)
     try:
         async with client:
             return await client.directory()
@@ -92,13 +95,15 @@ def describe_directory(directory: Directory) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def check_reachable(settings: Settings, metrics: Metrics) -> bool:
+async def check_reachable(
+    settings: Settings, metrics: Metrics, *, client_options: Mapping[str, Any] | None = None
+) -> bool:
     """`run`'s look at the directory (start, reload): a failure sets ``ca_reachable`` to 0 and
     logs a warning naming the setting and the URL; a success sets it to 1."""
     if not settings.ca_bundle.is_file():
         return False  # the bundle watch says it is waiting; the probe runs once it is there
     try:
-        await fetch(settings)
+        await fetch(settings, client_options=client_options)
     except DirectoryUnusable as error:
         metrics.set_ca_reachable(False, str(error))
         log.warning(

@@ -127,6 +127,8 @@ class Handoff:
                     False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
                 )
             outcome = await orphans.remove(service.manager, orphan, service.settings)
+        left = service.manager.inventory.orphans(s.name for s in service.settings.certificates)
+        service.metrics.set_not_configured(len(left))
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
 
     def _status(self) -> dict[str, Any]:

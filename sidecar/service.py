@@ -100,7 +100,7 @@ class Service:
         retired, self.parts = self.parts, parts
         self.settings = parts.settings
         applied.mark_errors_stale(retired.settings, parts.settings, parts.manager.inventory)
-        self.spawn(applied.settings_applied(parts.settings, parts.manager.inventory, self.metrics))
+        self.spawn(applied.settings_applied(parts, self.metrics))
         return retired
 
     # -- entry --------------------------------------------------------------------------------
@@ -127,9 +127,7 @@ class Service:
                 self.spawn(self.reload.watch(self.settings.config_file))
             await self.wait_or_stop(self.bundle.ready.wait())
             if not self.stopping.is_set():
-                self.spawn(
-                    applied.settings_applied(self.settings, self.manager.inventory, self.metrics)
-                )
+                self.spawn(applied.settings_applied(self.parts, self.metrics))
                 await self._start_scheduler()
                 await self.stopping.wait()
         finally:

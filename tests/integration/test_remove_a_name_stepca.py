@@ -129,6 +129,8 @@ def test_a_removed_name_is_shown_and_the_readme_recipe_removes_it(
         assert not (state / "certs" / REMOVED).exists()
         assert str(removed_pem) not in haproxy.cli("show ssl cert")
         assert (certs / "demo.pem").exists()
+        _, metrics = sidecar.get("/metrics")
+        assert "cert_sidecar_certificates_not_configured 0" in metrics.splitlines()
 
         assert last.code == 0, last.stderr
         assert "Not configured" not in last.stdout and REMOVED not in last.stdout
