@@ -259,7 +259,10 @@ def _ask_running_sidecar(
         from sidecar.health import cmd_healthcheck
 
         # Quiet as always when healthy; the file's problem is for check-config and the logs.
-        return asyncio.run(cmd_healthcheck(where))
+        code = asyncio.run(cmd_healthcheck(where))
+        if code != 0:
+            sys.stderr.write(f"healthcheck: also, the configuration does not load: {error}\n")
+        return int(code)
     from sidecar.status import cmd_status_live
 
     return asyncio.run(cmd_status_live(where.state_dir, error, as_json=args.as_json))
