@@ -126,7 +126,11 @@ class Handoff:
                 return make_answer(
                     False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
                 )
-            outcome = await orphans.remove(service.manager, orphan, service.settings)
+            try:
+                reason = revocation_code(request.get("reason"))
+            except ValueError as error:
+                raise OperationError(f"--reason: {error}") from None
+            outcome = await orphans.remove(service.manager, orphan, service.settings, reason=reason)
         left = service.manager.inventory.orphans(s.name for s in service.settings.certificates)
         service.metrics.set_not_configured(len(left))
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])

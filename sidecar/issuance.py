@@ -134,7 +134,7 @@ def find_spec(settings: Settings, name: str) -> CertificateSpec:
     return spec
 
 
-async def _remove_orphan(settings: Settings, name: str) -> int:
+async def _remove_orphan(settings: Settings, name: str, reason: str | None) -> int:
     """``revoke NAME --remove`` for a name no longer configured (`sidecar.orphans`)."""
     inventory = wiring.inventory(settings, create_state=False)
     if orphans.find(inventory, settings, name) is None:
@@ -145,14 +145,17 @@ async def _remove_orphan(settings: Settings, name: str) -> int:
         )
     preflight.check(settings)
     # A placeholder needs no CA; a real certificate's revocation names the CA if it fails.
-    handed = await _hand_off(settings, {"command": "remove-orphan", "name": name}, probe_ca=False)
+    payload = {"command": "remove-orphan", "name": name, "reason": reason}
+    handed = await _hand_off(settings, payload, probe_ca=False)
     if handed is not None:
         return handed
     async with wiring.opened(settings, holder=f"revoke pid {os.getpid()}") as parts:
         orphan = orphans.find(parts.manager.inventory, settings, name)
         if orphan is None:  # removed meanwhile by someone else
             raise OperationError(f"{inventory.pem_path(name)} is gone")
-        outcome = await orphans.remove(parts.manager, orphan, settings)
+        outcome = await orphans.remove(
+            parts.manager, orphan, settings, reason=revocation_code(reason)
+        )
     _print(outcome, retried=False)
     return 0 if outcome.ok else 1
 
@@ -166,7 +169,7 @@ async def cmd_revoke(
         raise OperationError(f"--reason: {error}") from None
     load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     if settings.certificate(name) is None and remove:
-        return await _remove_orphan(settings, name)
+        return await _remove_orphan(settings, name, reason)
     spec = find_spec(settings, name)
     preflight.check(settings)
     handed = await _hand_off(

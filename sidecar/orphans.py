@@ -59,13 +59,15 @@ def log_orphans(inventory: Inventory, configured: Iterable[str]) -> list[Orphan]
     return found
 
 
-async def remove(manager: Manager, orphan: Orphan, settings: Settings) -> Outcome:
+async def remove(
+    manager: Manager, orphan: Orphan, settings: Settings, *, reason: int | None = None
+) -> Outcome:
     """``revoke NAME --remove`` for an orphan (see the module docstring)."""
     facts = orphan.facts
     if facts is not None and not facts.is_placeholder:
         # A real certificate: exactly what revoke --remove does for a configured one.
         spec = CertificateSpec(orphan.name, facts.names, settings.key_type, settings.challenge)
-        return await manager.revoke(spec, reason=None, remove=True)
+        return await manager.revoke(spec, reason=reason, remove=True)
     try:
         async with manager.store.lock(orphan.name, timeout=LOCK_WAIT, holder=manager.holder):
             return await _remove_unissued(manager, orphan)
