@@ -30,6 +30,7 @@ from sidecar.config import (
     check_directories,
     describe,
     load_settings,
+    locate_running_sidecar,
 )
 from sidecar.domains import validate_certificate_name
 from sidecar.errors import ConfigError, SidecarError, one_line
@@ -53,6 +54,27 @@ _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
 # What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
 _NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
 _NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
+# The settings a command's --help lists, where it uses only a few (by argparse dest); every
+# settings flag is accepted by every command, so that one flag list serves them all.
+_SHOWN_SETTINGS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "status": frozenset(
+            {
+                "config",
+                "domains",
+                "certs_dir",
+                "state_dir",
+                "renew_at",
+                "haproxy_sockets",
+                "haproxy_certs_dir",
+                "log_level",
+            }
+        ),
+        "healthcheck": frozenset({"config", "health_listen", "state_dir"}),
+    }
+)
+# What still answers from a running sidecar when the configuration does not load.
+_ASK_THE_RUNNING_SIDECAR: Final = frozenset({"healthcheck", "status"})
 _PRIVATE_KEY: Final = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*", re.DOTALL)
 _EXIT_INTERRUPTED: Final = 130
 
@@ -75,6 +97,20 @@ def _setting_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")]
 
 
+def _settings_parent(shown: frozenset[str] | None = None) -> _Parser:
+    """The settings flags, for a command's parser; ``shown``: the only ones its help lists."""
+    settings = _Parser(add_help=False)
+    add_setting_arguments(settings)
+    # argparse copies every attribute of a command's namespace over the top-level one, defaults
+    # included: without SUPPRESS, a flag given before the command would be reset to None. With
+    # it, a command sets only what was written after it (which then wins).
+    for action in _setting_actions(settings):
+        action.default = argparse.SUPPRESS
+        if shown is not None and action.dest not in shown:
+            action.help = argparse.SUPPRESS
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -89,18 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_arguments(parser)
     for action in _setting_actions(parser):
         action.help = argparse.SUPPRESS
-    settings = _Parser(add_help=False)
-    add_setting_arguments(settings)
-    # argparse copies every attribute of a command's namespace over the top-level one, defaults
-    # included: without SUPPRESS, a flag given before the command would be reset to None. With
-    # it, a command sets only what was written after it (which then wins).
-    for action in _setting_actions(settings):
-        action.default = argparse.SUPPRESS
+    settings = _settings_parent()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
+        shown = _SHOWN_SETTINGS.get(name)
+        # Parents share their actions: a command that shows fewer gets its own copy.
+        parent = settings if shown is None else _settings_parent(shown)
         sub: argparse.ArgumentParser = commands.add_parser(
-            name, parents=[settings], help=summary, description=summary
+            name,
+            parents=[parent],
+            help=summary,
+            description=summary,
+            epilog=None
+            if shown is None
+            else f"Every other setting's flag is accepted too (see '{PROG} run --help'); "
+            "these are the ones this command uses.",
         )
         return sub
 
@@ -135,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete its files and unload it from HAProxy instead of replacing it",
     )
     command("healthcheck", "exit 0 when the running sidecar reports ready (for HEALTHCHECK)")
-    command("check-config", "validate the configuration and print the effective settings")
+    check = command("check-config", "validate the configuration and print the effective settings")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also fetch the CA's ACME directory, its TLS verified against the CA bundle; "
+        "exit 1 with one line when that fails",
+    )
     return parser
 
 
@@ -152,9 +198,14 @@ def _command_kwargs(args: argparse.Namespace) -> tuple[tuple[Any, ...], dict[str
 
 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[str, Any]) -> int:
-    settings: Settings = load_settings(
-        args, environ, require_certificates=args.command != "healthcheck"
-    )
+    try:
+        settings: Settings = load_settings(
+            args, environ, require_certificates=args.command != "healthcheck"
+        )
+    except ConfigError as error:
+        if args.command in _ASK_THE_RUNNING_SIDECAR:
+            return _ask_running_sidecar(args, environ, error)
+        raise
     state["settings"] = settings
     if args.command == "revoke":
         try:
@@ -168,6 +219,8 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     if args.command == "check-config":
         # Nothing here logs, so structlog is not even imported: check-config stays fast.
         sys.stdout.write(describe(settings))
+        if args.online:
+            return _check_online(settings)
         return 0
 
     if args.command != "healthcheck":
@@ -188,6 +241,42 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
     return int(result)
+
+
+def _ask_running_sidecar(
+    args: argparse.Namespace, environ: Mapping[str, str], error: ConfigError
+) -> int:
+    """``healthcheck`` and ``status`` when the configuration does not load: a running sidecar
+    keeps its last good settings (a bad file saved into the watched config), so ask it rather
+    than report a healthy sidecar as broken. ``error`` is raised when there is none to ask."""
+    try:
+        where = locate_running_sidecar(args, environ)
+    except ConfigError:
+        raise error from None
+    import asyncio
+
+    if args.command == "healthcheck":
+        from sidecar.health import cmd_healthcheck
+
+        # Quiet as always when healthy; the file's problem is for check-config and the logs.
+        code = asyncio.run(cmd_healthcheck(where))
+        if code != 0:
+            sys.stderr.write(f"healthcheck: also, the configuration does not load: {error}\n")
+        return int(code)
+    from sidecar.status import cmd_status_live
+
+    return asyncio.run(cmd_status_live(where.state_dir, error, as_json=args.as_json))
+
+
+def _check_online(settings: Settings) -> int:
+    """``check-config --online``: the directory, fetched as `run` would (exit 1 if not)."""
+    import asyncio
+
+    from sidecar.ca_probe import describe_directory, fetch
+
+    directory = asyncio.run(fetch(settings))
+    sys.stdout.write("\n" + describe_directory(directory))
+    return 0
 
 
 def _debug_requested(

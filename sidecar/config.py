@@ -62,6 +62,7 @@ __all__ = [
     "describe",
     "is_reload_mode",
     "load_settings",
+    "locate_running_sidecar",
     "parse_bool",
     "parse_host_port",
     "parse_pem_mode",
@@ -928,8 +929,16 @@ def load_settings(
     storage = _storage_section(sources)
     haproxy, socket_texts = _haproxy_section(sources, storage["certs_dir"])
     runtime = _runtime_section(sources)
+    cert_inputs = _certificate_inputs(sources, file)
+    if cert_inputs:
+        # Where the list came from, for check-config (a flag or the environment replaces the
+        # file's [[certificates]] as a whole).
+        first = cert_inputs[0].label
+        if first not in ("--domain", _ENV_DOMAINS) and file is not None:
+            first = f"[[certificates]] in {file.path}"
+        sources.labels["certificates"] = first
     certificates = _certificate_specs(
-        _certificate_inputs(sources, file),
+        cert_inputs,
         acme["key_type"],
         sources.get("challenge"),
         acme["dns_hook"],
@@ -958,6 +967,75 @@ def _load_sources(
     if file is not None:
         sources = _Sources(args, environ, file.values)
     return sources, file
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSidecarAddress:
+    """Where a running sidecar answers: its health listener and its state directory (the
+    control socket)."""
+
+    health_listen: tuple[str, int]
+    state_dir: Path
+
+
+def locate_running_sidecar(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> RunningSidecarAddress:
+    """Where to ask a running sidecar when the config file does not load (issue 16, item 4).
+
+    `run` keeps its last good settings when a bad file is saved; ``healthcheck`` and ``status``
+    must still reach it. They need only two settings, so those are taken from the flags, the
+    environment, and whatever of the file still reads: the two keys from a file that is valid
+    TOML (an unknown key or a bad value elsewhere), or their own lines from one that is not.
+    Raises `ConfigError` when these two settings themselves are wrong.
+    """
+    sources = _Sources(args, environ, {})
+    located = _config_path(sources)
+    if located is not None:
+        sources = _Sources(args, environ, _salvage(located[0]))
+    return RunningSidecarAddress(
+        health_listen=_host_port(sources.get("health_listen")),
+        state_dir=_path(sources.get("state_dir")),
+    )
+
+
+_SALVAGED: Final = ("health_listen", "state_dir")
+_TABLE_LINE: Final = re.compile(r"\s*\[\s*([A-Za-z_]+)\s*\]\s*(#.*)?")
+
+
+def _salvage(path: Path) -> dict[str, _Raw]:
+    """``_SALVAGED`` from a config file that does not load as a whole (see above)."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        # Line by line: each `key = value` line under its [table] header is TOML of its own.
+        document, table = {}, None
+        for line in text.splitlines():
+            header = _TABLE_LINE.fullmatch(line)
+            if header:
+                table = header.group(1)
+                continue
+            if table is None:
+                continue
+            try:
+                document.setdefault(table, {}).update(tomllib.loads(line))
+            except tomllib.TOMLDecodeError:
+                continue
+    values = {}
+    for name in _SALVAGED:
+        option = _OPTION_BY_FIELD[name]
+        table_values = document.get(option.table)
+        if isinstance(table_values, dict) and option.key in table_values:
+            values[name] = _Raw(
+                table_values[option.key], f"{option.toml} in {path}", "file", path.parent
+            )
+    return values
 
 
 class _CaSection(TypedDict):
@@ -1246,6 +1324,63 @@ def check_directories(settings: Settings) -> None:
     preflight.check_directories(settings)
 
 
+# --- what the work depends on ---------------------------------------------------------------
+
+# The settings a certificate's order, files and deploy follow. A one-shot handed to a running
+# sidecar is done with the sidecar's settings, so these must agree (`work_fingerprint`); the
+# others (health listener, logging, placeholder) do not change what the work does.
+WORK_FIELDS: Final = (
+    "directory",
+    "ca_bundle",
+    "system_trust",
+    "email",
+    "eab_kid",
+    "eab_hmac_key",
+    "key_type",
+    "challenge",
+    "http_listen",
+    "tls_alpn_listen",
+    "dns_hook",
+    "certs_dir",
+    "state_dir",
+    "pem_mode",
+    "pem_group",
+    "renew_at",
+    "haproxy_sockets",
+    "haproxy_certs_dir",
+    "reload",
+    "reload_command",
+    "reload_signal",
+    "reload_pid_file",
+    "verify_address",
+    "deploy_hook",
+    "hook_env",
+    "certificates",
+)
+
+
+def work_fingerprint(settings: Settings) -> dict[str, str]:
+    """Each of `WORK_FIELDS` as a short digest: comparable across processes (the control
+    socket) without ever sending a value, since hook commands and the EAB key may be secret."""
+    import hashlib
+
+    digests = {}
+    for name in WORK_FIELDS:
+        value = getattr(settings, name)
+        text = repr(sorted(map(repr, value))) if name == "certificates" else repr(value)
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digests
+
+
+def work_label(settings: Settings, name: str) -> str:
+    """How to name one of `WORK_FIELDS` in a message."""
+    if name == "eab_hmac_key":
+        return _ENV_EAB_KEY
+    if name == "certificates":
+        return settings.setting_labels.get("certificates", "--domain")
+    return settings.label(name)
+
+
 # --- describe ---------------------------------------------------------------------------------
 
 
@@ -1281,6 +1416,25 @@ def mask_command(argv: Sequence[str] | None) -> str | None:
     return shlex.join([argv[0], *("***" for _ in argv[1:])])
 
 
+def _source_name(settings: Settings, field_name: str) -> str:
+    """Where a value came from, as ``check-config`` says it (issue 16, item 9)."""
+    label = settings.setting_labels.get(field_name)
+    if label is None:
+        derived = _DEFAULT_HELP.get(field_name)
+        return f"default: {derived}" if derived else "default"
+    if label.startswith("--"):
+        return f"flag {label}"
+    if label.startswith(ENV_PREFIX):
+        return f"environment {label}"
+    if " in " in label:
+        return f"file {label.rpartition(' in ')[2]}"
+    return label
+
+
+def _origin(settings: Settings, field_name: str) -> str:
+    return f"  # {_source_name(settings, field_name)}"
+
+
 def describe(settings: Settings) -> str:
     """The effective settings as TOML-like text, for ``check-config``; secrets masked."""
     values: dict[str, object] = {
@@ -1314,12 +1468,16 @@ def describe(settings: Settings) -> str:
         "log_level": settings.log_level,
     }
     source = str(settings.config_file) if settings.config_file else "none"
-    lines = [f"# cert-sidecar effective settings (config file: {source})"]
+    lines = [
+        f"# cert-sidecar effective settings (config file: {source})",
+        "# each value's source follows it: a flag, an environment variable, the file, or default",
+    ]
     for table in _TABLES:
         lines.append(f"\n[{table}]")
         for option in OPTIONS:
             if option.table != table:
                 continue
+            origin = _origin(settings, option.field)
             if option.field == "eab_hmac_key_file":
                 # The key itself is a secret: only say whether one is set.
                 state = "***" if settings.eab_hmac_key is not None else "(not set)"
@@ -1329,7 +1487,9 @@ def describe(settings: Settings) -> str:
             if value is None:
                 lines.append(f"# {option.key} = (not set)")
             else:
-                lines.append(f"{option.key} = {_toml_value(value)}")
+                lines.append(f"{option.key} = {_toml_value(value)}{origin}")
+    if settings.certificates:
+        lines.append(f"\n# certificates from {_source_name(settings, 'certificates')}")
     for spec in settings.certificates:
         lines.append("\n[[certificates]]")
         lines.append(f"name = {_toml_value(spec.name)}")

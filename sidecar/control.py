@@ -10,8 +10,12 @@ Protocol: a Unix stream socket, one request per connection, each message one lin
     <- {"ok": true, "exit_code": 0, "results": [...], "error": null}
 
 Commands are ``renew`` (``force``, ``dry_run``), ``issue`` (``force``), ``revoke`` (``name``,
-``reason``, ``remove``) and ``status``. The server adds ``peer_uid``, ``peer_gid`` and
-``peer_pid`` (from ``SO_PEERCRED``, so the client cannot forge them) before calling the handler.
+``reason``, ``remove``), ``remove-orphan`` (``name``: ``revoke --remove`` of a name no longer
+configured), ``status`` (the answer adds ``not_configured``; asked when the config file does
+not load) and ``settings`` (the answer adds ``work``, `config.work_fingerprint`: a one-shot
+asks it first, and refuses to hand over work whose settings differ). The server adds
+``peer_uid``, ``peer_gid`` and ``peer_pid`` (from ``SO_PEERCRED``, so the client cannot forge
+them) before calling the handler.
 
 Access: the socket is mode 0600, so only the sidecar's user (and root) can connect; the server
 also refuses peers with another uid, in case the state directory's permissions are loose, and

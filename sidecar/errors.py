@@ -23,6 +23,7 @@ __all__ = [
     "error_text",
     "one_line",
     "os_error_text",
+    "with_hint",
 ]
 
 
@@ -41,6 +42,26 @@ def os_error_text(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno).lower()
     return error_text(error)
+
+
+# Failures whose words do not say what to do: (a fragment of the text, case-insensitive, and
+# the hint added after it). Matched on text because they come from the CA, in its words.
+_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "could not connect to validation target",
+        "the CA must resolve the name to this container (a network alias in compose, or a "
+        "hosts entry) and reach its port 80 (http-01) or 443 (tls-alpn-01)",
+    ),
+)
+
+
+def with_hint(text: str) -> str:
+    """``text`` with what to do about it, where the CA's words do not say (see ``_HINTS``)."""
+    lowered = text.lower()
+    for fragment, hint in _HINTS:
+        if fragment in lowered and hint not in text:
+            return f"{text} (hint: {hint})"
+    return text
 
 
 class SidecarError(Exception):

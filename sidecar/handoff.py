@@ -13,11 +13,14 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sidecar.config import CertificateSpec
+from sidecar import orphans
+from sidecar.config import CertificateSpec, work_fingerprint
 from sidecar.control import ControlServer, make_answer, socket_path
 from sidecar.errors import OperationError, SidecarError, error_text
+from sidecar.inventory import utc_now
 from sidecar.logs import get_logger
 from sidecar.outcome import Action, Outcome, revocation_code
+from sidecar.status import orphan_records, status_record
 
 if TYPE_CHECKING:
     from sidecar.service import Service
@@ -68,6 +71,12 @@ class Handoff:
             return await self._check_all(request)
         if command == "revoke":
             return await self._revoke(request)
+        if command == "remove-orphan":
+            return await self._remove_orphan(request)
+        if command == "status":
+            return self._status()
+        if command == "settings":
+            return self._settings()
         return make_answer(False, 2, error=f"unknown command {command!r}")
 
     async def _check_all(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -112,3 +121,39 @@ class Handoff:
         if outcome.action is not Action.REMOVED:
             service.schedule(spec.name, service.next_check(spec, outcome))
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+
+    async def _remove_orphan(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``revoke NAME --remove`` for a name the configuration no longer has."""
+        service = self._service
+        name = str(request.get("name"))
+        async with service.lock_for(name):
+            # Under the lock: a reload may have configured the name again meanwhile.
+            orphan = orphans.find(service.manager.inventory, service.settings, name)
+            if orphan is None:
+                return make_answer(
+                    False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
+                )
+            try:
+                reason = revocation_code(request.get("reason"))
+            except ValueError as error:
+                raise OperationError(f"--reason: {error}") from None
+            outcome = await orphans.remove(service.manager, orphan, service.settings, reason=reason)
+        left = service.manager.inventory.orphans(s.name for s in service.settings.certificates)
+        service.metrics.set_not_configured(len(left))
+        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+
+    def _status(self) -> dict[str, Any]:
+        """``status`` as this process sees it (asked when the config file does not load)."""
+        service = self._service
+        now = utc_now()
+        records = [status_record(status, now) for status in service.statuses()]
+        answer = make_answer(True, 0, results=records)
+        answer["not_configured"] = orphan_records(service.manager.inventory, service.settings)
+        return answer
+
+    def _settings(self) -> dict[str, Any]:
+        """What this process's work follows (`config.work_fingerprint`), so that a one-shot
+        with other settings is not done here as if it had these."""
+        answer = make_answer(True, 0)
+        answer["work"] = work_fingerprint(self._service.settings)
+        return answer

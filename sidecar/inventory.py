@@ -12,7 +12,7 @@ of deploy state. Reading never writes anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,10 +20,11 @@ from pathlib import Path
 from ca_client.models import RenewalInfo
 from sidecar import metrics, pem, policy, storage
 from sidecar.config import CertificateSpec
+from sidecar.domains import validate_certificate_name
 from sidecar.errors import one_line
 from sidecar.logs import get_logger
 
-__all__ = ["CertView", "Inventory", "cert_status", "utc_now"]
+__all__ = ["CertView", "Inventory", "Orphan", "cert_status", "orphan_names", "utc_now"]
 
 log = get_logger("sidecar.inventory")
 
@@ -75,6 +76,43 @@ class Served:
 
     matches: bool | None
     serial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A ``<name>.pem`` in the certs directory that no configured certificate owns: a name
+    removed from the configuration, or a typo's placeholder. HAProxy loads every file of the
+    directory, so it is still served, and nothing renews it."""
+
+    name: str
+    path: Path
+    facts: pem.CertFacts | None
+    unreadable: str | None
+
+
+def orphan_names(certs_dir: Path, configured: Iterable[str]) -> list[str]:
+    """The names of the PEMs in ``certs_dir`` that are not in ``configured``, sorted.
+
+    Only what the sidecar could have written counts: ``<name>.pem`` with a valid certificate
+    name; dot-files (its temporary files) and anything else an operator keeps there do not.
+    """
+    wanted = set(configured)
+    try:
+        entries = list(os.scandir(certs_dir))
+    except OSError:
+        return []  # a missing or unreadable directory has no orphans to show
+    names = []
+    for entry in entries:
+        if not entry.name.endswith(".pem"):
+            continue
+        name = entry.name.removesuffix(".pem")
+        try:
+            validate_certificate_name(name)
+        except ValueError:
+            continue
+        if name not in wanted and entry.is_file(follow_symlinks=False):
+            names.append(name)
+    return sorted(names)
 
 
 class Inventory:
@@ -158,6 +196,15 @@ class Inventory:
             )
         self._cache[path] = (key, result)
         return result
+
+    def orphans(self, configured: Iterable[str]) -> list[Orphan]:
+        """Every PEM on disk that is not configured (see `Orphan`), with what it holds."""
+        found = []
+        for name in orphan_names(self.certs_dir, configured):
+            path = self.pem_path(name)
+            facts, unreadable, _ = self._read_deployed(path)
+            found.append(Orphan(name, path, facts, unreadable))
+        return found
 
     def remember_written(self, path: Path, stat: os.stat_result, facts: pem.CertFacts) -> None:
         """The writer's word for a PEM it just replaced with a checked one (key matching the

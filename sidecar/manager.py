@@ -40,7 +40,7 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
-from sidecar.errors import SidecarError, error_text
+from sidecar.errors import SidecarError, error_text, with_hint
 from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
@@ -410,7 +410,7 @@ class Manager:
         """The one path every failure takes: the next delay, stored in the state directory
         (so a restart keeps waiting), logged, and returned for the schedule."""
         now = self.now()
-        text = error_text(error)
+        text = with_hint(error_text(error))
         ca = error if isinstance(error, IssuerError) else None
         delay = policy.next_retry_delay(
             meta.failures + 1,
@@ -458,6 +458,16 @@ class Manager:
             return
         try:
             info = await self.issuer.renewal_info(view.path.read_bytes())
+        except IssuerError as error:
+            # A CA without renewalInfo answers None, not an error: this is the CA failing
+            # (a wrong directory URL answers 404 here first), never "the CA has no ARI".
+            log.warning(
+                "renewal_info_failed",
+                cert=spec.name,
+                directory=self.issuer.account.directory,
+                error=error_text(error),
+            )
+            info = None
         except (SidecarError, OSError) as error:
             log.info("renewal_info_unavailable", cert=spec.name, error=error_text(error))
             info = None

@@ -229,13 +229,16 @@ def certificate_problems(status: CertStatus, now: datetime) -> list[str]:
     Decided from the times and flags, with ``now``, rather than from ``status.state`` alone, so
     that a snapshot taken a moment before expiry still reports the expiry when it is read.
     """
+    # Where no real certificate is there, the last error is why: say it with the problem, so
+    # that `healthcheck` (Docker's health log) shows what to fix, not only that it is broken.
+    why = f"; last error: {status.last_error}" if status.last_error else ""
     if status.state == "missing" or status.not_after is None:
-        return ["no certificate"]
+        return [f"no certificate{why}"]
     problems: list[str] = []
     if status.is_placeholder or status.state == "placeholder":
-        problems.append("placeholder certificate, not yet issued by the CA")
+        problems.append(f"placeholder certificate, not yet issued by the CA{why}")
     elif now >= status.not_after:
-        problems.append(f"expired at {status.not_after.isoformat()}")
+        problems.append(f"expired at {status.not_after.isoformat()}{why}")
     elif status.not_before is not None and status.not_after > status.not_before:
         lifetime = status.not_after - status.not_before
         if status.not_after - now < lifetime * URGENT_FRACTION:
@@ -306,6 +309,16 @@ class Metrics:
         self._ca_reachable: bool | None = None
         self._ca_error: str | None = None
         self._clock_skew: float | None = None
+        self._not_configured: int | None = None
+
+    def set_not_configured(self, count: int) -> None:
+        """How many PEMs in the certs directory no configured certificate owns (orphans)."""
+        with self._lock:
+            self._not_configured = count
+
+    @property
+    def not_configured(self) -> int | None:
+        return self._not_configured
 
     def record_renewal(self, result: RenewalResult) -> None:
         """One finished attempt to obtain a certificate (issue or renewal)."""
@@ -567,7 +580,14 @@ def _activity_families(metrics: Metrics) -> list[_Family]:
         "Local clock minus the CA's Date header, in seconds, at the last exchange.",
     )
     skew.add(metrics.clock_skew)
-    return [renewals, deploys, haproxy_up, ca_reachable, skew]
+    not_configured = _Family(
+        "certificates_not_configured",
+        "gauge",
+        "PEMs in the certs directory that no configured certificate owns: still served by "
+        "HAProxy, never renewed (remove with revoke NAME --remove).",
+    )
+    not_configured.add(metrics.not_configured)
+    return [renewals, deploys, haproxy_up, ca_reachable, skew, not_configured]
 
 
 def render(statuses: Sequence[CertStatus], metrics: Metrics, now: datetime) -> str:

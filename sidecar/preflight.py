@@ -78,6 +78,14 @@ def _nearest_existing(path: Path) -> Path:
     return target
 
 
+def _read_only_mount(path: Path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only (``volume:/dir:ro``)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False  # the checks below name what is wrong with it
+
+
 def _probe(directory: Path) -> OSError | None:
     # os.access answers for the mode bits; a read-only mount or an ACL only shows on a real
     # write, so a file is made and removed as well.
@@ -103,6 +111,13 @@ def directory_problem(path: Path, mode: int, who: Identity) -> str | None:
             return f"{path} is not a directory"
         return f"{path} cannot be made: {target} is not a directory"
     what = str(path) if target == path else f"{path} does not exist and {target}"
+    if _read_only_mount(target):
+        # Before os.access, which says "not writable" here too, and would send the operator
+        # to chown a directory whose owner and mode are already right.
+        return (
+            f"{what} is not writable: it is on a read-only mount (remove `:ro` from the "
+            "volume or bind mount)"
+        )
     if os.access(target, os.W_OK | os.X_OK):
         error = _probe(target)
         if error is None:

@@ -30,7 +30,7 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sidecar import metrics, policy, preflight, wiring
+from sidecar import applied, metrics, policy, preflight, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import error_text
@@ -115,7 +115,12 @@ class Service:
         """Take a freshly built set of parts (a reload, with the gate closed); returns the old,
         which is closed once the checks still using it are done."""
         self.settings = parts.settings
-        return await self.gate.swap(parts)
+        # A reload marks errors of a configuration that changed as stale, before the swap.
+        current = self.gate.current
+        applied.mark_errors_stale(current.settings, parts.settings, parts.manager.inventory)
+        retired = await self.gate.swap(parts)
+        self.spawn(applied.settings_applied(parts, self.metrics))
+        return retired
 
     # -- entry --------------------------------------------------------------------------------
 
@@ -147,6 +152,7 @@ class Service:
             await self.wait_or_stop(self.bundle.ready.wait())
             self.notify.changed()
             if not self.stopping.is_set():
+                self.spawn(applied.settings_applied(self.parts, self.metrics))
                 await self._start_scheduler()
                 await self.stopping.wait()
         finally:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sidecar import wiring
+from sidecar import control, wiring
 from sidecar.config import Settings
 from sidecar.deploy import Deployer
+from sidecar.errors import ConfigError
 from sidecar.inventory import Inventory, cert_status, utc_now
 from sidecar.metrics import CertStatus
+
+# ``status`` reads; the running sidecar answers from memory and one directory listing.
+LIVE_TIMEOUT = 30.0
 
 
 def _left(now: datetime, until: datetime | None) -> str:
@@ -78,6 +83,52 @@ async def collect(
     return records
 
 
+def orphan_records(inventory: Inventory, settings: Settings) -> list[dict[str, Any]]:
+    """The PEMs on disk that no configured certificate owns (`sidecar.orphans`)."""
+    records = []
+    for orphan in inventory.orphans(spec.name for spec in settings.certificates):
+        facts = orphan.facts
+        kind = "unreadable" if facts is None else "placeholder" if facts.is_placeholder else "real"
+        records.append(
+            {
+                "name": orphan.name,
+                "path": str(orphan.path),
+                "kind": kind,
+                "names": list(facts.names) if facts else [],
+                "serial": facts.serial_hex if facts else None,
+                "not_after": _iso(facts.not_after) if facts else None,
+            }
+        )
+    return records
+
+
+def render_orphans(records: list[dict[str, Any]]) -> str:
+    """The not-configured PEMs under the table, with the command that removes one."""
+    if not records:
+        return ""
+    headers = ["NAME", "NAMES", "NOT AFTER", "KIND", "SERIAL"]
+    rows = [
+        [
+            r["name"],
+            ",".join(r["names"]) or "-",
+            _when(datetime.fromisoformat(r["not_after"])) if r["not_after"] else "-",
+            r["kind"],
+            r["serial"] or "-",
+        ]
+        for r in records
+    ]
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    title = (
+        "\nNot configured, still on disk and served by HAProxy "
+        "(remove one with: cert-sidecar revoke NAME --remove):"
+    )
+    return "\n".join([title, *(_printable(line) for line in lines)])
+
+
 def _printable(text: str) -> str:
     """One line with no control characters: an error may quote the CA or a hook, and an
     escape sequence from either must not reach the operator's terminal."""
@@ -115,9 +166,36 @@ def render_table(records: list[dict[str, Any]], now: datetime) -> str:
 async def cmd_status(settings: Settings, *, as_json: bool = False) -> int:
     inventory = wiring.inventory(settings, create_state=False)
     records = await collect(settings, inventory, wiring.deployer(settings))
+    orphans = orphan_records(inventory, settings)
     if as_json:
-        json.dump({"certificates": records}, sys.stdout, indent=2)
+        json.dump({"certificates": records, "not_configured": orphans}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(render_table(records, utc_now()))
+        if orphans:
+            print(render_orphans(orphans))
+    return 0
+
+
+async def cmd_status_live(state_dir: Path, problem: ConfigError, *, as_json: bool = False) -> int:
+    """``status`` when the configuration does not load: the running sidecar's own view (it
+    keeps its last good settings), under a one-line warning. Without a running sidecar, or one
+    too old to answer, ``problem`` is the answer (exit 2)."""
+    answer = await control.request(state_dir, {"command": "status"}, timeout=LIVE_TIMEOUT)
+    if answer is None or not answer.get("ok") or "not_configured" not in answer:
+        raise problem
+    records = answer["results"]
+    orphans = answer["not_configured"]
+    print(
+        f"cert-sidecar: warning: the configuration does not load ({problem}); showing the "
+        "running sidecar, which keeps its last good settings",
+        file=sys.stderr,
+    )
+    if as_json:
+        json.dump({"certificates": records, "not_configured": orphans}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_table(records, utc_now()))
+        if orphans:
+            print(render_orphans(orphans))
     return 0

@@ -9,8 +9,12 @@ process, and the default is checked to be the 60 s the README states.
 
 from __future__ import annotations
 
+import http.server
+import json
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +40,47 @@ asyncio.run(hold())
 """
 
 
+class _DirectoryOnly(http.server.BaseHTTPRequestHandler):
+    """A CA that answers only its directory: one-shots fetch it before their work (issue 16,
+    item 2); nothing else of the CA is reached, since the lock comes before the order."""
+
+    def do_GET(self) -> None:
+        base = f"https://127.0.0.1:{self.server.server_address[1]}/acme"
+        names = ("newNonce", "newAccount", "newOrder", "revokeCert")
+        body = json.dumps({name: f"{base}/{name}" for name in names}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
-def flags(tmp_path: Path) -> list[str]:
+def directory_url(tmp_path: Path) -> Iterator[str]:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "root.pem"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DirectoryOnly)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/acme/directory"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def flags(tmp_path: Path, directory_url: str) -> list[str]:
     bundle = tmp_path / "root.pem"
-    bundle.write_bytes(trustme.CA().cert_pem.bytes())
     return [
-        # Nothing listens there: the lock comes before any network I/O.
         "--directory",
-        "https://127.0.0.1:9/acme/directory",
+        directory_url,
         "--ca-bundle",
         str(bundle),
         "--certs-dir",
