@@ -17,6 +17,11 @@ __all__ = ["COVERED", "MESSAGES", "sentence_for"]
 
 MESSAGES: Final[Mapping[str, str]] = MappingProxyType(
     {
+        "cert_errors_marked_stale": "the configuration changed: its last error is now stale",
+        "ca_directory_ok": "the CA's ACME directory answers",
+        "ca_directory_unusable": "the CA's ACME directory cannot be used: check the setting named",
+        "renewal_info_failed": "the CA's renewal information (ARI) could not be fetched",
+        "cert_not_configured": "a PEM on disk is no longer configured (revoke NAME --remove)",
         "sd_notify_ready": "told systemd READY=1: every certificate or its placeholder is on disk",
         "sd_notify_failed": "could not notify systemd (NOTIFY_SOCKET); going on without",
         "sd_notify_dropped": "a systemd notification was dropped (its socket was full)",
