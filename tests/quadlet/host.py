@@ -128,7 +128,16 @@ class Host:
     ) -> subprocess.CompletedProcess[str]:
         """Run a bash script inside the host as root; a failure shows its output."""
         result = subprocess.run(
-            ["podman", "exec", self.name, "bash", "-c", script],
+            [
+                "podman",
+                "exec",
+                "-e",
+                "PODMAN_IGNORE_CGROUPSV1_WARNING=1",
+                self.name,
+                "bash",
+                "-c",
+                script,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
