@@ -230,6 +230,7 @@ class TestReleaseRpm:
 
     def test_5_an_fqdn_change_re_issues_for_the_new_name(self, host: Host) -> None:
         haproxy_pid = host.container_pid("haproxy")
+        host.sh("cp -p /etc/openchami/configs/openchami.env /run/quadlet-test/openchami.env")
         host.sh(
             f"openchami-certificate-update update {NEW_FQDN}"
             " && systemctl restart cert-sidecar.service"
@@ -241,9 +242,13 @@ class TestReleaseRpm:
         )
         assert got.serial
         assert host.container_pid("haproxy") == haproxy_pid
-        # And back, so the acme.sh path below issues for the host's own name again.
+        # And back, so the acme.sh path below issues for the host's own name again. The script
+        # rewrites more lines than it read (URLs lose their trailing slash): the file is put back
+        # as it was, so that the uninstall below is compared with the state before the install.
+        host.sh(f"openchami-certificate-update update {FQDN}")
         host.sh(
-            f"openchami-certificate-update update {FQDN} && systemctl restart cert-sidecar.service"
+            "cp /run/quadlet-test/openchami.env /etc/openchami/configs/openchami.env"
+            " && systemctl restart cert-sidecar.service"
         )
         wait_for(
             f"a certificate for {FQDN} again",
