@@ -41,3 +41,9 @@ def test_the_serving_module_exports_what_it_lists() -> None:
     serving = importlib.import_module("ca_client.challenges.serving")
     for name in serving.__all__:
         assert getattr(serving, name).__module__.startswith("ca_client.challenges."), name
+
+
+def test_metrics_only_renders_and_knows_no_ca_client_error() -> None:
+    """Sorting a failure into its `ErrorKind` belongs with the errors (`sidecar.errors`);
+    `sidecar.metrics` prints the kind it is given and never looks at a ca_client exception."""
+    assert _ca_client_imports(REPO_ROOT / "sidecar" / "metrics.py") == []
