@@ -119,3 +119,11 @@ def test_compose_leaves_the_log_format_to_the_reader() -> None:
     (value,) = re.findall(r"^      CERT_SIDECAR_LOG_FORMAT: (.*)$", compose, re.MULTILINE)
     assert value == "${CERT_SIDECAR_LOG_FORMAT:-}"
     assert "export CERT_SIDECAR_LOG_FORMAT=console" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_test_files_are_named_for_what_they_guard() -> None:
+    """A test file's name says what it checks, not how the gap was found (issue 18): the
+    `test_mutants_*.py` files were renamed, and the mutation report names them as they are."""
+    tests = REPO_ROOT / "tests"
+    origin_named = sorted(str(path.relative_to(tests)) for path in tests.rglob("test_mutants_*"))
+    assert origin_named == []
