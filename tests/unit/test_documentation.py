@@ -130,3 +130,17 @@ def test_a_name_marking_two_blocks_is_refused(tmp_path: Path) -> None:
     assert marked_blocks([first])["twice"] == (first, "true\n")
     with pytest.raises(AssertionError, match=r"twice.*a\.md.*b\.md"):
         marked_blocks([first, second])
+
+
+def test_the_readmes_release_rpm_summary_is_the_tested_page() -> None:
+    """The README names the Release RPM's commands inline; each is, word for word, a line of
+    docs/openchami-rpm.md, whose marked blocks tests/quadlet runs."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    summary = readme.split("## OpenCHAMI: the Release RPM", 1)[1].split("\n## ", 1)[0]
+    page_lines = {
+        line.strip() for line in (REPO_ROOT / "docs" / "openchami-rpm.md").read_text().split("\n")
+    }
+    commands = re.findall(r"`((?:podman |docker/quadlet/install)[^`]*)`", " ".join(summary.split()))
+    assert len(commands) == 5, commands
+    for command in commands:
+        assert command in page_lines, command
