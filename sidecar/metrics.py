@@ -63,7 +63,6 @@ _PREFIX = "cert_sidecar_"
 RenewalResult = Literal["success", "failure"]
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertStatus:
     """One certificate as the running sidecar sees it at one moment.
