@@ -40,12 +40,11 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
-from sidecar.errors import SidecarError, error_text, with_hint
+from sidecar.errors import SidecarError, error_kind, error_text, with_hint
 from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
 from sidecar.logs import get_logger
-from sidecar.metrics import error_kind
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.placeholder import make_placeholder
 

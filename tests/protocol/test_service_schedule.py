@@ -1,5 +1,5 @@
 """`cert-sidecar run`'s service loop, in process, on the in-process fake CA: how often it looks
-at a certificate, and the clock-skew warning (README "How renewal works").
+at a certificate, and the clock-skew warning (docs/commands.md "How renewal works").
 
 The Service gets parts wired to the fake CA (``Service(parts=...)``); everything else is
 the real loop: health server, control socket, CA bundle watch, apscheduler jobs. Waits are tied

@@ -3,8 +3,9 @@
 One host, booted once, goes through what an operator does, in order (each test builds on the
 state the one before left):
 
-1. install cert-sidecar with the README's commands on a fresh RPM install, then start HAProxy:
-   the time from `systemctl start haproxy.service` to a verified certificate for SYSTEM_URL;
+1. install cert-sidecar with docs/openchami-rpm.md's commands on a fresh RPM install, then
+   start HAProxy: the time from `systemctl start haproxy.service` to a verified certificate
+   for SYSTEM_URL;
 2. a renewal is hot-loaded: HAProxy's container and PID stay the same;
 3. `systemctl restart cert-sidecar` and a step-ca restart are both survived;
 4. a hung sidecar (its process stopped) is restarted by systemd's watchdog;
@@ -45,7 +46,7 @@ facts: dict[str, object] = {}
 
 
 def run_readme(host: Host, block: str, *, check: bool = True) -> str:
-    """A README block, exactly as written, from the checkout's root inside the host."""
+    """A marked block of the documentation, as written, from the checkout's root inside the host."""
     script = readme_block(block)
     result = host.sh(f"cd {SRC} && set -e\n{script}", check=check, timeout=900)
     return result.stdout + result.stderr

@@ -17,15 +17,8 @@ import pytest
 from ca_client import errors
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.metrics import (
-    ERROR_KINDS,
-    CertStatus,
-    ErrorKind,
-    Metrics,
-    error_kind,
-    render,
-    status_from_facts,
-)
+from sidecar.errors import ERROR_KINDS, ErrorKind, error_kind
+from sidecar.metrics import CertStatus, Metrics, render, status_from_facts
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.service import Service
 
