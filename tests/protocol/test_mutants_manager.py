@@ -212,7 +212,7 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
     assert issued["not_after"] == facts.not_after.isoformat()
     assert issued["order_url"] == meta.order_url and issued["reason"] == "missing"
     # (The old `last_ca_success` was never read; its heir `Issuer.last_success` is gone.)
-    assert manager.last_ca_error is None
+    assert outcome.ca_error is None
 
 
 def _record_commits(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[tuple[str, str]]:
@@ -385,7 +385,7 @@ async def test_a_failure_is_recorded_with_its_backoff(
     assert failed["error"] == outcome.error and failed["failures"] == 1
     assert failed["next_retry_at"] == (clock.now + delay).isoformat()
     assert failed["error_type"] == "Malformed"
-    assert manager.last_ca_error == outcome.error
+    assert outcome.ca_error == outcome.error
     assert "no such thing" in outcome.error
 
 
@@ -1324,7 +1324,7 @@ async def test_a_fresh_manager_knows_nothing_of_the_ca_yet(
     make_manager: MakeManager, tmp_path: Path
 ) -> None:
     manager = make_manager()
-    assert (manager.last_ca_error, manager.clock_skew) == (None, None)
+    assert (manager.issuer.last_error, manager.issuer.clock_skew) == (None, None)
     reader = wiring.inventory(
         replace(manager.settings, state_dir=tmp_path / "elsewhere"), create_state=False
     )
@@ -1340,8 +1340,8 @@ async def test_the_cas_clock_skew_is_remembered(
     manager = make_manager()
     use_ca(manager, skewed)
     (spec,) = manager.settings.certificates
-    await manager.ensure(spec)
-    assert manager.clock_skew is not None and abs(manager.clock_skew - 600) < 30
+    outcome = await manager.ensure(spec)
+    assert outcome.clock_skew is not None and abs(outcome.clock_skew - 600) < 30
 
 
 async def test_each_order_may_take_a_quarter_of_the_time_left(
