@@ -1344,6 +1344,32 @@ async def test_the_cas_clock_skew_is_remembered(
     assert outcome.clock_skew is not None and abs(outcome.clock_skew - 600) < 30
 
 
+async def test_each_outcome_says_when_the_certificate_is_next_due(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the renewal loop schedules by (issue 18, item 4): the certificate on disk after the
+    # step, not before it.
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None and issued.serial == view.facts.serial_hex
+    assert issued.next_renewal == view.next_renewal is not None
+    assert issued.lifetime == view.facts.not_after - view.facts.not_before
+    unchanged = await manager.ensure(spec)
+    assert (unchanged.next_renewal, unchanged.lifetime) == (issued.next_renewal, issued.lifetime)
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(manager, "inspect", broken)
+    with capture_logs() as logs:
+        blind = await manager.ensure(spec)  # a crash, backed off as any failure
+    # Not knowing when it is due is no reason to lose the outcome: the loop rechecks soon.
+    assert blind.action == "failed" and (blind.next_renewal, blind.lifetime) == (None, None)
+    assert [e["cert"] for e in events(logs, "cert_schedule_inspect_failed")] == [NAME]
+
+
 async def test_each_order_may_take_a_quarter_of_the_time_left(
     make_manager: MakeManager, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
