@@ -2,9 +2,10 @@
 
 While `run` holds the certificates' locks, ``issue``, ``renew`` and ``revoke`` started beside it
 would only wait for them; instead they send their request over the socket in the state
-directory (`sidecar.control`), and `Handoff` carries it out under the same per-certificate locks
-as the schedule, records it the same way, and answers with the same JSON and exit code the
-command would have given on its own.
+directory (`sidecar.control`), and `Handoff` hands it to the renewal loop, which does it under
+the same per-certificate locks as the schedule and follows its outcome with the same step
+(`sidecar.renewal_loop`); `Handoff` answers with the same JSON and exit code the command would
+have given on its own.
 """
 
 from __future__ import annotations
