@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -108,10 +109,27 @@ def booted_host(unit_dir: str) -> Iterator[Host]:
         shutil.rmtree(storage, ignore_errors=True)
 
 
+def spec_unit_dir(release: Path) -> str | None:
+    """Where the tree's own openchami.spec installs its quadlet units, when it says."""
+    spec = release / "openchami.spec"
+    if not spec.is_file():
+        return None
+    match = re.search(
+        r"^cp .*systemd/containers/\*\s+%\{buildroot\}(\S+?)/?$", spec.read_text(), re.MULTILINE
+    )
+    return match[1] if match else None
+
+
 @pytest.fixture(scope="module")
 def host() -> Iterator[Host]:
-    """The RPM as since v0.2.0 (or QUADLET_TEST_UNIT_DIR): units in /usr/share."""
-    with booted_host(os.environ.get("QUADLET_TEST_UNIT_DIR", VENDOR_UNIT_DIR)) as the_host:
+    """The RPM's units where QUADLET_TEST_UNIT_DIR says, else where the tree's openchami.spec
+    puts them, else (the stand-in, shaped as the RPM is since v0.2.0) in /usr/share. A real
+    tree goes where its spec says: an older one rewrites its acme.sh units in /etc at install
+    (`-d ${SYSTEM_URL}` is otherwise empty), so it only works there."""
+    unit_dir = (
+        os.environ.get("QUADLET_TEST_UNIT_DIR") or spec_unit_dir(release_dir()) or VENDOR_UNIT_DIR
+    )
+    with booted_host(unit_dir) as the_host:
         yield the_host
 
 
