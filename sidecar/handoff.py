@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar import orphans
 from sidecar.config import CertificateSpec, work_fingerprint
-from sidecar.control import ControlServer, make_answer, socket_path
+from sidecar.control import ControlServer, make_answer, outcomes_answer, socket_path
 from sidecar.errors import OperationError, SidecarError, error_text
 from sidecar.inventory import utc_now
 from sidecar.logs import get_logger
@@ -88,8 +88,7 @@ class Handoff:
         outcomes = await asyncio.gather(
             *(self._check_one(spec, force, dry_run) for spec in service.settings.certificates)
         )
-        ok = all(o.ok for o in outcomes)
-        return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
+        return outcomes_answer(outcomes)
 
     async def _check_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
         service = self._service
@@ -120,7 +119,7 @@ class Handoff:
             service.record(outcome)
         if outcome.action is not Action.REMOVED:
             service.schedule(spec.name, service.next_check(spec, outcome))
-        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+        return outcomes_answer([outcome])
 
     async def _remove_orphan(self, request: dict[str, Any]) -> dict[str, Any]:
         """``revoke NAME --remove`` for a name the configuration no longer has."""
@@ -140,7 +139,7 @@ class Handoff:
             outcome = await orphans.remove(service.manager, orphan, service.settings, reason=reason)
         left = service.manager.inventory.orphans(s.name for s in service.settings.certificates)
         service.metrics.set_not_configured(len(left))
-        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+        return outcomes_answer([outcome])
 
     def _status(self) -> dict[str, Any]:
         """``status`` as this process sees it (asked when the config file does not load)."""

@@ -33,6 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sidecar import applied, metrics, policy, preflight, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
+from sidecar.deploy_result import DeployResult
 from sidecar.errors import error_text
 from sidecar.gate import SwapGate
 from sidecar.handoff import Handoff
@@ -40,7 +41,7 @@ from sidecar.health import HealthServer, HealthSnapshot
 from sidecar.inventory import CertView, cert_status, utc_now
 from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
-from sidecar.outcome import Action, DeploySummary, Outcome
+from sidecar.outcome import Action, Outcome
 from sidecar.reload import ConfigReload
 from sidecar.sdnotify import Notifier, ServiceNotify
 from sidecar.storage import clean_stale_temp_files
@@ -370,7 +371,7 @@ class Service:
             next_check=when.isoformat(),
         )
 
-    def _record_deploy(self, deploy: DeploySummary) -> None:
+    def _record_deploy(self, deploy: DeployResult) -> None:
         mode = deploy.mode or self.settings.reload
         self.metrics.record_deploy("success" if deploy.ok else "failure", mode)
         self._record_sockets((s.address, s.ok, s.reachable) for s in deploy.sockets)

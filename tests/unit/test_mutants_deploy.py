@@ -151,8 +151,8 @@ async def test_a_socket_that_keeps_failing_is_reported_with_its_last_error(
     assert result.sockets == (failed,) and not result.ok
     assert result.errors == (f"{address}: commit ssl cert: Can't commit!",)
     assert result.summary() == f"runtime-api: {address}: commit ssl cert: Can't commit!"
-    assert result.to_json()["error"] == result.errors[0]
-    assert result.to_json()["verified"] is None
+    assert result.error == result.errors[0]
+    assert result.verified is None
     assert time.sleeps == [0.2]
 
 
@@ -718,7 +718,7 @@ def test_errors_are_described_in_one_line() -> None:
 def test_a_failed_deploy_without_errors_still_says_failed() -> None:
     result = DeployResult(name="a", serial="0A", mode="command", ok=False)
     assert result.summary() == "command: failed"
-    assert result.to_json()["error"] is None
+    assert result.error is None
 
 
 # -- second round: what the first mutation run still let through ------------------------------
@@ -862,7 +862,7 @@ async def test_after_a_reload_an_unreachable_socket_is_polled_to_the_deadline(
 async def test_a_failed_reload_is_a_plain_false(certs: Path) -> None:
     deploy = deployer(certs, Time(), reload="command", reload_command="false")
     result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
-    assert result.ok is False and result.to_json()["ok"] is False
+    assert result.ok is False
     no_command = deployer(certs, Time(), reload="command")
     result = await no_command.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
     assert result.errors == ("no reload command configured",)
@@ -897,7 +897,7 @@ async def test_two_failed_sockets_are_both_in_the_summary(certs: Path, tmp_path:
     result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
     joined = f"{one}: socket does not exist; {two}: socket does not exist"
     assert result.summary() == f"runtime-api: {joined}"
-    assert result.to_json()["error"] == joined
+    assert result.error == joined
 
 
 async def test_a_pid_file_that_is_not_text_has_no_pid(certs: Path, tmp_path: Path) -> None:
