@@ -28,8 +28,10 @@ later HAProxy start or reload loads the right file. ``Deployer.deploy`` then:
    never undoes the deploy. The hook and the reload command get the environment of
    :func:`ca_client.childenv.child_environment`, never the sidecar's own (it holds the EAB key).
 
-Nothing raises for a failed deploy: ``DeployResult`` carries the mode, each socket's outcome,
-the fallback, the verification and the hook, so the service can log and count them.
+Nothing raises for a failed deploy: ``DeployResult`` (`sidecar.deploy_result`, re-exported
+here) carries the mode, each socket's outcome, the fallback, the verification and the hook, so
+the service can log and count them. Outside a deploy, `Deployer.ask_served` is the one place
+that asks HAProxy what it serves.
 """
 
 from __future__ import annotations

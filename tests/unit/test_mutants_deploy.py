@@ -641,6 +641,24 @@ async def test_deployed_serial_is_the_common_answer_of_the_sockets(
         await nobody.deployed_serial("a")
 
 
+async def test_ask_served_reports_each_socket_it_asked(certs: Path, tmp_path: Path) -> None:
+    # What `run` puts in cert_sidecar_haproxy_up after each look at HAProxy: every socket, in
+    # the order configured, answered or not; and the common answer of those that did.
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "1.sock") as first:
+        missing = f"unix:{tmp_path}/missing.sock"
+        deploy = deployer(certs, Time(), sockets=[missing, first])
+        answer = await deploy.ask_served("a")
+        assert answer.serial == norm(OLD_SERIAL) and answer.answered
+        assert answer.sockets == ((missing, False), (first, True))
+        (error,) = answer.errors
+        assert isinstance(error, HAProxySocketMissing)
+    nobody = await deployer(certs, Time(), sockets=[missing]).ask_served("a")
+    assert (nobody.serial, nobody.sockets, nobody.answered) == (None, ((missing, False),), False)
+    none_configured = await deployer(certs, Time()).ask_served("a")
+    assert (none_configured.sockets, none_configured.answered) == ((), False)
+
+
 async def test_remove_unloads_from_every_socket_then_reports_the_first_error(
     certs: Path, tmp_path: Path
 ) -> None:
