@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sidecar.control import outcome_from_json, outcome_to_json
+from sidecar.control import outcome_from_json, outcome_to_json, outcomes_answer
 from sidecar.deploy_result import DeployResult, VerifyOutcome
 from sidecar.errors import OperationError, error_text
 from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, order_timeout
@@ -60,6 +60,21 @@ def test_an_outcome_survives_its_json_answer() -> None:
     assert bare_json["not_after"] is None and bare_json["next_retry_at"] is None
     assert bare_json["deploy"] == {}
     assert outcome_from_json(bare_json) == bare
+
+
+def test_an_answer_of_outcomes_fails_when_any_step_did() -> None:
+    done = Outcome("a", Action.UNCHANGED, ok=True)
+    failed = Outcome.failed("b", "boom")
+    assert outcomes_answer([done]) == {
+        "ok": True,
+        "exit_code": 0,
+        "results": [outcome_to_json(done)],
+        "error": None,
+    }
+    answer = outcomes_answer([done, failed])
+    assert (answer["ok"], answer["exit_code"], answer["error"]) == (False, 1, None)
+    assert [r["name"] for r in answer["results"]] == ["a", "b"]
+    assert (outcomes_answer([])["ok"], outcomes_answer([])["exit_code"]) == (True, 0)
 
 
 def test_an_outcome_from_odd_json_takes_what_it_can() -> None:
