@@ -9,6 +9,11 @@ Protocol: a Unix stream socket, one request per connection, each message one lin
     -> {"command": "renew", "force": true, "dry_run": false}
     <- {"ok": true, "exit_code": 0, "results": [...], "error": null}
 
+Each result of ``issue``, ``renew``, ``revoke`` and ``remove-orphan`` is one
+`sidecar.outcome.Outcome`, deploy report included: this module is where it becomes JSON
+(`outcome_to_json`, `outcomes_answer`) and where a one-shot rebuilds what it prints from that
+JSON (`outcome_from_json`). Nothing before this edge handles an outcome as JSON.
+
 Commands are ``renew`` (``force``, ``dry_run``), ``issue`` (``force``), ``revoke`` (``name``,
 ``reason``, ``remove``), ``remove-orphan`` (``name``: ``revoke --remove`` of a name no longer
 configured), ``status`` (the answer adds ``not_configured``; asked when the config file does
@@ -39,13 +44,17 @@ import stat
 import struct
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
 from ca_client.lifecycle import StartStop
+from sidecar.deploy_result import DeployResult
 from sidecar.errors import OperationError, error_text, one_line, os_error_text
+from sidecar.outcome import Action, Outcome
 
 __all__ = [
     "ANSWER_KEYS",
@@ -58,6 +67,9 @@ __all__ = [
     "ControlTimeout",
     "Handler",
     "make_answer",
+    "outcome_from_json",
+    "outcome_to_json",
+    "outcomes_answer",
     "request",
     "socket_path",
 ]
@@ -123,6 +135,68 @@ def make_answer(
         "results": list(results),
         "error": None if error is None else one_line(error),
     }
+
+
+# --- results: outcomes as the protocol carries them ---------------------------------------------
+
+
+def outcomes_answer(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """The answer to a command that did one step per certificate: ok (exit code 0) only when
+    every step was."""
+    ok = all(outcome.ok for outcome in outcomes)
+    return make_answer(ok, 0 if ok else 1, results=[outcome_to_json(o) for o in outcomes])
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    """One result as the control socket sends it (``error_kind`` is for /metrics: left out)."""
+    return {
+        "name": outcome.name,
+        "action": str(outcome.action),
+        "ok": outcome.ok,
+        "serial": outcome.serial,
+        "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
+        "reason": outcome.reason,
+        "error": outcome.error,
+        "next_retry_at": outcome.next_retry_at.isoformat() if outcome.next_retry_at else None,
+        "deploy": _deploy_to_json(outcome.deploy) if outcome.deploy is not None else {},
+    }
+
+
+def _deploy_to_json(result: DeployResult) -> dict[str, Any]:
+    """The deployer's full report; only ``{"ok": false, "error": ...}`` when it raised."""
+    if result.mode is None:
+        return {"ok": False, "error": result.error}
+    data = asdict(result)
+    data["verified"] = result.verified
+    data["error"] = result.error
+    return data
+
+
+def outcome_from_json(data: Mapping[str, Any]) -> Outcome:
+    """What a one-shot prints (`Outcome.line`), rebuilt from a result of the running sidecar.
+
+    The deploy report is not rebuilt: no line shows it. Lenient, as the answer may come from
+    an older or newer sidecar: an action this release does not know reads as a failure.
+    """
+
+    def when(key: str) -> datetime | None:
+        value = data.get(key)
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    try:
+        action = Action(str(data.get("action")))
+    except ValueError:  # a newer sidecar's action: print it as a failure, never crash
+        action = Action.FAILED
+    return Outcome(
+        name=str(data.get("name", "?")),
+        action=action,
+        ok=bool(data.get("ok")),
+        serial=data.get("serial"),
+        not_after=when("not_after"),
+        reason=data.get("reason"),
+        error=data.get("error"),
+        next_retry_at=when("next_retry_at"),
+    )
 
 
 def _validate_answer(answer: object) -> dict[str, Any]:

@@ -28,8 +28,10 @@ later HAProxy start or reload loads the right file. ``Deployer.deploy`` then:
    never undoes the deploy. The hook and the reload command get the environment of
    :func:`ca_client.childenv.child_environment`, never the sidecar's own (it holds the EAB key).
 
-Nothing raises for a failed deploy: ``DeployResult`` carries the mode, each socket's outcome,
-the fallback, the verification and the hook, so the service can log and count them.
+Nothing raises for a failed deploy: ``DeployResult`` (`sidecar.deploy_result`, re-exported
+here) carries the mode, each socket's outcome, the fallback, the verification and the hook, so
+the service can log and count them. Outside a deploy, `Deployer.ask_served` is the one place
+that asks HAProxy what it serves.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 
@@ -60,6 +62,14 @@ from sidecar.config import (
     parse_host_port,
     parse_signal,
     split_command,
+)
+from sidecar.deploy_result import (
+    DeployResult,
+    FallbackKind,
+    HookOutcome,
+    NameCheck,
+    SocketOutcome,
+    VerifyOutcome,
 )
 from sidecar.errors import error_text
 from sidecar.haproxy import (
@@ -81,15 +91,13 @@ __all__ = [
     "FallbackKind",
     "HookOutcome",
     "NameCheck",
+    "ServedAnswer",
     "SocketOutcome",
     "VerifyOutcome",
     "deployer_from_settings",
     "fetch_served_certificate",
     "sni_for",
 ]
-
-# The reloads the runtime API may fall back to when a hot update fails.
-FallbackKind = Literal["command", "signal"]
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -193,84 +201,23 @@ def deployer_from_settings(settings: Settings) -> Deployer:
     )
 
 
-# --------------------------------------------------------------------------- results
+@dataclass(frozen=True, slots=True)
+class ServedAnswer:
+    """What the sockets said they serve for one certificate (`Deployer.ask_served`).
 
+    ``serial``: the answer of every socket that answered, when they agree and have it loaded;
+    else None. ``sockets``: each socket asked, as (address, answered). ``errors``: why the
+    others did not answer, in the order asked.
+    """
 
-@dataclass(frozen=True)
-class SocketOutcome:
-    """One socket's part. ``action``: updated, added (new file), reloaded, confirmed, failed."""
-
-    address: str
-    ok: bool
-    action: str
-    serial: str | None = None  # what the socket reported at the end
-    attempts: int = 0
-    error: str | None = None
-    reachable: bool = True  # False: the socket itself could not be used (missing, refused...)
-
-
-@dataclass(frozen=True)
-class NameCheck:
-    name: str
-    sni: str | None
-    ok: bool
-    served_serial: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class VerifyOutcome:
-    """The ``--verify-address`` handshakes. IP names are skipped: SNI cannot carry them."""
-
-    address: str
-    ok: bool
-    checks: tuple[NameCheck, ...] = ()
-    skipped: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HookOutcome:
-    ok: bool
-    returncode: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class DeployResult:
-    """Everything a deploy did. ``ok``: the new certificate is what HAProxy serves (as far as
-    could be checked); the hook's failure does not change ``ok``."""
-
-    name: str
-    serial: str
-    mode: ReloadMode
-    ok: bool
-    sockets: tuple[SocketOutcome, ...] = ()
-    fallback: FallbackKind | None = None  # when runtime-api fell back
-    fallback_ok: bool | None = None
-    verification: VerifyOutcome | None = None
-    hook: HookOutcome | None = None
-    errors: tuple[str, ...] = ()
-    duration: float = 0.0
+    serial: str | None
+    sockets: tuple[tuple[str, bool], ...] = ()
+    errors: tuple[HAProxyError, ...] = ()
 
     @property
-    def verified(self) -> bool | None:
-        return None if self.verification is None else self.verification.ok
-
-    def summary(self) -> str:
-        """One line for logs and `Outcome.error`."""
-        if self.ok:
-            text = f"{self.mode}: serial {self.serial} deployed"
-            if self.fallback:
-                text += f" (after falling back to {self.fallback})"
-        else:
-            text = f"{self.mode}: " + ("; ".join(self.errors) or "failed")
-        return text
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["verified"] = self.verified
-        data["error"] = "; ".join(self.errors) or None
-        return data
+    def answered(self) -> bool:
+        """At least one socket answered."""
+        return any(answered for _, answered in self.sockets)
 
 
 # --------------------------------------------------------------------------- verification
@@ -378,6 +325,31 @@ class Deployer:
 
     # -- queries
 
+    async def ask_served(self, name_or_path: str | Path) -> ServedAnswer:
+        """Ask every socket what it serves for a certificate (``show ssl cert``).
+
+        The only place that asks HAProxy this outside a deploy: `deployed_serial` and the
+        manager's check of what is served (which reports each socket's answer, for
+        cert_sidecar_haproxy_up) both go through here. Never raises for a socket that does not
+        answer: see `ServedAnswer`.
+        """
+        path = self.haproxy_path(name_or_path)
+        sockets: list[tuple[str, bool]] = []
+        answers: list[str | None] = []
+        errors: list[HAProxyError] = []
+        for runtime in self.runtimes:
+            try:
+                info = await runtime.show_ssl_cert(path)
+            except HAProxyError as error:
+                errors.append(error)
+                sockets.append((str(runtime.address), False))
+                continue
+            sockets.append((str(runtime.address), True))
+            answers.append(info.serial if info is not None and info.loaded else None)
+        # One answer for all: a caller comparing it with the file redeploys on None.
+        serial = answers[0] if len(set(answers)) == 1 else None
+        return ServedAnswer(serial, tuple(sockets), tuple(errors))
+
     async def deployed_serial(self, name_or_path: str | Path) -> str | None:
         """The serial HAProxy serves for a certificate (``show ssl cert``), upper-case hex.
 
@@ -387,20 +359,10 @@ class Deployer:
         """
         if not self.runtimes:
             return None
-        path = self.haproxy_path(name_or_path)
-        answers: list[str | None] = []
-        first_error: HAProxyError | None = None
-        for runtime in self.runtimes:
-            try:
-                info = await runtime.show_ssl_cert(path)
-            except HAProxyError as error:
-                first_error = first_error or error
-                continue
-            answers.append(info.serial if info is not None and info.loaded else None)
-        if not answers:
-            assert first_error is not None
-            raise first_error
-        return answers[0] if len(set(answers)) == 1 else None
+        answer = await self.ask_served(name_or_path)
+        if not answer.answered:
+            raise answer.errors[0]
+        return answer.serial
 
     async def remove(self, name_or_path: str | Path) -> list[str]:
         """Unload a certificate from every socket (``revoke --remove``). Returns the addresses

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.config import CertificateSpec, work_fingerprint
-from sidecar.control import ControlServer, make_answer, socket_path
+from sidecar.control import ControlServer, make_answer, outcomes_answer, socket_path
 from sidecar.errors import OperationError, SidecarError, error_text
 from sidecar.inventory import utc_now
 from sidecar.logs import get_logger
@@ -121,8 +121,7 @@ class Handoff:
                 for spec in self._parts().settings.certificates
             )
         )
-        ok = all(o.ok for o in outcomes)
-        return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
+        return outcomes_answer(outcomes)
 
     async def _revoke(self, request: dict[str, Any]) -> dict[str, Any]:
         spec = self._parts().settings.certificate(str(request.get("name")))
@@ -135,7 +134,7 @@ class Handoff:
         outcome = await self._renewals.revoke(
             spec, reason=reason, remove=bool(request.get("remove"))
         )
-        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+        return outcomes_answer([outcome])
 
     async def _remove_orphan(self, request: dict[str, Any]) -> dict[str, Any]:
         """``revoke NAME --remove`` for a name the configuration no longer has."""
@@ -146,7 +145,7 @@ class Handoff:
             return make_answer(
                 False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
             )
-        return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
+        return outcomes_answer([outcome])
 
     def _status(self) -> dict[str, Any]:
         """``status`` as this process sees it (asked when the config file does not load)."""

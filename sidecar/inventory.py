@@ -6,7 +6,8 @@ last renewal window (RFC 9773), and what HAProxy was last seen serving. `cert_st
 into the one `metrics.CertStatus` every surface renders, so they cannot disagree.
 
 Only the `Manager` writes here (`remember_renewal_info`, `record_served`): it is the one writer
-of deploy state. Reading never writes anything.
+of deploy state. That state lives in memory only: after a restart, HAProxy is asked again
+(`Manager.ensure_served`), as it alone knows what it serves. Reading never writes anything.
 """
 
 from __future__ import annotations

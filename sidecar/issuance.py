@@ -15,7 +15,7 @@ from typing import Any
 
 from sidecar import ca_probe, orphans, preflight, wiring
 from sidecar.config import WORK_FIELDS, CertificateSpec, Settings, work_fingerprint, work_label
-from sidecar.control import request
+from sidecar.control import outcome_from_json, request
 from sidecar.errors import ConfigError, OperationError
 from sidecar.outcome import Outcome, revocation_code
 from sidecar.trust import load_ca_bundle
@@ -76,7 +76,7 @@ async def _hand_off(
     if answer is None:
         return None
     for item in answer.get("results") or []:
-        _print(Outcome.from_json(item))
+        _print(outcome_from_json(item))
     if answer.get("error"):
         print(f"cert-sidecar: error: {answer['error']}", file=sys.stderr)
     print("(done by the running cert-sidecar)", file=sys.stderr)

@@ -40,12 +40,12 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
+from sidecar.deploy_result import DeployResult
 from sidecar.errors import SidecarError, error_kind, error_text, with_hint
-from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
 from sidecar.logs import get_logger
-from sidecar.outcome import Action, DeploySummary, Outcome
+from sidecar.outcome import Action, Outcome
 from sidecar.placeholder import make_placeholder
 
 __all__ = [
@@ -126,7 +126,7 @@ class ServedCheck:
     redeploy it made, if any."""
 
     sockets: tuple[tuple[str, bool], ...] = ()
-    deploy: DeploySummary | None = None
+    deploy: DeployResult | None = None
 
 
 class Manager:
@@ -495,14 +495,14 @@ class Manager:
 
     async def deploy(
         self, spec: CertificateSpec, data: bytes, facts: pem.CertFacts | None = None
-    ) -> DeploySummary | None:
+    ) -> DeployResult | None:
         """Hand ``data`` (written at `pem_path`) to the deployer; None when there is none.
         ``facts``: `pem.describe_cert` of its leaf, when the caller has already parsed it."""
         if self.deployer is None:
             return None
         if facts is None:
             facts = pem.describe_cert(pem.parse_combined(data).leaf)
-        result = await self.deployer.deploy(
+        return await self.deployer.deploy(
             spec.name,
             self.pem_path(spec.name),
             data,
@@ -510,54 +510,62 @@ class Manager:
             not_after=facts.not_after,
             names=spec.domains,
         )
-        return DeploySummary.from_json(result.to_json(), summary=result.summary())
 
     async def _deploy_and_record(
         self, spec: CertificateSpec, combined: bytes, facts: pem.CertFacts, bound: BoundLogger
-    ) -> tuple[DeploySummary | None, str | None]:
-        """Deploy, and record what HAProxy now serves (the metadata, and the inventory)."""
+    ) -> tuple[DeployResult | None, str | None]:
+        """Deploy, and record what HAProxy now serves in the inventory (in memory only:
+        after a restart, `ensure_served` asks HAProxy again, which is the one to know)."""
         try:
             result = await self.deploy(spec, combined, facts)
         except Exception as error:
             bound.error("haproxy_update_failed", error=error_text(error))
             self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)
-            return DeploySummary.crashed(error_text(error)), f"deploy failed: {error_text(error)}"
+            crashed = DeployResult.crashed(spec.name, facts.serial_hex, error_text(error))
+            return crashed, f"deploy failed: {error_text(error)}"
         if result is None:
             return None, None
         if result.ok:
             self.inventory.record_served(spec.name, True, facts.serial_hex)
-            meta = self.inventory.load_meta(spec.name)
-            self._save_meta(
-                spec.name,
-                replace(meta, deployed_serial=facts.serial_hex, deployed_at=self.now()),
-            )
             bound.info("haproxy_updated", serial=facts.serial_hex, **result.log_fields())
             return result, None
         self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)
         bound.error("haproxy_update_failed", serial=facts.serial_hex, **result.log_fields())
-        return result, f"deploy failed: {result.summary}"
+        return result, f"deploy failed: {result.summary()}"
 
     async def ensure_served(self, spec: CertificateSpec) -> ServedCheck:
         """HAProxy may have restarted, or an earlier deploy failed: make it serve the file."""
         deployer = self.deployer
         if deployer is None or not deployer.runtimes:
             return ServedCheck()
-        asked: list[tuple[str, bool]] = []
         try:
             data = self.pem_path(spec.name).read_bytes()
             facts = pem.describe_cert(pem.parse_combined(data).leaf)
-            served = await _served_serial(deployer, spec.name, asked)
+            # Each socket's answer goes into cert_sidecar_haproxy_up (`ServedCheck.sockets`):
+            # a stopped HAProxy is seen here, not only when a deploy to it fails.
+            answer = await deployer.ask_served(spec.name)
         except Exception as error:
-            log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
-            self.inventory.record_served(spec.name, None, self.inventory.served(spec.name).serial)
-            return ServedCheck(tuple(asked))
+            return self._served_unknown(spec, error)
+        if not answer.answered:
+            return self._served_unknown(spec, answer.errors[0], answer.sockets)
+        for failure in answer.errors:  # the others answered: this one is only logged here
+            log.warning("haproxy_check_failed", cert=spec.name, error=error_text(failure))
+        served = answer.serial
         if served == facts.serial_hex:
             self.inventory.record_served(spec.name, True, served)
-            return ServedCheck(tuple(asked))
+            return ServedCheck(answer.sockets)
         self.inventory.record_served(spec.name, False, served)
         log.warning("haproxy_serves_other", cert=spec.name, served=served, file=facts.serial_hex)
         deployed, _ = await self._deploy_and_record(spec, data, facts, log.bind(cert=spec.name))
-        return ServedCheck(tuple(asked), deployed)
+        return ServedCheck(answer.sockets, deployed)
+
+    def _served_unknown(
+        self, spec: CertificateSpec, error: Exception, sockets: tuple[tuple[str, bool], ...] = ()
+    ) -> ServedCheck:
+        """What HAProxy serves could not be learnt (no socket answered, or the file is gone)."""
+        log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
+        self.inventory.record_served(spec.name, None, self.inventory.served(spec.name).serial)
+        return ServedCheck(sockets)
 
     async def ensure_placeholder(self, spec: CertificateSpec) -> bool:
         """Write a placeholder where no certificate file exists yet, so HAProxy can start."""
@@ -579,7 +587,7 @@ class Manager:
             log.info("haproxy_placeholder_loaded", cert=spec.name, mode=result.mode)
         elif result is not None:
             # HAProxy may not be up yet: it loads the file from disk when it starts.
-            log.info("haproxy_placeholder_not_loaded", cert=spec.name, error=result.summary)
+            log.info("haproxy_placeholder_not_loaded", cert=spec.name, error=result.summary())
         return True
 
     # -- revocation ---------------------------------------------------------------------------
@@ -664,30 +672,3 @@ async def finish_in_thread(function: Callable[..., T], /, *args: Any) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return work.result()
-
-
-async def _served_serial(
-    deployer: Deployer, name: str, asked: list[tuple[str, bool]]
-) -> str | None:
-    """What `Deployer.deployed_serial` answers, asked here socket by socket so that each
-    socket's outcome goes into cert_sidecar_haproxy_up (``asked``): deployed_serial skips a
-    socket that does not answer, so a stopped HAProxy would go unseen until a deploy to it
-    failed."""
-    path = deployer.haproxy_path(name)
-    answers: list[str | None] = []
-    errors: list[HAProxyError] = []
-    for runtime in deployer.runtimes:
-        try:
-            info = await runtime.show_ssl_cert(path)
-        except HAProxyError as error:
-            errors.append(error)
-            asked.append((str(runtime.address), False))
-            continue
-        asked.append((str(runtime.address), True))
-        answers.append(info.serial if info is not None and info.loaded else None)
-    if not answers:
-        raise errors[0]
-    for failure in errors:  # the others answered: this one is only logged here
-        log.warning("haproxy_check_failed", cert=name, error=error_text(failure))
-    # As deployed_serial: the common answer, or None (redeploy) when they disagree.
-    return answers[0] if len(set(answers)) == 1 else None

@@ -1,28 +1,29 @@
-"""What one step did to one certificate, as values: the `Outcome`, its `Action`, a deploy's
-`DeploySummary`, and the revocation reasons a subscriber may give.
+"""What one step did to one certificate, as values: the `Outcome`, its `Action`, and the
+revocation reasons a subscriber may give. A deploy's part is the deployer's own
+`sidecar.deploy_result.DeployResult`, carried as it is.
 
 Plain values only (no I/O, nothing heavy imported): the CLI parses ``--reason`` with this module
-before it loads anything else, and the one-shot commands rebuild an `Outcome` from the control
-socket's JSON with it.
+before it loads anything else. An `Outcome` becomes JSON only at the control socket
+(`sidecar.control.outcome_to_json`), and the one-shot commands rebuild what they print from
+that JSON there (`sidecar.control.outcome_from_json`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+from sidecar.deploy_result import DeployResult
 from sidecar.metrics import ErrorKind
 
 __all__ = [
     "REVOCATION_REASONS",
     "Action",
-    "DeploySummary",
     "Outcome",
-    "SocketSummary",
     "canonical_reason",
     "revocation_code",
 ]
@@ -82,68 +83,6 @@ def revocation_code(text: str | None) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class SocketSummary:
-    """One HAProxy socket's part in a deploy: whether it took the certificate, and whether the
-    socket could be used at all (``reachable`` False: missing, refused...)."""
-
-    address: str
-    ok: bool
-    reachable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class DeploySummary:
-    """What a deploy did, as `Service` needs it, plus the deployer's full report (``details``)
-    which the control socket's JSON carries unchanged.
-
-    ``mode`` is None when the deployer raised before it could say how it deployed.
-    """
-
-    ok: bool
-    mode: str | None = None
-    sockets: tuple[SocketSummary, ...] = ()
-    error: str | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
-    # The deployer's one line for logs and `Outcome.error` (not carried over the socket).
-    summary: str = ""
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, summary: str = "") -> DeploySummary:
-        """From a deployer's report (`sidecar.deploy.DeployResult.to_json`), or the short one
-        written when the deployer raised (``{"ok": False, "error": ...}``)."""
-        mode = data.get("mode")
-        error = data.get("error")
-        return cls(
-            ok=bool(data.get("ok")),
-            mode=str(mode) if mode else None,
-            sockets=tuple(_sockets(data.get("sockets") or ())),
-            error=str(error) if error else None,
-            details=dict(data),
-            summary=summary or str(error or ""),
-        )
-
-    @classmethod
-    def crashed(cls, error: str) -> DeploySummary:
-        return cls.from_json({"ok": False, "error": error})
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.details)
-
-    def log_fields(self) -> dict[str, Any]:
-        """The fields ``haproxy_updated`` / ``haproxy_update_failed`` have always carried."""
-        keep = ("mode", "fallback", "verified", "error")
-        return {k: v for k, v in self.details.items() if k in keep}
-
-
-def _sockets(items: Iterable[Any]) -> Iterable[SocketSummary]:
-    for item in items:
-        if isinstance(item, Mapping) and item.get("address"):
-            yield SocketSummary(
-                str(item["address"]), bool(item.get("ok")), bool(item.get("reachable", True))
-            )
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one step for one certificate, as commands print and `run` reports it."""
 
@@ -155,7 +94,8 @@ class Outcome:
     reason: str | None = None
     error: str | None = None
     next_retry_at: datetime | None = None
-    deploy: DeploySummary | None = None
+    # What the deployer did, when this step deployed (None: nothing deployed, or no deployer).
+    deploy: DeployResult | None = None
     # For /metrics only (a label, never the text); not part of the JSON answer.
     error_kind: ErrorKind | None = None
     # What the renewal loop needs after the step, carried so that it reads nothing back from
@@ -176,42 +116,6 @@ class Outcome:
     @classmethod
     def failed(cls, name: str, error: str, **values: Any) -> Outcome:
         return cls(name, Action.FAILED, ok=False, error=error, **values)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "action": str(self.action),
-            "ok": self.ok,
-            "serial": self.serial,
-            "not_after": self.not_after.isoformat() if self.not_after else None,
-            "reason": self.reason,
-            "error": self.error,
-            "next_retry_at": self.next_retry_at.isoformat() if self.next_retry_at else None,
-            "deploy": self.deploy.to_json() if self.deploy is not None else {},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Outcome:
-        def when(key: str) -> datetime | None:
-            value = data.get(key)
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-        try:
-            action = Action(str(data.get("action")))
-        except ValueError:  # a newer sidecar's action: print it as a failure, never crash
-            action = Action.FAILED
-        deploy = data.get("deploy")
-        return cls(
-            name=str(data.get("name", "?")),
-            action=action,
-            ok=bool(data.get("ok")),
-            serial=data.get("serial"),
-            not_after=when("not_after"),
-            reason=data.get("reason"),
-            error=data.get("error"),
-            next_retry_at=when("next_retry_at"),
-            deploy=DeploySummary.from_json(deploy) if isinstance(deploy, dict) and deploy else None,
-        )
 
     def line(self) -> str:
         """One human line for the one-shot commands."""

@@ -28,13 +28,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sidecar import orphans, policy
 from sidecar.config import CertificateSpec, Settings
+from sidecar.deploy_result import DeployResult
 from sidecar.errors import OperationError, error_text
 from sidecar.gate import SwapGate
 from sidecar.inventory import utc_now
 from sidecar.logs import get_logger
 from sidecar.manager import Manager, ServedCheck
 from sidecar.metrics import ErrorKind, Metrics
-from sidecar.outcome import Action, DeploySummary, Outcome, revocation_code
+from sidecar.outcome import Action, Outcome, revocation_code
 from sidecar.wiring import Parts
 
 __all__ = [
@@ -334,7 +335,7 @@ class RenewalLoop:
             next_check=planned.when.isoformat(),
         )
 
-    def _record_deploy(self, deploy: DeploySummary) -> None:
+    def _record_deploy(self, deploy: DeployResult) -> None:
         mode = deploy.mode or self._settings.reload
         self._metrics.record_deploy("success" if deploy.ok else "failure", mode)
         self._record_sockets((s.address, s.ok, s.reachable) for s in deploy.sockets)

@@ -308,9 +308,14 @@ _DATETIME_FIELDS = (
     "next_retry_at",
     "last_attempt_at",
     "last_success_at",
-    "deployed_at",
 )
-_OPTIONAL_STR_FIELDS = ("order_url", "serial", "key_type", "last_error", "deployed_serial")
+_OPTIONAL_STR_FIELDS = ("order_url", "serial", "key_type", "last_error")
+# Written by releases before issue 18, once more after every deploy, and never read: what
+# HAProxy serves is asked of HAProxy (`sidecar.deploy.Deployer.ask_served`). Dropped on read,
+# not kept in ``extra``, so a file stops carrying a stale value once it is next written. The
+# schema version stays 1: every field is optional both ways (an older release reads a file
+# without them as it reads one from before its first deploy).
+_RETIRED_FIELDS = frozenset({"deployed_serial", "deployed_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +324,7 @@ class CertMeta:
 
     The retry state (``failures``, ``next_retry_at``) is here so that a restarted, perhaps
     crash-looping, container waits as long as the previous run decided. Datetimes are UTC.
-    ``serial`` and ``deployed_serial`` are upper-case hex (``pem.CertFacts.serial_hex``).
+    ``serial`` is upper-case hex (``pem.CertFacts.serial_hex``).
     """
 
     order_url: str | None = None
@@ -334,8 +339,6 @@ class CertMeta:
     next_retry_at: datetime | None = None
     last_attempt_at: datetime | None = None
     last_success_at: datetime | None = None
-    deployed_serial: str | None = None
-    deployed_at: datetime | None = None
     # Written so that a later release can tell what it reads; not otherwise used.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -360,7 +363,8 @@ class CertMeta:
     @classmethod
     def from_json(cls, text: str | bytes) -> CertMeta:
         """Parse ``meta.json``: missing fields take defaults, unknown ones are kept in ``extra``
-        (and written back), a wrong type or broken JSON raises ``MetaError`` saying where."""
+        (and written back), retired ones (``_RETIRED_FIELDS``) are dropped, a wrong type or
+        broken JSON raises ``MetaError`` saying where."""
         try:
             document = json.loads(text)
         except (ValueError, UnicodeDecodeError) as error:
@@ -387,7 +391,11 @@ class CertMeta:
                 if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
                     raise MetaError("domains: expected a list of strings")
                 values[name] = tuple(value)
-        extra = {key: value for key, value in document.items() if key not in known}
+        extra = {
+            key: value
+            for key, value in document.items()
+            if key not in known and key not in _RETIRED_FIELDS
+        }
         return cls(**values, extra=extra)
 
     def with_failure(self, error: str, *, now: datetime, next_retry_at: datetime) -> CertMeta:

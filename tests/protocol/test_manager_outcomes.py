@@ -32,7 +32,7 @@ from structlog.testing import capture_logs
 from sidecar import pem, policy, storage, wiring
 from sidecar.cli import build_parser
 from sidecar.config import Settings, load_settings
-from sidecar.deploy import DeployConfig, Deployer
+from sidecar.deploy import DeployConfig, Deployer, DeployResult
 from sidecar.errors import OperationError
 from sidecar.inventory import Served
 from sidecar.manager import Manager, ServedCheck
@@ -517,8 +517,8 @@ async def test_a_manager_names_itself_as_the_lock_holder(
 # -- deploying and recording it ------------------------------------------------------------------
 
 
-async def test_a_deploy_to_haproxy_is_recorded_in_the_meta(
-    make_manager: MakeManager, tmp_path: Path, clock: Clock
+async def test_a_deploy_to_haproxy_is_recorded_in_the_inventory_not_the_meta(
+    make_manager: MakeManager, tmp_path: Path
 ) -> None:
     fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
     async with serve(fake, tmp_path / "admin.sock") as address:
@@ -532,9 +532,10 @@ async def test_a_deploy_to_haproxy_is_recorded_in_the_meta(
     loaded_serial = fake.serial(path)  # as DER bytes: compared as numbers
     assert loaded_serial is not None and outcome.serial is not None
     assert int(loaded_serial, 16) == int(outcome.serial, 16)
-    meta = manager.store.load_meta(NAME)
-    assert meta is not None
-    assert (meta.deployed_serial, meta.deployed_at) == (outcome.serial, clock.now)
+    # What HAProxy serves is remembered while running; after a restart, HAProxy is asked.
+    assert manager.inventory.served(NAME) == Served(True, outcome.serial)
+    written = json.loads((manager.store.cert_dir(NAME) / "meta.json").read_text())
+    assert written["serial"] == outcome.serial and "deployed_serial" not in written
     (updated,) = events(logs, "haproxy_updated")
     assert updated["serial"] == outcome.serial and updated["mode"] == "runtime-api"
     assert updated["cert"] == NAME
@@ -551,8 +552,7 @@ async def test_a_failed_deploy_keeps_the_issuance_and_says_why(
     assert outcome.deploy is not None and outcome.deploy.ok is False
     assert outcome.error is not None and outcome.error.startswith("deploy failed: ")
     assert "socket does not exist" in outcome.error
-    meta = manager.store.load_meta(NAME)
-    assert meta is not None and meta.deployed_serial is None
+    assert manager.inventory.served(NAME).matches is False
     (failed,) = events(logs, "haproxy_update_failed")
     assert failed["serial"] == outcome.serial and failed["mode"] == "runtime-api"
 
@@ -1228,8 +1228,7 @@ async def test_a_deployer_that_raises_does_not_undo_the_issuance(
             make_manager(domains=("p.example",)).settings.certificates[0]
         )
     assert (outcome.action, outcome.ok) == ("issued", True)
-    assert outcome.deploy is not None
-    assert outcome.deploy.to_json() == {"ok": False, "error": "deployer bug"}
+    assert outcome.deploy == DeployResult.crashed(NAME, outcome.serial or "", "deployer bug")
     assert outcome.error == "deploy failed: deployer bug"
     (failed,) = events(logs, "haproxy_update_failed")
     assert failed["error"] == "deployer bug" and failed["cert"] == NAME
@@ -1267,7 +1266,8 @@ async def test_the_deploy_hook_gets_the_certificate_facts(
     outcome = await manager.ensure(spec)
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
     assert outcome.not_after is not None and outcome.deploy is not None
-    assert outcome.deploy.details["name"] == NAME
+    assert outcome.deploy.name == NAME
+    assert outcome.deploy.hook is not None and outcome.deploy.hook.ok
     assert env["CERT_NAME"] == NAME and env["CERT_SERIAL"] == outcome.serial
     assert env["CERT_NOT_AFTER"] == outcome.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert env["CERT_DOMAINS"] == f"{NAME},www.m.example"

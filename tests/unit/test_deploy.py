@@ -10,10 +10,13 @@ import pytest
 
 from sidecar.cli import build_parser
 from sidecar.config import Settings, load_settings
+from sidecar.control import outcome_to_json
 from sidecar.deploy import (
     DeployConfig,
     Deployer,
     DeployResult,
+    HookOutcome,
+    NameCheck,
     SocketOutcome,
     VerifyOutcome,
     deployer_from_settings,
@@ -21,6 +24,7 @@ from sidecar.deploy import (
 )
 from sidecar.errors import ConfigError
 from sidecar.haproxy import HAProxyAddress
+from sidecar.outcome import Action, Outcome
 
 
 def test_mode_defaults_follow_the_contract() -> None:
@@ -147,10 +151,34 @@ def test_result_summary_and_json() -> None:
         errors=("unix:/s: refused",),
     )
     assert failed.summary() == "runtime-api: unix:/s: refused"
-    data = failed.to_json()
-    assert data["ok"] is False and data["error"] == "unix:/s: refused"
-    assert data["verified"] is None and data["sockets"][0]["attempts"] == 3
-    json.dumps(data)  # the service logs it as JSON
+    # The control socket's answer carries the deployer's whole report, as it always has.
+    data = outcome_to_json(Outcome("a", Action.ISSUED, True, deploy=failed))["deploy"]
+    assert data == {
+        "name": "a",
+        "serial": "0A",
+        "mode": "runtime-api",
+        "ok": False,
+        "sockets": (
+            {
+                "address": "unix:/s",
+                "ok": False,
+                "action": "failed",
+                "serial": None,
+                "attempts": 3,
+                "error": "refused",
+                "reachable": True,
+            },
+        ),
+        "fallback": None,
+        "fallback_ok": None,
+        "verification": None,
+        "hook": None,
+        "errors": ("unix:/s: refused",),
+        "duration": 0.0,
+        "verified": None,
+        "error": "unix:/s: refused",
+    }
+    json.dumps(data)  # it goes over the socket as JSON
 
     ok = DeployResult(
         name="a",
@@ -159,7 +187,17 @@ def test_result_summary_and_json() -> None:
         ok=True,
         fallback="command",
         fallback_ok=True,
-        verification=VerifyOutcome("h:1", True),
+        verification=VerifyOutcome("h:1", True, (NameCheck("a", "a", True, "0A"),)),
+        hook=HookOutcome(True, 0),
     )
     assert ok.summary() == "runtime-api: serial 0A deployed (after falling back to command)"
-    assert ok.verified is True and ok.to_json()["verified"] is True
+    assert ok.verified is True
+    data = outcome_to_json(Outcome("a", Action.ISSUED, True, deploy=ok))["deploy"]
+    assert (data["verified"], data["error"], data["fallback"]) == (True, None, "command")
+    assert data["verification"] == {
+        "address": "h:1",
+        "ok": True,
+        "checks": ({"name": "a", "sni": "a", "ok": True, "served_serial": "0A", "error": None},),
+        "skipped": (),
+    }
+    assert data["hook"] == {"ok": True, "returncode": 0, "error": None}

@@ -151,8 +151,8 @@ async def test_a_socket_that_keeps_failing_is_reported_with_its_last_error(
     assert result.sockets == (failed,) and not result.ok
     assert result.errors == (f"{address}: commit ssl cert: Can't commit!",)
     assert result.summary() == f"runtime-api: {address}: commit ssl cert: Can't commit!"
-    assert result.to_json()["error"] == result.errors[0]
-    assert result.to_json()["verified"] is None
+    assert result.error == result.errors[0]
+    assert result.verified is None
     assert time.sleeps == [0.2]
 
 
@@ -641,6 +641,24 @@ async def test_deployed_serial_is_the_common_answer_of_the_sockets(
         await nobody.deployed_serial("a")
 
 
+async def test_ask_served_reports_each_socket_it_asked(certs: Path, tmp_path: Path) -> None:
+    # What `run` puts in cert_sidecar_haproxy_up after each look at HAProxy: every socket, in
+    # the order configured, answered or not; and the common answer of those that did.
+    fake = fake_with(certs, "a.pem")
+    async with serve(fake, tmp_path / "1.sock") as first:
+        missing = f"unix:{tmp_path}/missing.sock"
+        deploy = deployer(certs, Time(), sockets=[missing, first])
+        answer = await deploy.ask_served("a")
+        assert answer.serial == norm(OLD_SERIAL) and answer.answered
+        assert answer.sockets == ((missing, False), (first, True))
+        (error,) = answer.errors
+        assert isinstance(error, HAProxySocketMissing)
+    nobody = await deployer(certs, Time(), sockets=[missing]).ask_served("a")
+    assert (nobody.serial, nobody.sockets, nobody.answered) == (None, ((missing, False),), False)
+    none_configured = await deployer(certs, Time()).ask_served("a")
+    assert (none_configured.sockets, none_configured.answered) == ((), False)
+
+
 async def test_remove_unloads_from_every_socket_then_reports_the_first_error(
     certs: Path, tmp_path: Path
 ) -> None:
@@ -718,7 +736,7 @@ def test_errors_are_described_in_one_line() -> None:
 def test_a_failed_deploy_without_errors_still_says_failed() -> None:
     result = DeployResult(name="a", serial="0A", mode="command", ok=False)
     assert result.summary() == "command: failed"
-    assert result.to_json()["error"] is None
+    assert result.error is None
 
 
 # -- second round: what the first mutation run still let through ------------------------------
@@ -862,7 +880,7 @@ async def test_after_a_reload_an_unreachable_socket_is_polled_to_the_deadline(
 async def test_a_failed_reload_is_a_plain_false(certs: Path) -> None:
     deploy = deployer(certs, Time(), reload="command", reload_command="false")
     result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
-    assert result.ok is False and result.to_json()["ok"] is False
+    assert result.ok is False
     no_command = deployer(certs, Time(), reload="command")
     result = await no_command.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
     assert result.errors == ("no reload command configured",)
@@ -897,7 +915,7 @@ async def test_two_failed_sockets_are_both_in_the_summary(certs: Path, tmp_path:
     result = await deploy.deploy("a", certs / "a.pem", NEW, NEW_SERIAL, not_after=NOT_AFTER)
     joined = f"{one}: socket does not exist; {two}: socket does not exist"
     assert result.summary() == f"runtime-api: {joined}"
-    assert result.to_json()["error"] == joined
+    assert result.error == joined
 
 
 async def test_a_pid_file_that_is_not_text_has_no_pid(certs: Path, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ fails or raises, no deployer at all, the CA's renewal window, and revocation.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,14 +194,44 @@ def test_nothing_deployed_is_issued_written_deployed_and_recorded(tmp_path: Path
     assert rig.deployer is not None and rig.deployer.deployed == [facts.serial_hex]
     assert outcome.deploy is not None and outcome.deploy.ok and outcome.deploy.mode == "runtime-api"
     meta = rig.meta()
-    assert (meta.serial, meta.deployed_serial, meta.failures) == (
-        facts.serial_hex,
-        facts.serial_hex,
-        0,
-    )
+    assert (meta.serial, meta.failures) == (facts.serial_hex, 0)
     served = rig.inventory.served(SPEC.name)
     assert (served.matches, served.serial) == (True, facts.serial_hex)
     assert rig.issuer.orders == [(("a.example",), None)]  # nothing to name as replaced
+
+
+def test_a_renewal_and_its_deploy_write_the_state_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What HAProxy serves is HAProxy's to say (and the inventory's to remember while running):
+    # a successful deploy writes nothing more to the state directory (issue 18: meta.json was
+    # written a second time, for fields nothing read).
+    rig = Rig(tmp_path)
+    asyncio.run(rig.manager.ensure(SPEC))
+    replaced: list[str] = []
+    fsyncs: list[str] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def spy_replace(source: Any, target: Any) -> None:
+        replaced.append(Path(target).name)
+        real_replace(source, target)
+
+    def spy_fsync(fd: int) -> None:
+        fsyncs.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    renewed = asyncio.run(rig.manager.ensure(SPEC, force=True))
+    monkeypatch.undo()
+    assert renewed.deploy is not None and renewed.deploy.ok
+    # The state commit (previous, chain, cert, meta), then the PEM HAProxy reads; nothing after.
+    assert replaced == ["previous.pem", "chain.pem", "cert.pem", "meta.json", "a.example.pem"]
+    assert (fsyncs.count("file"), fsyncs.count("dir")) == (5, 2)
+    assert (
+        "deployed_serial"
+        not in rig.manager.store.cert_dir(SPEC.name).joinpath("meta.json").read_text()
+    )
 
 
 def test_a_valid_certificate_not_due_is_left_alone(tmp_path: Path) -> None:
@@ -288,7 +320,6 @@ def test_a_refused_deploy_is_a_warning_on_an_issued_certificate(tmp_path: Path) 
     assert outcome.action is Action.ISSUED and outcome.ok
     assert outcome.error == "deploy failed: runtime-api: set ssl cert: refused"
     assert outcome.deploy is not None and not outcome.deploy.ok
-    assert rig.meta().deployed_serial is None
     assert rig.inventory.served(SPEC.name).matches is False
 
 
@@ -298,10 +329,7 @@ def test_a_deployer_that_raises_leaves_the_file_written(tmp_path: Path) -> None:
     rig.deployer.raises = OSError("socket gone")
     outcome = asyncio.run(rig.manager.ensure(SPEC))
     assert outcome.action is Action.ISSUED and outcome.error == "deploy failed: socket gone"
-    assert outcome.deploy is not None and outcome.deploy.to_json() == {
-        "ok": False,
-        "error": "socket gone",
-    }
+    assert outcome.deploy == DeployResult.crashed(SPEC.name, outcome.serial or "", "socket gone")
     assert pem.describe_cert(pem.parse_combined(rig.file()).leaf).serial_hex == outcome.serial
 
 
@@ -309,7 +337,6 @@ def test_without_a_deployer_nothing_is_deployed(tmp_path: Path) -> None:
     rig = Rig(tmp_path, with_deployer=False)
     outcome = asyncio.run(rig.manager.ensure(SPEC))
     assert outcome.action is Action.ISSUED and outcome.deploy is None and outcome.error is None
-    assert outcome.to_json()["deploy"] == {}
 
 
 def test_a_past_renewal_window_from_the_ca_makes_it_due(tmp_path: Path) -> None:

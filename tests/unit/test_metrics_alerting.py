@@ -17,9 +17,10 @@ import pytest
 from ca_client import errors
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
+from sidecar.deploy_result import DeployResult, SocketOutcome
 from sidecar.errors import ERROR_KINDS, ErrorKind, error_kind
 from sidecar.metrics import CertStatus, Metrics, render, status_from_facts
-from sidecar.outcome import Action, DeploySummary, Outcome
+from sidecar.outcome import Action, Outcome
 from sidecar.service import Service
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -293,10 +294,14 @@ def _service(tmp_path: Path) -> Service:
     return Service(load_settings(build_parser().parse_args(flags), {}))
 
 
-def _deploy_outcome(*sockets: dict[str, object]) -> Outcome:
-    deploy = {"ok": all(s["ok"] for s in sockets), "mode": "runtime-api", "sockets": list(sockets)}
-    summary = DeploySummary.from_json(deploy)
-    return Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=summary)
+def _deploy_outcome(*sockets: SocketOutcome) -> Outcome:
+    ok = all(s.ok for s in sockets)
+    deploy = DeployResult("a.example", "0A", "runtime-api", ok, sockets=sockets)
+    return Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=deploy)
+
+
+def _socket(address: str, ok: bool, *, reachable: bool = True) -> SocketOutcome:
+    return SocketOutcome(address, ok, "updated" if ok else "failed", reachable=reachable)
 
 
 def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) -> None:
@@ -307,8 +312,8 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
 
     service.loop.record(
         _deploy_outcome(
-            {"address": "unix:/run/haproxy/admin.sock", "ok": False, "reachable": False},
-            {"address": "tcp:127.0.0.1:9999", "ok": True, "reachable": True},
+            _socket("unix:/run/haproxy/admin.sock", False, reachable=False),
+            _socket("tcp:127.0.0.1:9999", True),
         )
     )
     text = render([], service.metrics, NOW)
@@ -325,14 +330,30 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
     # it; the next check of HAProxy says.
     service.loop.record(
         _deploy_outcome(
-            {"address": "unix:/run/haproxy/admin.sock", "ok": True, "reachable": True},
-            {"address": "tcp:127.0.0.1:9999", "ok": False, "reachable": True},
+            _socket("unix:/run/haproxy/admin.sock", True),
+            _socket("tcp:127.0.0.1:9999", False),
         )
     )
     assert of(render([], service.metrics, NOW), "cert_sidecar_haproxy_up") == {
         frozenset({("socket", "/run/haproxy/admin.sock")}): "1",
         frozenset({("socket", "tcp:127.0.0.1:9999")}): "1",
     }
+
+
+def test_a_deployer_that_raised_counts_as_a_failure_in_the_configured_mode(
+    tmp_path: Path,
+) -> None:
+    # It could not say how it deployed (no mode): the failure still counts, under the mode
+    # configured, and no socket's reachability is guessed from it.
+    service = _service(tmp_path)
+    crashed = DeployResult.crashed("a.example", "0A", "deployer bug")
+    service.record(Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=crashed))
+    text = render([], service.metrics, NOW)
+    assert of(text, "cert_sidecar_haproxy_deploys_total") == {
+        frozenset({("result", "success"), ("mode", "runtime-api")}): "0",
+        frozenset({("result", "failure"), ("mode", "runtime-api")}): "1",
+    }
+    assert of(text, "cert_sidecar_haproxy_up") == {}
 
 
 def test_without_haproxy_or_reload_no_deploy_counter_is_made_up(tmp_path: Path) -> None:

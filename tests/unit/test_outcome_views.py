@@ -14,9 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from sidecar.control import outcome_from_json, outcome_to_json, outcomes_answer
+from sidecar.deploy_result import DeployResult, VerifyOutcome
 from sidecar.errors import OperationError, error_text
 from sidecar.manager import MIN_ORDER_TIMEOUT, ORDER_TIMEOUT, order_timeout
-from sidecar.outcome import Action, DeploySummary, Outcome, SocketSummary, revocation_code
+from sidecar.outcome import Action, Outcome, revocation_code
 from sidecar.wiring import _make_certs_dir
 
 WHEN = datetime(2026, 12, 6, 10, 30, 5, tzinfo=UTC)
@@ -33,10 +35,10 @@ def test_an_outcome_survives_its_json_answer() -> None:
         reason="missing",
         error="deploy failed: x",
         next_retry_at=LATER,
-        deploy=DeploySummary.from_json({"ok": False, "mode": "runtime-api"}),
+        deploy=DeployResult.crashed("a.example", "0A1B", "bug"),
         error_kind="other",
     )
-    data = outcome.to_json()
+    data = outcome_to_json(outcome)
     assert data == {
         "name": "a.example",
         "action": "issued",
@@ -46,26 +48,42 @@ def test_an_outcome_survives_its_json_answer() -> None:
         "reason": "missing",
         "error": "deploy failed: x",
         "next_retry_at": "2026-12-06T11:00:00+00:00",
-        "deploy": {"ok": False, "mode": "runtime-api"},
+        "deploy": {"ok": False, "error": "bug"},
     }
-    # error_kind is a /metrics label, and the deployer's one-line summary a log field: neither
-    # is part of the answer.
-    back = Outcome.from_json(data)
-    assert back == replace(outcome, error_kind=None, deploy=back.deploy)
-    assert back.deploy is not None and back.deploy.to_json() == data["deploy"]
-    assert (back.deploy.ok, back.deploy.mode) == (False, "runtime-api")
+    # error_kind is a /metrics label: not part of the answer. What a one-shot rebuilds is what
+    # it prints (`Outcome.line`), which shows no deploy report.
+    back = outcome_from_json(data)
+    assert back == replace(outcome, error_kind=None, deploy=None)
+    assert back.line() == outcome.line()
     bare = Outcome("b.example", Action.UNCHANGED, ok=True)
-    assert bare.to_json()["not_after"] is None and bare.to_json()["next_retry_at"] is None
-    assert Outcome.from_json(bare.to_json()) == bare
+    bare_json = outcome_to_json(bare)
+    assert bare_json["not_after"] is None and bare_json["next_retry_at"] is None
+    assert bare_json["deploy"] == {}
+    assert outcome_from_json(bare_json) == bare
+
+
+def test_an_answer_of_outcomes_fails_when_any_step_did() -> None:
+    done = Outcome("a", Action.UNCHANGED, ok=True)
+    failed = Outcome.failed("b", "boom")
+    assert outcomes_answer([done]) == {
+        "ok": True,
+        "exit_code": 0,
+        "results": [outcome_to_json(done)],
+        "error": None,
+    }
+    answer = outcomes_answer([done, failed])
+    assert (answer["ok"], answer["exit_code"], answer["error"]) == (False, 1, None)
+    assert [r["name"] for r in answer["results"]] == ["a", "b"]
+    assert (outcomes_answer([])["ok"], outcomes_answer([])["exit_code"]) == (True, 0)
 
 
 def test_an_outcome_from_odd_json_takes_what_it_can() -> None:
-    odd = Outcome.from_json(
+    odd = outcome_from_json(
         {"ok": 1, "not_after": 5, "next_retry_at": None, "deploy": None, "serial": "AA"}
     )
     # An action this sidecar does not know (a newer one's) reads as a failure.
     assert odd == Outcome("?", Action.FAILED, ok=True, serial="AA", deploy=None)
-    assert Outcome.from_json({}).ok is False
+    assert outcome_from_json({}).ok is False
 
 
 def test_outcome_lines_for_each_action() -> None:
@@ -122,9 +140,23 @@ def test_error_text_is_one_line_or_the_type() -> None:
 
 
 def test_deploy_log_fields_are_the_short_ones() -> None:
-    info = {"mode": "m", "fallback": "f", "verified": True, "error": "e", "sockets": [1], "x": 2}
-    fields = DeploySummary.from_json(info).log_fields()
-    assert fields == {"mode": "m", "fallback": "f", "verified": True, "error": "e"}
+    result = DeployResult(
+        "a",
+        "0A",
+        "runtime-api",
+        False,
+        fallback="command",
+        verification=VerifyOutcome("127.0.0.1:443", True),
+        errors=("e", "f"),
+    )
+    fields = result.log_fields()
+    assert fields == {
+        "mode": "runtime-api",
+        "fallback": "command",
+        "verified": True,
+        "error": "e; f",
+    }
+    assert DeployResult.crashed("a", "0A", "bug").log_fields() == {"error": "bug"}
 
 
 def test_the_certs_directory_is_made_world_traversable(tmp_path: Path) -> None:
@@ -151,33 +183,20 @@ def test_an_order_for_a_certificate_expiring_now_gets_the_full_time() -> None:
     assert one_second_left == MIN_ORDER_TIMEOUT
 
 
-def test_a_deploy_summary_reads_the_deployers_report() -> None:
-    # Found unchecked by the re-measurement after issue 10 (docs/MUTATION.md): `run` reads the
-    # error and each socket's reachability from here (cert_sidecar_haproxy_up, the warnings).
-    summary = DeploySummary.from_json(
-        {
-            "ok": False,
-            "mode": "reload",
-            "error": "boom",
-            "sockets": [
-                {"address": "unix:/a", "ok": True},
-                {"address": "unix:/b", "ok": False, "reachable": False},
-                {"ok": True},
-                5,
-            ],
-        }
-    )
-    assert (summary.ok, summary.mode, summary.error, summary.summary) == (
+def test_a_deploy_result_says_in_one_line_what_happened() -> None:
+    # `run` logs this line and puts it in `Outcome.error` ("deploy failed: ..."); a crashed
+    # deployer's is only what it raised.
+    crashed = DeployResult.crashed("a", "0A", "bug")
+    assert (crashed.ok, crashed.mode, crashed.error, crashed.summary()) == (
         False,
-        "reload",
-        "boom",
-        "boom",
+        None,
+        "bug",
+        "bug",
     )
-    assert summary.sockets == (
-        SocketSummary("unix:/a", True, True),
-        SocketSummary("unix:/b", False, False),
-    )
-    bare = DeploySummary.from_json({"ok": True, "mode": "", "error": ""})
-    assert (bare.mode, bare.error, bare.summary, bare.sockets) == (None, None, "", ())
-    assert DeploySummary.from_json({"error": "x"}, summary="line").summary == "line"
-    assert DeploySummary.crashed("bug").to_json() == {"ok": False, "error": "bug"}
+    assert DeployResult("a", "0A", None, False).summary() == "failed"
+    failed = DeployResult("a", "0A", "signal", False, errors=("x", "y"))
+    assert (failed.error, failed.summary()) == ("x; y", "signal: x; y")
+    assert DeployResult("a", "0A", "none", False).summary() == "none: failed"
+    done = DeployResult("a", "0A", "runtime-api", True, fallback="signal")
+    assert done.error is None
+    assert done.summary() == "runtime-api: serial 0A deployed (after falling back to signal)"

@@ -358,9 +358,31 @@ FULL_META = CertMeta(
     next_retry_at=T0 + timedelta(seconds=40),
     last_attempt_at=T0,
     last_success_at=T0 - timedelta(days=1),
-    deployed_serial="0A1B",
-    deployed_at=T0 + timedelta(seconds=1),
 )
+
+# FULL_META as the releases before issue 18 wrote it: with what HAProxy was last told
+# (deployed_serial, deployed_at), written after every deploy and never read.
+BEFORE_ISSUE_18 = """{
+  "deployed_at": "2026-11-28T12:00:01+00:00",
+  "deployed_serial": "0A1B",
+  "domains": [
+    "a.example",
+    "b.example"
+  ],
+  "failures": 3,
+  "issued_at": "2026-11-28T12:00:00+00:00",
+  "key_type": "ec-p256",
+  "last_attempt_at": "2026-11-28T12:00:00+00:00",
+  "last_error": "CA unreachable: connection refused",
+  "last_success_at": "2026-11-27T12:00:00+00:00",
+  "next_retry_at": "2026-11-28T12:00:40+00:00",
+  "not_after": "2026-11-29T12:00:00+00:00",
+  "not_before": "2026-11-28T11:59:00+00:00",
+  "order_url": "https://ca/acme/order/1",
+  "serial": "0A1B",
+  "zz_from_the_future": 1
+}
+"""
 
 
 def test_meta_json_round_trip(tmp_path, umask):
@@ -372,6 +394,21 @@ def test_meta_json_round_trip(tmp_path, umask):
     document = json.loads((store.cert_dir("a.example") / "meta.json").read_text())
     assert document["not_after"] == "2026-11-29T12:00:00+00:00"
     assert document["domains"] == ["a.example", "b.example"]
+
+
+def test_an_older_releases_meta_json_loads_and_sheds_the_retired_fields(tmp_path, umask):
+    store = StateStore(tmp_path)
+    store.cert_dir("a.example").mkdir(parents=True)
+    path = store.cert_dir("a.example") / "meta.json"
+    path.write_text(BEFORE_ISSUE_18)
+    meta = store.load_meta("a.example")
+    # Everything else as written, the retry state included; an unknown key is still kept.
+    assert meta == FULL_META and meta.extra == {"zz_from_the_future": 1}
+    store.save_meta("a.example", meta)
+    document = json.loads(path.read_text())
+    assert "deployed_serial" not in document and "deployed_at" not in document
+    assert document["zz_from_the_future"] == 1
+    assert store.load_meta("a.example") == FULL_META
 
 
 def test_meta_tolerates_missing_and_unknown_fields():
