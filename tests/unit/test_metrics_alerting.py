@@ -347,7 +347,7 @@ def test_a_deployer_that_raised_counts_as_a_failure_in_the_configured_mode(
     # configured, and no socket's reachability is guessed from it.
     service = _service(tmp_path)
     crashed = DeployResult.crashed("a.example", "0A", "deployer bug")
-    service.record(Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=crashed))
+    service.loop.record(Outcome("a.example", Action.ISSUED, ok=True, serial="0A", deploy=crashed))
     text = render([], service.metrics, NOW)
     assert of(text, "cert_sidecar_haproxy_deploys_total") == {
         frozenset({("result", "success"), ("mode", "runtime-api")}): "0",
