@@ -22,12 +22,10 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
-from sidecar import __version__
+from sidecar import __version__, preflight
 from sidecar.config import (
     Settings,
     add_setting_arguments,
-    check_ca_bundle,
-    check_directories,
     describe,
     load_settings,
     locate_running_sidecar,
@@ -51,9 +49,6 @@ _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "healthcheck": ("sidecar.health", "cmd_healthcheck"),
     }
 )
-# What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
-_NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
-_NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
 # The settings a command's --help lists, where it uses only a few (by argparse dest); every
 # settings flag is accepted by every command, so that one flag list serves them all.
 _SHOWN_SETTINGS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
@@ -212,10 +207,9 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
             validate_certificate_name(args.name)
         except ValueError as exc:
             raise ConfigError("NAME", str(exc)) from None
-    if args.command in _NEEDS_BUNDLE:
-        check_ca_bundle(settings)
-    if args.command in _NEEDS_DIRECTORIES:
-        check_directories(settings)
+    # What each command checks before it starts is preflight.STARTUP_CHECKS; the commands
+    # themselves check nothing again.
+    preflight.run_startup_checks(args.command, settings)
     if args.command == "check-config":
         # Nothing here logs, so structlog is not even imported: check-config stays fast.
         sys.stdout.write(describe(settings))

@@ -30,7 +30,7 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sidecar import applied, metrics, policy, preflight, wiring
+from sidecar import applied, metrics, policy, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import CertificateSpec, Settings
 from sidecar.errors import error_text
@@ -433,7 +433,6 @@ async def cmd_run(
     settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
 ) -> int:
     # load_settings has refused a configuration without certificates (exit 2) already.
-    preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()
 
