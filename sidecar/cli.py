@@ -3,11 +3,13 @@
 Exit codes (CONTRACT.md, "Commands"): 0 success; 1 the CA, HAProxy or the disk failed
 (``OperationError``, ``ca_client.errors.AcmeError``) or an unexpected error; 2 a usage or
 configuration error (argparse, ``ConfigError``), found before any network I/O; 130 interrupted.
-Every failure is one line on stderr; a traceback only with ``--log-level debug``.
+Every failure is one line on stderr; a traceback only with ``--log-level debug``. A command's
+start-up checks (``preflight.STARTUP_CHECKS``) run here, once, before the command is imported.
 
 Start-up time matters for the one-shot commands, so this module imports only the standard
-library and ``sidecar.config``; the command implementations (httpx, cryptography, structlog)
-are imported when a command runs, and ``check-config`` never imports them.
+library, ``sidecar.config`` and ``sidecar.preflight``; the command implementations (httpx,
+cryptography, structlog) are imported when a command runs, and ``check-config`` never imports
+them.
 """
 
 from __future__ import annotations
