@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +118,10 @@ def _read_only_mount(path: Path) -> bool:
 def _probe(directory: Path) -> OSError | None:
     # os.access answers for the mode bits; a read-only mount or an ACL only shows on a real
     # write, so a file is made and removed as well.
+    # Imported here, not with the module: `cli` imports this module for every command, and
+    # tempfile (with random) is start-up time that `healthcheck` and `status` never use.
+    import tempfile
+
     try:
         fd, probe = tempfile.mkstemp(prefix=".cert-sidecar-preflight.", dir=directory)
     except OSError as error:
