@@ -70,66 +70,6 @@ if TYPE_CHECKING:
     from sidecar.haproxy import HAProxyAddress
 
 
-def read_eab_key(sources: Sources) -> tuple[bytes | None, str | None]:
-    """The EAB HMAC key and where it came from; a secret, so never from a flag's value."""
-    option = OPTION_BY_FIELD["eab_hmac_key_file"]
-    flag_file = sources.flag(option.field)
-    env_key = sources.env(ENV_EAB_KEY)
-    env_file = sources.env(option.envs[0])
-    if flag_file is not None:
-        return read_eab_file(Raw(flag_file, option.flag, "flag")), option.flag
-    if env_key is not None and env_file is not None:
-        raise ConfigError(ENV_EAB_KEY, f"set either {ENV_EAB_KEY} or {option.envs[0]}, not both")
-    if env_key is not None:
-        return decode_eab(env_key, ENV_EAB_KEY), ENV_EAB_KEY
-    raw = sources.get(option.field)
-    if raw.value is None:
-        return None, None
-    return read_eab_file(raw), raw.label
-
-
-def _certificate(
-    spec: CertInput,
-    default_key_type: KeyType,
-    default_challenge: Raw,
-) -> tuple[CertificateSpec, str]:
-    """One validated certificate, and the label of its challenge setting."""
-    if not spec.names or spec.names == [""]:
-        raise ConfigError(spec.label, "a certificate needs at least one name")
-    identifiers: list[tuple[str, str]] = []
-    for text in spec.names:
-        try:
-            identifiers.append(domains.normalize_identifier(text))
-        except ValueError as exc:
-            raise ConfigError(spec.label, str(exc)) from None
-    values = [value for _, value in identifiers]
-    duplicates = sorted({value for value in values if values.count(value) > 1})
-    if duplicates:
-        raise ConfigError(spec.label, f"{duplicates[0]!r} is listed twice")
-    try:
-        name = (
-            domains.validate_certificate_name(spec.name.strip())
-            if spec.name is not None
-            else domains.certificate_name(values[0])
-        )
-    except ValueError as exc:
-        label = spec.label.replace(" domains", " name") if spec.name is not None else spec.label
-        raise ConfigError(label, str(exc)) from None
-    key_type = as_key_type(spec.key_type) if spec.key_type is not None else default_key_type
-    challenge_raw = spec.challenge or default_challenge
-    challenge = as_choice(challenge_raw, CHALLENGES)
-    for kind, value in identifiers:
-        # RFC 8555 §7.1.3 / §8.4: only dns-01 can prove control of a whole wildcard domain.
-        if domains.is_wildcard(value) and challenge != "dns-01":
-            raise ConfigError(
-                spec.label, f"{value!r} is a wildcard, which only dns-01 can prove, not {challenge}"
-            )
-        # RFC 8738 §7: "The dns-01 challenge ... MUST NOT be used to validate IP identifiers."
-        if kind == "ip" and challenge == "dns-01":
-            raise ConfigError(spec.label, f"{value!r} is an IP address, which dns-01 cannot prove")
-    return CertificateSpec(name, tuple(values), key_type, challenge), challenge_raw.label
-
-
 def load_settings(
     args: argparse.Namespace,
     environ: Mapping[str, str],
@@ -142,7 +82,7 @@ def load_settings(
     the running sidecar).
 
     Reads the config file and an EAB key file if named; checks nothing else on disk (see
-    ``check_ca_bundle`` and ``check_directories``).
+    ``sidecar.preflight``, whose checks run after this).
     """
     check_unknown_env(environ)
     sources, file = load_sources(args, environ)
@@ -229,7 +169,7 @@ def _ca_section(sources: Sources) -> _CaSection:
     email = as_email(get("email"))
     kid_raw = get("eab_kid")
     eab_kid = as_optional_string(kid_raw)
-    eab_key, eab_label = read_eab_key(sources)
+    eab_key, eab_label = _read_eab_key(sources)
     if eab_kid is not None and eab_key is None:
         raise ConfigError(
             kid_raw.label,
@@ -397,3 +337,63 @@ def _certificate_specs(
             )
         certificates.append(spec)
     return tuple(certificates)
+
+
+def _certificate(
+    spec: CertInput,
+    default_key_type: KeyType,
+    default_challenge: Raw,
+) -> tuple[CertificateSpec, str]:
+    """One validated certificate, and the label of its challenge setting."""
+    if not spec.names or spec.names == [""]:
+        raise ConfigError(spec.label, "a certificate needs at least one name")
+    identifiers: list[tuple[str, str]] = []
+    for text in spec.names:
+        try:
+            identifiers.append(domains.normalize_identifier(text))
+        except ValueError as exc:
+            raise ConfigError(spec.label, str(exc)) from None
+    values = [value for _, value in identifiers]
+    duplicates = sorted({value for value in values if values.count(value) > 1})
+    if duplicates:
+        raise ConfigError(spec.label, f"{duplicates[0]!r} is listed twice")
+    try:
+        name = (
+            domains.validate_certificate_name(spec.name.strip())
+            if spec.name is not None
+            else domains.certificate_name(values[0])
+        )
+    except ValueError as exc:
+        label = spec.label.replace(" domains", " name") if spec.name is not None else spec.label
+        raise ConfigError(label, str(exc)) from None
+    key_type = as_key_type(spec.key_type) if spec.key_type is not None else default_key_type
+    challenge_raw = spec.challenge or default_challenge
+    challenge = as_choice(challenge_raw, CHALLENGES)
+    for kind, value in identifiers:
+        # RFC 8555 §7.1.3 / §8.4: only dns-01 can prove control of a whole wildcard domain.
+        if domains.is_wildcard(value) and challenge != "dns-01":
+            raise ConfigError(
+                spec.label, f"{value!r} is a wildcard, which only dns-01 can prove, not {challenge}"
+            )
+        # RFC 8738 §7: "The dns-01 challenge ... MUST NOT be used to validate IP identifiers."
+        if kind == "ip" and challenge == "dns-01":
+            raise ConfigError(spec.label, f"{value!r} is an IP address, which dns-01 cannot prove")
+    return CertificateSpec(name, tuple(values), key_type, challenge), challenge_raw.label
+
+
+def _read_eab_key(sources: Sources) -> tuple[bytes | None, str | None]:
+    """The EAB HMAC key and where it came from; a secret, so never from a flag's value."""
+    option = OPTION_BY_FIELD["eab_hmac_key_file"]
+    flag_file = sources.flag(option.field)
+    env_key = sources.env(ENV_EAB_KEY)
+    env_file = sources.env(option.envs[0])
+    if flag_file is not None:
+        return read_eab_file(Raw(flag_file, option.flag, "flag")), option.flag
+    if env_key is not None and env_file is not None:
+        raise ConfigError(ENV_EAB_KEY, f"set either {ENV_EAB_KEY} or {option.envs[0]}, not both")
+    if env_key is not None:
+        return decode_eab(env_key, ENV_EAB_KEY), ENV_EAB_KEY
+    raw = sources.get(option.field)
+    if raw.value is None:
+        return None, None
+    return read_eab_file(raw), raw.label

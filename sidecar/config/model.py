@@ -67,7 +67,7 @@ class Settings:
     certificates: tuple[CertificateSpec, ...]
     config_file: Path | None
     # How the user spelled each setting that came from somewhere (field -> "--flag", env or
-    # TOML key), for errors found after loading, e.g. by check_ca_bundle.
+    # TOML key), for errors found after loading, e.g. by preflight.check_ca_bundle.
     setting_labels: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )

@@ -36,6 +36,9 @@ _FORBIDDEN_MODE_BITS: Final = 0o137
 
 @dataclass(frozen=True, slots=True)
 class Raw:
+    """One value as the user wrote it, and how to name the setting it came from (``label``:
+    ``--flag``, ``CERT_SIDECAR_...`` or ``table.key in <file>``)."""
+
     value: object
     label: str
     source: Literal["flag", "env", "file", "default"]
