@@ -11,9 +11,10 @@ certificate the new roots no longer verify is re-issued at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,9 +24,7 @@ from sidecar import pem, watch
 from sidecar.errors import ConfigError, error_text
 from sidecar.logs import get_logger
 from sidecar.trust import load_ca_bundle
-
-if TYPE_CHECKING:
-    from sidecar.service import Service
+from sidecar.wiring import Parts
 
 __all__ = ["BUNDLE_RECHECK", "BundleWatch"]
 
@@ -38,27 +37,39 @@ BUNDLE_RECHECK = 2.0
 
 
 class BundleWatch:
-    """Watches ``settings.ca_bundle`` for the service; ``ready`` is set once it parses."""
+    """Watches the current parts' ``settings.ca_bundle``; ``ready`` is set once it parses.
 
-    def __init__(self, service: Service) -> None:
-        self._service = service
+    On a rotation it drops the current manager's ACME client and calls ``recheck`` with the
+    name of each certificate the new roots do not verify; it stops once ``stopping`` is set.
+    """
+
+    def __init__(
+        self,
+        parts: Callable[[], Parts],
+        *,
+        stopping: asyncio.Event,
+        recheck: Callable[[str], None],
+    ) -> None:
+        self._parts = parts
+        self._stopping = stopping
+        self._recheck = recheck
         self.ready = asyncio.Event()
         self._seen: bytes | None = None
         self._announced = False
 
     def _state(self) -> tuple[bytes | None, str | None]:
         try:
-            text = load_ca_bundle(self._service.settings.ca_bundle)
+            text = load_ca_bundle(self._parts().settings.ca_bundle)
         except ConfigError as error:
             return None, str(error)
         return text.encode(), None
 
     async def watch(self) -> None:
         """Wait for the bundle to appear and parse; later, rebuild trust when it changes."""
-        stop = self._service.stopping
+        stop = self._stopping
         while not stop.is_set():
             # Read again each time round: a reload may have pointed the setting elsewhere.
-            path = self._service.settings.ca_bundle
+            path = self._parts().settings.ca_bundle
             data = await self.look()
             watched = _existing_parent(path)
             try:
@@ -76,11 +87,12 @@ class BundleWatch:
                     break
             except (OSError, RuntimeError) as error:
                 log.warning("ca_bundle_watch_failed", error=error_text(error))
-                await self._service.wait_or_stop(asyncio.sleep(BUNDLE_RECHECK))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), BUNDLE_RECHECK)
 
     async def look(self) -> bytes | None:
         """Act on the bundle as it is now: first ready, rotated, or (once) still missing."""
-        path = self._service.settings.ca_bundle
+        path = self._parts().settings.ca_bundle
         data, problem = self._state()
         if data is not None and data != self._seen:
             first = self._seen is None
@@ -103,19 +115,19 @@ class BundleWatch:
 
     async def _rotated(self) -> None:
         """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
-        service = self._service
-        log.info("ca_bundle_changed", path=str(service.settings.ca_bundle))
+        log.info("ca_bundle_changed", path=str(self._parts().settings.ca_bundle))
         # No lock needed: orders in flight finish on the client they started with, which is
         # closed after the last of them (`Issuer.reset`); the next order builds trust anew.
-        await service.manager.reset_client()
+        await self._parts().manager.reset_client()
         roots = _load_roots(self._seen or b"")
-        for spec in service.settings.certificates:
-            view = service.manager.inspect(spec)
+        parts = self._parts()  # as they are now: a reload may have swapped them meanwhile
+        for spec in parts.settings.certificates:
+            view = parts.manager.inspect(spec)
             if not view.is_real:
                 continue
             if not _chain_verifies(view.path, roots):
                 log.warning("cert_untrusted_by_new_root", cert=spec.name)
-                service.spawn(service.check(spec.name, force=True))
+                self._recheck(spec.name)
 
 
 def _bundle_change(target: Path, _change: object, changed: str) -> bool:

@@ -10,16 +10,26 @@
 ``ca_client.errors.AcmeError`` stays in its own tree (the library knows nothing of the sidecar);
 ``sidecar.cli`` maps it to exit 1 beside ``OperationError``. New subclasses go under one of the
 two branches so that the exit code follows from the branch.
+
+`error_kind` sorts any failure of an attempt, a ``ca_client`` error included, into the few
+`ErrorKind` values that ``/metrics`` labels and the alerts name; the renderer only prints them.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ca_client.errors import AcmeProblem
 
 __all__ = [
+    "ERROR_KINDS",
     "ConfigError",
+    "ErrorKind",
     "OperationError",
     "SidecarError",
+    "error_kind",
     "error_text",
     "one_line",
     "os_error_text",
@@ -90,3 +100,62 @@ class OperationError(SidecarError):
     """Something outside the configuration failed (CA, HAProxy, disk, hook)."""
 
     exit_code = 1
+
+
+# --- the kind of a failed attempt, for a metric label ----------------------------------------
+
+# Why the last attempt to obtain a certificate failed, as a label: a small fixed set, never the
+# error's text (which carries URLs and the CA's detail, and would make a new series per message).
+ErrorKind = Literal["ca_unreachable", "challenge_failed", "rate_limited", "rejected", "other"]
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    "ca_unreachable",
+    "challenge_failed",
+    "rate_limited",
+    "rejected",
+    "other",
+)
+
+
+def error_kind(error: BaseException) -> ErrorKind:
+    """The `ErrorKind` of a failed attempt to obtain a certificate, from the error's type.
+
+    ``ca_client.errors`` is imported here, not at the top: most commands never call this, and
+    ``--help`` and ``healthcheck`` should not pay for the import.
+    """
+    from ca_client import errors
+
+    if isinstance(error, errors.OrderFailed):
+        # An order or authorization became invalid: almost always a failed validation; the
+        # CA's problem, when it names a refusal or a rate limit, says more.
+        kind = _problem_kind(error.problem) if error.problem is not None else None
+        return kind if kind in ("rate_limited", "rejected") else "challenge_failed"
+    if isinstance(error, errors.AcmeProblem):
+        return _problem_kind(error)
+    if isinstance(error, errors.TransportError | errors.ACMETimeout):
+        # Not talked to as an ACME server (refused, reset, TLS, not ACME) or not in time.
+        return "ca_unreachable"
+    if isinstance(error, errors.NoSolver):
+        return "challenge_failed"
+    return "other"  # CertificateMismatch, a bad certificate, the disk, a bug: see the log
+
+
+def _problem_kind(problem: AcmeProblem) -> ErrorKind:
+    from ca_client import errors
+
+    if isinstance(problem, errors.RateLimited):
+        return "rate_limited"
+    if isinstance(
+        problem,
+        errors.IncorrectResponse
+        | errors.ConnectionProblem
+        | errors.DNSProblem
+        | errors.TLSProblem
+        | errors.Unauthorized,
+    ):
+        return "challenge_failed"  # the CA could not validate a challenge (RFC 8555 §8)
+    if isinstance(problem, errors.CompoundProblem) and problem.subproblems:
+        kinds = {_problem_kind(sub) for sub in problem.subproblems}
+        return kinds.pop() if len(kinds) == 1 else "rejected"
+    if isinstance(problem, errors.ServerInternal):
+        return "other"  # the CA answered, broken: neither unreachable nor a refusal
+    return "rejected"  # any other problem: the CA refused the request (policy, CSR, account)

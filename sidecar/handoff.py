@@ -2,40 +2,71 @@
 
 While `run` holds the certificates' locks, ``issue``, ``renew`` and ``revoke`` started beside it
 would only wait for them; instead they send their request over the socket in the state
-directory (`sidecar.control`), and `Handoff` carries it out under the same per-certificate locks
-as the schedule, records it the same way, and answers with the same JSON and exit code the
-command would have given on its own.
+directory (`sidecar.control`), and `Handoff` hands it to the renewal loop, which does it under
+the same per-certificate locks as the schedule and follows its outcome with the same step
+(`sidecar.renewal_loop`); `Handoff` answers with the same JSON and exit code the command would
+have given on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sidecar import orphans
 from sidecar.config import CertificateSpec, work_fingerprint
 from sidecar.control import ControlServer, make_answer, socket_path
 from sidecar.errors import OperationError, SidecarError, error_text
 from sidecar.inventory import utc_now
 from sidecar.logs import get_logger
-from sidecar.outcome import Action, Outcome, revocation_code
+from sidecar.metrics import CertStatus
+from sidecar.outcome import Outcome, revocation_code
 from sidecar.status import orphan_records, status_record
+from sidecar.wiring import Parts
 
-if TYPE_CHECKING:
-    from sidecar.service import Service
-
-__all__ = ["Handoff"]
+__all__ = ["Handoff", "Renewals"]
 
 # The service's logger: these events were always the service's, and stay under its name.
 log = get_logger("sidecar.service")
 
 
-class Handoff:
-    """The control socket's server and the requests it hands to the service."""
+class Renewals(Protocol):
+    """What the hand-off asks of the renewal loop (`sidecar.renewal_loop.RenewalLoop`): the
+    work of a request, under the loop's locks and followed by its one after-an-outcome step."""
 
-    def __init__(self, service: Service) -> None:
-        self._service = service
+    async def check_handed(self, name: str, *, force: bool, dry_run: bool) -> Outcome: ...
+
+    async def revoke(
+        self, spec: CertificateSpec, *, reason: int | None, remove: bool
+    ) -> Outcome: ...
+
+    async def remove_orphan(self, name: str, reason: str | None) -> Outcome | None: ...
+
+
+class Handoff:
+    """The control socket's server and the requests it hands to the renewal loop.
+
+    ``renewals`` does the work; ``parts`` are the current ones (the configuration a request is
+    read against, the inventory ``status`` shows); ``ready`` is set once the CA bundle is
+    there; ``statuses`` is every certificate's status; ``spawn`` runs the old socket's last
+    requests beside a move.
+    """
+
+    def __init__(
+        self,
+        renewals: Renewals,
+        *,
+        parts: Callable[[], Parts],
+        ready: asyncio.Event,
+        statuses: Callable[[], list[CertStatus]],
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
+        self._renewals = renewals
+        self._parts = parts
+        self._ready = ready
+        self._statuses = statuses
+        self._spawn = spawn
         self.server: ControlServer | None = None
 
     async def open(self, state_dir: Path) -> None:
@@ -54,7 +85,7 @@ class Handoff:
         if old is None:
             return
         self.server = ControlServer(socket_path(state_dir), self.handle)
-        self._service.spawn(old.aclose(finish=True))
+        self._spawn(old.aclose(finish=True))
         try:
             await self.server.start()
         except (SidecarError, OSError) as error:
@@ -80,80 +111,55 @@ class Handoff:
         return make_answer(False, 2, error=f"unknown command {command!r}")
 
     async def _check_all(self, request: dict[str, Any]) -> dict[str, Any]:
-        service = self._service
-        if not service.bundle.ready.is_set():
+        if not self._ready.is_set():
             return make_answer(False, 1, error="the running sidecar is waiting for the CA bundle")
         force = bool(request.get("force"))
         dry_run = bool(request.get("dry_run"))
         outcomes = await asyncio.gather(
-            *(self._check_one(spec, force, dry_run) for spec in service.settings.certificates)
+            *(
+                self._renewals.check_handed(spec.name, force=force, dry_run=dry_run)
+                for spec in self._parts().settings.certificates
+            )
         )
         ok = all(o.ok for o in outcomes)
         return make_answer(ok, 0 if ok else 1, results=[o.to_json() for o in outcomes])
 
-    async def _check_one(self, spec: CertificateSpec, force: bool, dry_run: bool) -> Outcome:
-        service = self._service
-        async with service.lock_for(spec.name):
-            # As configured now: a reload may have changed it while this waited for the lock.
-            current = service.spec(spec.name)
-            if current is None:
-                return Outcome.failed(spec.name, "no longer configured (config reloaded)")
-            return await service.check_locked(
-                current, force=force, dry_run=dry_run, respect_backoff=False
-            )
-
     async def _revoke(self, request: dict[str, Any]) -> dict[str, Any]:
-        service = self._service
-        spec = service.spec(str(request.get("name")))
+        spec = self._parts().settings.certificate(str(request.get("name")))
         if spec is None:
             return make_answer(False, 1, error=f"no configured certificate {request.get('name')!r}")
         try:
             reason = revocation_code(request.get("reason"))
         except ValueError as error:
             raise OperationError(f"--reason: {error}") from None
-        async with service.lock_for(spec.name), service.gate.use() as parts:
-            # The parts borrowed for the whole revocation (a reload may swap them meanwhile).
-            spec = parts.settings.certificate(spec.name) or spec
-            outcome = await parts.manager.revoke(
-                spec, reason=reason, remove=bool(request.get("remove"))
-            )
-            service.record(outcome)
-        if outcome.action is not Action.REMOVED:
-            service.schedule(spec.name, service.next_check(spec, outcome))
+        outcome = await self._renewals.revoke(
+            spec, reason=reason, remove=bool(request.get("remove"))
+        )
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
 
     async def _remove_orphan(self, request: dict[str, Any]) -> dict[str, Any]:
         """``revoke NAME --remove`` for a name the configuration no longer has."""
-        service = self._service
         name = str(request.get("name"))
-        async with service.lock_for(name):
-            # Under the lock: a reload may have configured the name again meanwhile.
-            orphan = orphans.find(service.manager.inventory, service.settings, name)
-            if orphan is None:
-                return make_answer(
-                    False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
-                )
-            try:
-                reason = revocation_code(request.get("reason"))
-            except ValueError as error:
-                raise OperationError(f"--reason: {error}") from None
-            outcome = await orphans.remove(service.manager, orphan, service.settings, reason=reason)
-        left = service.manager.inventory.orphans(s.name for s in service.settings.certificates)
-        service.metrics.set_not_configured(len(left))
+        # Parsed by the loop once the name is known to be an orphan (as `_revoke` parses it).
+        outcome = await self._renewals.remove_orphan(name, request.get("reason"))
+        if outcome is None:
+            return make_answer(
+                False, 1, error=f"{name!r} is configured, or has no file in the certs directory"
+            )
         return make_answer(outcome.ok, 0 if outcome.ok else 1, results=[outcome.to_json()])
 
     def _status(self) -> dict[str, Any]:
         """``status`` as this process sees it (asked when the config file does not load)."""
-        service = self._service
         now = utc_now()
-        records = [status_record(status, now) for status in service.statuses()]
+        records = [status_record(status, now) for status in self._statuses()]
         answer = make_answer(True, 0, results=records)
-        answer["not_configured"] = orphan_records(service.manager.inventory, service.settings)
+        parts = self._parts()
+        answer["not_configured"] = orphan_records(parts.manager.inventory, parts.settings)
         return answer
 
     def _settings(self) -> dict[str, Any]:
         """What this process's work follows (`config.work_fingerprint`), so that a one-shot
         with other settings is not done here as if it had these."""
         answer = make_answer(True, 0)
-        answer["work"] = work_fingerprint(self._service.settings)
+        answer["work"] = work_fingerprint(self._parts().settings)
         return answer

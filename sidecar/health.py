@@ -8,7 +8,7 @@ deadline for reading the request and for writing the answer, and a cap on simult
 connections, per source and in all, so a slow or hostile client cannot pin the service's event
 loop or memory. The cap never refuses a newcomer: when it is reached, the connection idle the
 longest (no whole request yet, or its answer written) is closed instead
-(``ca_client.challenges._limits``, shared with the challenge responders), so a pile of idle local
+(``ca_client.challenges.serving``, shared with the challenge responders), so a pile of idle local
 sockets cannot make ``healthcheck`` fail. A client given up on (evicted, or not reading its answer
 within ``WRITE_TIMEOUT``) is reset (``SO_LINGER`` 0), not closed: a close would leave the unsent
 answer in the kernel's send queue until TCP gives up, minutes later.
@@ -29,10 +29,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from ca_client.challenges import _http
-from ca_client.challenges._http import HeadNotRead, HttpRequest, HttpRequestError, read_request_head
-from ca_client.challenges._limits import ConnectionLimits, Slot
-from ca_client.challenges._listen import dual_stack_socket, normalize_host, reset
+from ca_client.challenges import serving
+from ca_client.challenges.serving import (
+    ConnectionLimits,
+    HeadNotRead,
+    HttpRequest,
+    HttpRequestError,
+    Slot,
+    dual_stack_socket,
+    normalize_host,
+    read_request_head,
+    reset_connection,
+)
 from ca_client.lifecycle import StartStop
 from sidecar.errors import OperationError, one_line, os_error_text
 from sidecar.metrics import (
@@ -116,7 +124,7 @@ def parse_request_head(head: bytes) -> HttpRequest:
 
     Only origin-form targets (``/path?query``): a probe never needs the absolute form.
     """
-    return _http.parse_request_head(head, max_headers=MAX_HEADERS)
+    return serving.parse_request_head(head, max_headers=MAX_HEADERS)
 
 
 def readyz_body(snapshot: HealthSnapshot, now: datetime) -> tuple[bool, dict[str, Any]]:
@@ -287,7 +295,7 @@ class HealthServer(StartStop):
         # When full, the connection idle the longest is reset to make room: its pending read then
         # sees end-of-stream and its handler returns.
         slot = self._limits.admit(
-            writer.get_extra_info("peername"), lambda: reset(writer.transport)
+            writer.get_extra_info("peername"), lambda: reset_connection(writer.transport)
         )
         self._connections[task] = writer
         finished = False
@@ -307,7 +315,7 @@ class HealthServer(StartStop):
             else:
                 # Given up on (stalled, gone, or shutting down): drop what the kernel still
                 # holds for it rather than leave it in the send queue.
-                reset(writer.transport)
+                reset_connection(writer.transport)
 
     def _alive(self) -> tuple[bool, str | None]:
         if self._liveness is not None:

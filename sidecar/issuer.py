@@ -27,7 +27,7 @@ from ca_client.keys import KeyType, PrivateKey, generate_private_key
 from ca_client.models import ExternalAccountBinding, Identifier, IssuedCertificate, RenewalInfo
 from ca_client.renewal_info import certificate_id
 from sidecar import metrics, storage
-from sidecar.errors import OperationError, one_line
+from sidecar.errors import OperationError, error_kind, one_line
 from sidecar.logs import get_logger
 from sidecar.trust import build_ssl_context
 
@@ -58,7 +58,7 @@ class IssuerError(OperationError):
         self.problem_type = problem_type if isinstance(problem_type, str) else None
         retry_after = getattr(error, "retry_after", None)
         self.retry_after = float(retry_after) if isinstance(retry_after, int | float) else None
-        self.kind: metrics.ErrorKind = metrics.error_kind(error)
+        self.kind: metrics.ErrorKind = error_kind(error)
 
 
 class SolverSource(Protocol):

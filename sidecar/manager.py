@@ -40,12 +40,11 @@ from ca_client.models import IssuedCertificate
 from sidecar import pem, policy, storage
 from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer
-from sidecar.errors import SidecarError, error_text, with_hint
+from sidecar.errors import SidecarError, error_kind, error_text, with_hint
 from sidecar.haproxy import HAProxyError
 from sidecar.inventory import CertView, Inventory
 from sidecar.issuer import Issuer, IssuerError
 from sidecar.logs import get_logger
-from sidecar.metrics import error_kind
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.placeholder import make_placeholder
 
@@ -166,14 +165,6 @@ class Manager:
         """Drop the ACME client, so the next order rebuilds trust from the CA bundle."""
         await self.issuer.reset()
 
-    @property
-    def last_ca_error(self) -> str | None:
-        return self.issuer.last_error
-
-    @property
-    def clock_skew(self) -> float | None:
-        return self.issuer.clock_skew
-
     def pem_path(self, name: str) -> Path:
         return self.inventory.pem_path(name)
 
@@ -198,13 +189,37 @@ class Manager:
         try:
             async with self.store.lock(spec.name, timeout=timeout, holder=self.holder):
                 try:
-                    return await self._ensure_locked(spec, bound, force, dry_run, respect_backoff)
+                    outcome = await self._ensure_locked(
+                        spec, bound, force, dry_run, respect_backoff
+                    )
                 except Exception as error:  # a bug, or an answer no layer expected
                     bound.exception("cert_check_crashed")
-                    return self.crashed(spec, error, record=not dry_run)
+                    outcome = self._crashed(spec, error, record=not dry_run)
         except storage.LockTimeout as error:
             bound.warning("cert_lock_timeout", error=error_text(error))
-            return Outcome.failed(spec.name, error_text(error))
+            outcome = Outcome.failed(spec.name, error_text(error))
+        return self._finished(spec, outcome)
+
+    def _finished(self, spec: CertificateSpec, outcome: Outcome) -> Outcome:
+        """``outcome`` with what the renewal loop needs after it (issue 18, item 4), so that
+        the loop reads nothing back: the CA's state as the issuer last saw it, and the
+        certificate on disk as the inventory sees it now (after an issuance, the new one;
+        the inventory was told what was written, so this reads no PEM again)."""
+        now = self.now()
+        try:
+            view: CertView | None = self.inspect(spec, now)
+        except Exception:  # a bug must not leave the certificate without a next check
+            log.exception("cert_schedule_inspect_failed", cert=spec.name)
+            view = None
+        facts = view.facts if view is not None else None
+        real = facts is not None and not facts.is_placeholder
+        return replace(
+            outcome,
+            ca_error=self.issuer.last_error,
+            clock_skew=self.issuer.clock_skew,
+            next_renewal=view.next_renewal if view is not None else None,
+            lifetime=facts.not_after - facts.not_before if facts is not None and real else None,
+        )
 
     async def ensure_all(
         self, specs: Sequence[CertificateSpec], *, force: bool = False, dry_run: bool = False
@@ -384,6 +399,9 @@ class Manager:
         """A check that failed outside the steps that expect failures (a bug): backed off and
         recorded exactly as a failed order is, so no error, however unexpected, makes the
         schedule retry sooner than the backoff (issue 17, finding 3)."""
+        return self._finished(spec, self._crashed(spec, error, record=record))
+
+    def _crashed(self, spec: CertificateSpec, error: BaseException, *, record: bool) -> Outcome:
         bound = log.bind(cert=spec.name)
         meta, not_after = storage.CertMeta(), None
         try:
@@ -571,9 +589,10 @@ class Manager:
         bound = log.bind(cert=spec.name)
         try:
             async with self.store.lock(spec.name, timeout=LOCK_WAIT, holder=self.holder):
-                return await self._revoke_locked(spec, reason, remove, bound)
+                outcome = await self._revoke_locked(spec, reason, remove, bound)
         except storage.LockTimeout as error:
-            return Outcome.failed(spec.name, error_text(error))
+            outcome = Outcome.failed(spec.name, error_text(error))
+        return self._finished(spec, outcome)
 
     async def _revoke_locked(
         self, spec: CertificateSpec, reason: int | None, remove: bool, bound: BoundLogger

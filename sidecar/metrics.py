@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from sidecar import __version__
+from sidecar.errors import ERROR_KINDS, ErrorKind
 
 if TYPE_CHECKING:
     from sidecar.pem import CertFacts
@@ -41,7 +42,6 @@ __all__ = [
     "Metrics",
     "certificate_problems",
     "certificate_state",
-    "error_kind",
     "escape_label_value",
     "readiness",
     "render",
@@ -62,17 +62,6 @@ _PREFIX = "cert_sidecar_"
 
 RenewalResult = Literal["success", "failure"]
 
-# Why the last attempt to obtain a certificate failed, as a label: a small fixed set, never the
-# error's text (which carries URLs and the CA's detail, and would make a new series per message).
-ErrorKind = Literal["ca_unreachable", "challenge_failed", "rate_limited", "rejected", "other"]
-ERROR_KINDS: tuple[ErrorKind, ...] = (
-    "ca_unreachable",
-    "challenge_failed",
-    "rate_limited",
-    "rejected",
-    "other",
-)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertStatus:
@@ -84,8 +73,8 @@ class CertStatus:
     the result of the last check that HAProxy serves this certificate (runtime API or
     handshake), ``None`` when nothing was checked. ``last_failure`` is when an attempt to
     obtain it last failed; ``last_error_kind`` classifies the current ``last_error``
-    (`error_kind`), ``None`` when there is none or it is not known. `status_from_facts` fills
-    ``state``.
+    (`sidecar.errors.error_kind`), ``None`` when there is none or it is not known.
+    `status_from_facts` fills ``state``.
     """
 
     name: str
@@ -167,53 +156,6 @@ def status_from_facts(
         is_placeholder=facts.is_placeholder,
         state=certificate_state(facts.not_after, facts.is_placeholder, now),
     )
-
-
-# --- why an attempt failed ---------------------------------------------------------------------
-
-
-def error_kind(error: BaseException) -> ErrorKind:
-    """The `ErrorKind` of a failed attempt to obtain a certificate, from the error's type.
-
-    ``ca_client.errors`` is imported here, not at the top: the healthcheck never calls this.
-    """
-    from ca_client import errors
-
-    if isinstance(error, errors.OrderFailed):
-        # An order or authorization became invalid: almost always a failed validation; the
-        # CA's problem, when it names a refusal or a rate limit, says more.
-        kind = _problem_kind(error.problem) if error.problem is not None else None
-        return kind if kind in ("rate_limited", "rejected") else "challenge_failed"
-    if isinstance(error, errors.AcmeProblem):
-        return _problem_kind(error)
-    if isinstance(error, errors.TransportError | errors.ACMETimeout):
-        # Not talked to as an ACME server (refused, reset, TLS, not ACME) or not in time.
-        return "ca_unreachable"
-    if isinstance(error, errors.NoSolver):
-        return "challenge_failed"
-    return "other"  # CertificateMismatch, a bad certificate, the disk, a bug: see the log
-
-
-def _problem_kind(problem: Any) -> ErrorKind:
-    from ca_client import errors
-
-    if isinstance(problem, errors.RateLimited):
-        return "rate_limited"
-    if isinstance(
-        problem,
-        errors.IncorrectResponse
-        | errors.ConnectionProblem
-        | errors.DNSProblem
-        | errors.TLSProblem
-        | errors.Unauthorized,
-    ):
-        return "challenge_failed"  # the CA could not validate a challenge (RFC 8555 §8)
-    if isinstance(problem, errors.CompoundProblem) and problem.subproblems:
-        kinds = {_problem_kind(sub) for sub in problem.subproblems}
-        return kinds.pop() if len(kinds) == 1 else "rejected"
-    if isinstance(problem, errors.ServerInternal):
-        return "other"  # the CA answered, broken: neither unreachable nor a refusal
-    return "rejected"  # any other problem: the CA refused the request (policy, CSR, account)
 
 
 # --- readiness ---------------------------------------------------------------------------------

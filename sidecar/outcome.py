@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
@@ -158,6 +158,20 @@ class Outcome:
     deploy: DeploySummary | None = None
     # For /metrics only (a label, never the text); not part of the JSON answer.
     error_kind: ErrorKind | None = None
+    # What the renewal loop needs after the step, carried so that it reads nothing back from
+    # the manager or the issuer (issue 18, item 4). Filled by `Manager` at the end of each
+    # step; not part of the JSON answer, nor of equality (they describe the certificate and
+    # the CA after the step, not what the step did).
+    #: The CA's error of the issuer's last order (None once one succeeded), for
+    #: ``cert_sidecar_ca_reachable``.
+    ca_error: str | None = field(default=None, compare=False)
+    #: This clock minus the CA's ``Date``, in seconds, as the issuer last measured it.
+    clock_skew: float | None = field(default=None, compare=False)
+    #: When the certificate on disk is next due, as the inventory sees it after the step.
+    next_renewal: datetime | None = field(default=None, compare=False)
+    #: The lifetime of the real certificate on disk after the step (None: a placeholder, or
+    #: none), from which the loop's check cadence follows (`policy.check_interval`).
+    lifetime: timedelta | None = field(default=None, compare=False)
 
     @classmethod
     def failed(cls, name: str, error: str, **values: Any) -> Outcome:

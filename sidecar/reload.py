@@ -11,20 +11,18 @@ bundle watch turns to a new ``ca_bundle``; what only a restart changes is logged
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sidecar import watch, wiring
 from sidecar.config import Settings
 from sidecar.errors import SidecarError, error_text
-from sidecar.inventory import utc_now
+from sidecar.gate import SwapGate
 from sidecar.logs import get_logger
 
-if TYPE_CHECKING:
-    from sidecar.service import Service
-
-__all__ = ["ConfigReload"]
+__all__ = ["ConfigReload", "Reloading"]
 
 # The service's logger: these events were always the service's, and stay under its name.
 log = get_logger("sidecar.service")
@@ -33,12 +31,42 @@ log = get_logger("sidecar.service")
 _RESTART_ONLY = ("health_listen", "log_format", "log_level")
 
 
-class ConfigReload:
-    """Applies a changed config file to the running service."""
+class Reloading(Protocol):
+    """Who hears that a reload begins and ends (systemd's RELOADING=1 ... READY=1)."""
 
-    def __init__(self, service: Service, load: Callable[[], Settings] | None) -> None:
-        self._service = service
+    def reloading(self) -> None: ...
+
+    def reloaded(self) -> None: ...
+
+
+class ConfigReload:
+    """Applies a changed config file to the running service.
+
+    ``load`` reads the settings again (None: ``run`` without ``--config``); the parts are built
+    by `wiring.rebuild` (``holder`` names this process on lock files) and swapped in through
+    ``gate`` by ``adopt``; ``follow(old, new)`` then moves what lives outside the parts (the
+    control socket, the bundle watch, the schedule). ``notify`` hears each reload begin and
+    end; the watch ends once ``stopping`` is set.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Settings] | None,
+        *,
+        gate: SwapGate[wiring.Parts],
+        holder: str,
+        adopt: Callable[[wiring.Parts], Awaitable[object]],
+        follow: Callable[[Settings, Settings], Awaitable[None]],
+        notify: Reloading,
+        stopping: asyncio.Event,
+    ) -> None:
         self._load = load
+        self._gate = gate
+        self._holder = holder
+        self._adopt = adopt
+        self._follow_parts = follow
+        self._notify = notify
+        self._stopping = stopping
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +79,7 @@ class ConfigReload:
         # must not trigger reloads.
         async for _changes in watch.awatch(
             path.parent,
-            stop_event=self._service.stopping,
+            stop_event=self._stopping,
             debounce=300,
             recursive=False,
             watch_filter=lambda _change, changed: Path(changed).name == path.name,
@@ -64,13 +92,13 @@ class ConfigReload:
             except SidecarError as error:
                 log.error("config_reload_failed", error=error_text(error))
                 continue
-            if new == self._service.settings:
+            if new == self._gate.current.settings:
                 continue  # touched, not changed
-            self._service.notify.reloading()  # systemd: RELOADING=1 now, READY=1 after
+            self._notify.reloading()  # systemd: RELOADING=1 now, READY=1 after
             try:
                 await self.apply(new)
             finally:
-                self._service.notify.reloaded()
+                self._notify.reloaded()
 
     async def apply(self, new: Settings) -> bool:
         """Replace every part with one built from ``new``; keep the old ones if that fails.
@@ -82,36 +110,24 @@ class ConfigReload:
         that must move (its address or hook changed) makes the swap wait for the checks
         already running, since their orders may be answering a challenge on it.
         """
-        service = self._service
-        old = service.settings
-        async with service.gate.closed():
+        gate = self._gate
+        old = gate.current.settings
+        async with gate.closed():
             if wiring.solvers_change(old, new):
-                await service.gate.wait_idle()
+                await gate.wait_idle()
             try:
-                parts = await wiring.rebuild(service.parts, new, holder=service.holder)
+                parts = await wiring.rebuild(gate.current, new, holder=self._holder)
             except Exception as error:
                 log.error("config_reload_failed", error=error_text(error))
                 return False
-            await service.adopt(parts)
+            await self._adopt(parts)
         old_names = {spec.name for spec in old.certificates}
         new_names = {spec.name for spec in new.certificates}
         removed = sorted(old_names - new_names)
         log.info("config_reloaded", added=sorted(new_names - old_names), removed=removed)
-        await self._follow(old, new)
-        for name in removed:
-            # It stays on disk and loaded: `revoke --remove` is how a certificate goes away.
-            service.unschedule(name)
-        for spec in new.certificates:
-            service.schedule(spec.name, utc_now())
-        return True
-
-    async def _follow(self, old: Settings, new: Settings) -> None:
-        """What lives outside the parts: the control socket, the bundle watch, and what only a
-        restart changes."""
-        if new.state_dir != old.state_dir:
-            await self._service.handoff.move(new.state_dir)
-        if new.ca_bundle != old.ca_bundle:
-            await self._service.bundle.moved()
+        # What lives outside the parts, then what only a restart changes.
+        await self._follow_parts(old, new)
         waiting = [name for name in _RESTART_ONLY if getattr(new, name) != getattr(old, name)]
         if waiting:
             log.warning("config_needs_restart", settings=waiting)
+        return True

@@ -6,7 +6,7 @@ Compose creates containers:
   two certificates and three names (tests/compose/compose.test.yaml);
 - "create-start": `up --no-start`, then `start` (Compose v2 creates every container before it
   starts any), on volumes that already exist, empty and root's (as a stack of an earlier
-  version left them), with the README's "add a name" and "master-cli" overrides (so renewals
+  version left them), with docs/compose.md's "add a name" and "master-cli" overrides (so renewals
   reach HAProxy through its master CLI and a reload).
 
 Each must give every shared volume the owner and mode its writer needs (Docker copies a mount
@@ -42,7 +42,7 @@ FIRST_CERT_DEADLINE = 240.0
 RENEWAL_DEADLINE = 240.0
 
 ORDERS = {
-    # order: (project, README blocks used as overrides (none: the test override), names,
+    # order: (project, documented blocks used as overrides (none: the test override), names,
     #         how cert-sidecar updates HAProxy)
     "up": (
         "cert-sidecar-docker-up",
@@ -78,7 +78,7 @@ def run(
     if not overrides:
         files += ":tests/compose/compose.test.yaml"
     for block in overrides:
-        # The README's recipes, exactly as written there, as compose overrides.
+        # docs/compose.md's recipes, exactly as written there, as compose overrides.
         path = tmp_path_factory.mktemp(order) / f"{block}.yaml"
         path.write_text(readme_block(block))
         files += f":{path}"

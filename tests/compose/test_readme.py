@@ -217,7 +217,7 @@ def test_clean_up_leaves_nothing(quick_start: tuple[Readme, ComposeStack, Served
 def test_podman_first_run(
     stand_in_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """README "Running under podman": the block as written, in a fresh copy of the checkout,
+    """docs/podman.md: the block as written, in a fresh copy of the checkout,
     from the package install to a verified certificate and back to nothing. Adaptations: free
     ports instead of 10443/10080, this checkout's build cache (.cache: the debootstrap tarball
     and step-ca binary, minutes to rebuild), and a project name of its own."""

@@ -77,11 +77,11 @@ async def test_an_order_in_flight_completes_when_the_ca_bundle_rotates(
         service = Service(
             settings, parts=wiring.build(settings, holder="test", solvers={"http-01": held})
         )
-        service.schedule = lambda *_args: None  # type: ignore[method-assign]
+        service.loop.schedule = lambda *_args: None  # type: ignore[method-assign]
         try:
             await service.bundle.look()
             assert service.bundle.ready.is_set()
-            check = asyncio.ensure_future(service.check(loopback.name))
+            check = asyncio.ensure_future(service.loop.check(loopback.name))
             await asyncio.wait_for(held.presented.wait(), DEADLINE)
             bundle.write_text(step_ca.root_pem + trustme.CA().cert_pem.bytes().decode())
             await asyncio.wait_for(service.bundle.look(), DEADLINE)

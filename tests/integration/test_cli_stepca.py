@@ -154,7 +154,8 @@ def test_status_reports_issued_certificate(
     assert int(record["deployed_serial"], 16) == int(serial, 16)
     leaf = _leaf(tmp_path / "certs" / f"{loopback.name}.pem")
     assert datetime.fromisoformat(record["not_after"]) == leaf.not_valid_after_utc
-    # README: renewal once renew_at (0.66) of the lifetime has passed, minus up to 1/20 of it
+    # docs/commands.md: renewal once renew_at (0.66) of the lifetime has passed, minus up to
+    # 1/20 of it
     # (run, status and /metrics agreeing is test_run_stepca's).
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     latest = leaf.not_valid_before_utc + lifetime * 0.66

@@ -3,7 +3,7 @@ HAProxy 2.6.
 
 `run --config FILE` issues two certificates and loads them into HAProxy; the file then loses
 one. Its PEM stays on disk and loaded (run does not unload it by itself), so run warns about it
-(``cert_not_configured``), ``/metrics`` counts it, and the README's "Remove a name" recipe,
+(``cert_not_configured``), ``/metrics`` counts it, and docs/compose.md's "Remove a name" recipe,
 run exactly as written, lists it, removes it through the running sidecar (revoked, unloaded
 from HAProxy, files deleted), and no longer lists it.
 
@@ -30,7 +30,7 @@ from tests.peers.stepca import StepCA, StepCAFactory
 
 pytestmark = [pytest.mark.stepca, pytest.mark.haproxy]
 
-REMOVED = "api.openchami.cluster"  # the name the README recipe removes
+REMOVED = "api.openchami.cluster"  # the name the documented recipe removes
 
 
 def _config(
@@ -62,7 +62,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _recipe() -> list[list[str]]:
-    """The README block's commands, each as argv without the leading `cert-sidecar`."""
+    """The documented block's commands, each as argv without the leading `cert-sidecar`."""
     commands = []
     for line in readme_block("remove-a-name").splitlines():
         words = shlex.split(line, comments=True)

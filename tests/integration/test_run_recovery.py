@@ -1,6 +1,6 @@
 """`cert-sidecar run` recovering what others left behind: an interrupted write's temporary in the
-certs directory, and an HAProxy that restarted after it was serving (README "Files" and "How
-renewal works")."""
+certs directory, and an HAProxy that restarted after it was serving (docs/commands.md "Files"
+and "How renewal works")."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _serial(path: Path) -> int | None:
 
 
 def test_run_removes_leftover_temporaries_when_it_starts(tmp_path: Path) -> None:
-    # README: "Leftover dot-files are removed when `run` starts." No CA is needed: the
+    # docs/commands.md: "Leftover dot-files are removed when `run` starts." No CA is needed: the
     # clean-up comes before the placeholder, long before the (missing) CA bundle matters.
     certs = tmp_path / "certs"
     certs.mkdir()
@@ -69,8 +69,8 @@ def test_an_haproxy_restarted_after_serving_gets_the_certificate_back(
     loopback: LoopbackLease,
     tmp_path: Path,
 ) -> None:
-    """README: "HAProxy is checked to still serve the right serial (a restarted HAProxy gets
-    it back)".
+    """docs/commands.md: "HAProxy is checked to still serve the right serial (a restarted
+    HAProxy gets it back)".
 
     An HAProxy that reads the sidecar's directory at its start would get the certificate
     back by itself, and the test could not tell whether the sidecar did anything. So this

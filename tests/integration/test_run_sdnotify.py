@@ -1,6 +1,6 @@
 """`cert-sidecar run` under a stand-in for systemd's notify socket: a real subprocess, with
 ``NOTIFY_SOCKET`` naming an AF_UNIX datagram socket this test binds, against the real step-ca
-0.19 and HAProxy 2.6 (README, "Under systemd").
+0.19 and HAProxy 2.6 (docs/commands.md, "Under systemd").
 
 What systemd relies on: READY=1 once, and only when HAProxy has a file to load; STATUS lines
 naming the certificate and the serial served; WATCHDOG=1 pings while the process runs, none while

@@ -449,8 +449,8 @@ def test_config_file_change_adds_and_removes_certificates(
 def test_run_status_and_metrics_show_the_same_next_renewal(
     step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
 ) -> None:
-    """README ("How renewal works"): the jitter comes from the serial, so the running service
-    (its /readyz body), `status` (another process) and /metrics all show the same time."""
+    """docs/commands.md ("How renewal works"): the jitter comes from the serial, so the running
+    service (its /readyz body), `status` (another process) and /metrics all show the same time."""
     args = _run_args(step_ca, tmp_path, loopback)
     sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = tmp_path / "certs" / f"{loopback.name}.pem"
@@ -475,7 +475,7 @@ def test_run_status_and_metrics_show_the_same_next_renewal(
     assert from_metrics is not None
     assert abs(from_run - from_status) < 1.0, (from_run, from_status)
     assert abs(from_run - from_metrics) < 1.0, (from_run, from_metrics)
-    # And it is the README's time: renew_at (0.66) of the lifetime, minus up to 1/20 of it.
+    # And it is the documented time: renew_at (0.66) of the lifetime, minus up to 1/20 of it.
     facts = _pem_facts(pem_path)
     assert facts is not None and not facts.is_placeholder
     start, lifetime = facts.not_before.timestamp(), (facts.not_after - facts.not_before)

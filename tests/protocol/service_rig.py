@@ -138,7 +138,7 @@ class Rig:
 
     def service(self, settings: Settings) -> Service:
         service = Service(settings, parts=self.build(settings, holder="run (test)"))
-        service.schedule = self._record  # type: ignore[method-assign]
+        service.loop.schedule = self._record  # type: ignore[method-assign]
         return service
 
     def _record(self, name: str, when: datetime) -> None:

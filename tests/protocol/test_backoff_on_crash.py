@@ -42,7 +42,7 @@ async def _drive(r: Rig, service: Service, span: timedelta) -> int:
     end = r.now() + span
     checks = 0
     while r.now() < end and checks < MAX_CHECKS:
-        await service.check(NAME)
+        await service.loop.check(NAME)
         checks += 1
         (name, when) = r.scheduled[-1]
         assert name == NAME
@@ -117,7 +117,7 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
         monkeypatch.setattr(target, attribute, bug)
         try:
             started = r.now()
-            outcome = await service.check(NAME)
+            outcome = await service.loop.check(NAME)
             assert outcome is not None
             assert outcome.action is Action.FAILED, outcome
             (_, when) = r.scheduled[-1]
@@ -134,7 +134,7 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
             if where != "manager.ensure":
                 # The next check before that time orders nothing: it waits.
                 broken[0] = False
-                again = await service.check(NAME)
+                again = await service.loop.check(NAME)
                 assert again is not None and again.action is Action.WAITING, again
                 assert r.orders() == 0
         finally:

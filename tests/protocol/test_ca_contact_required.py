@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.protocol import test_mutants_manager as managed
+from tests.protocol import test_manager_outcomes as managed
 from tests.protocol.fake_acme import FakeAcme, problem
-from tests.protocol.test_mutants_manager import MakeManager
+from tests.protocol.test_manager_outcomes import MakeManager
 
 pytestmark = pytest.mark.anyio
 

@@ -41,14 +41,14 @@ async def test_a_cancel_mid_commit_holds_the_locks_until_the_writes_are_done(
             real_save(*args, **kwargs)
 
         monkeypatch.setattr(manager.store, "save_issued", slow_save)
-        check = asyncio.ensure_future(service.check(NAME))
+        check = asyncio.ensure_future(service.loop.check(NAME))
         try:
             assert await asyncio.to_thread(entered.wait, EVENT_DEADLINE)
             check.cancel()
             # However long this waits, the check must not end while its thread writes.
             await asyncio.wait({check}, timeout=2.0)
             assert not check.done(), "the check ended while its commit thread was writing"
-            assert service.lock_for(NAME).locked()
+            assert service.loop.lock_for(NAME).locked()
             with pytest.raises(storage.LockTimeout):
                 async with manager.store.lock(NAME, timeout=0.2, holder="probe"):
                     pass
@@ -56,7 +56,7 @@ async def test_a_cancel_mid_commit_holds_the_locks_until_the_writes_are_done(
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(check, EVENT_DEADLINE)
             # The writes it started were finished, and then the locks released.
-            assert not service.lock_for(NAME).locked()
+            assert not service.loop.lock_for(NAME).locked()
             async with manager.store.lock(NAME, timeout=EVENT_DEADLINE, holder="probe"):
                 meta = manager.store.load_meta(NAME)
             pem = (r.workdir / "certs" / f"{NAME}.pem").read_bytes()

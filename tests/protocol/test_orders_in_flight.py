@@ -43,7 +43,7 @@ async def test_an_order_in_flight_completes_across_a_ca_bundle_change(
         await service.bundle.look()  # the bundle is ready: the watch's first look
         assert service.bundle.ready.is_set()
         r.hold.add(SLOW)
-        check = asyncio.ensure_future(service.check(SLOW))
+        check = asyncio.ensure_future(service.loop.check(SLOW))
         try:
             await asyncio.wait_for(r.at_finalize.wait(), EVENT_DEADLINE)
             (in_flight,) = r.transports
@@ -79,10 +79,10 @@ async def test_a_check_due_during_a_reload_does_not_wait_for_an_unrelated_slow_o
         settings = r.settings("--no-placeholder")
         service = r.service(settings)
         await service.bundle.look()
-        first = await service.check(OTHER)
+        first = await service.loop.check(OTHER)
         assert first is not None and first.action is Action.ISSUED, first
         r.hold.add(SLOW)
-        slow = asyncio.ensure_future(service.check(SLOW))
+        slow = asyncio.ensure_future(service.loop.check(SLOW))
         events: list[str] = []
         # The reload pauses while it builds, so that OTHER's check comes due during it.
         building, go_on = asyncio.Event(), asyncio.Event()
@@ -100,7 +100,7 @@ async def test_a_check_due_during_a_reload_does_not_wait_for_an_unrelated_slow_o
             await asyncio.wait_for(r.at_finalize.wait(), EVENT_DEADLINE)
             new = r.settings("--no-placeholder", "--renew-at", "0.5")
             reload = asyncio.ensure_future(service.reload.apply(new))
-            due = asyncio.ensure_future(service.check(OTHER))  # comes due during the reload
+            due = asyncio.ensure_future(service.loop.check(OTHER))  # comes due during the reload
             try:
                 await asyncio.wait_for(building.wait(), EVENT_DEADLINE)
             finally:

@@ -1,5 +1,5 @@
 """`cert-sidecar run`'s service loop, in process, on the in-process fake CA: how often it looks
-at a certificate, and the clock-skew warning (README "How renewal works").
+at a certificate, and the clock-skew warning (docs/commands.md "How renewal works").
 
 The Service gets parts wired to the fake CA (``Service(parts=...)``); everything else is
 the real loop: health server, control socket, CA bundle watch, apscheduler jobs. Waits are tied
@@ -190,9 +190,9 @@ async def test_a_pass_over_many_certificates_reads_at_most_max_concurrent_checks
             return Outcome(spec.name, Action.UNCHANGED, ok=True)
 
         monkeypatch.setattr(service.manager, "ensure", ensure)
-        monkeypatch.setattr(service, "schedule", lambda *_args: None)
+        monkeypatch.setattr(service.loop, "schedule", lambda *_args: None)
         checks = [
-            asyncio.ensure_future(service.check_locked(spec, force=False, dry_run=True))
+            asyncio.ensure_future(service.loop.check_locked(spec, force=False, dry_run=True))
             for _ in range(MAX_CONCURRENT_CHECKS * 3)
         ]
         await running.wait_for("the checks to start", lambda: most >= MAX_CONCURRENT_CHECKS)

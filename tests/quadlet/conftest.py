@@ -7,7 +7,9 @@ tree in tests/quadlet/release/; `QUADLET_TEST_UNIT_DIR` where the RPM's units go
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -23,6 +25,8 @@ from tests.quadlet.host import FQDN, IMAGES, RELEASE, REPO_ROOT, SCRIPTS, SRC, H
 QUADLET_TIMEOUT = 3600
 STAND_IN = REPO_ROOT / "tests" / "quadlet" / "release"
 LOG_DIR = REPO_ROOT / ".cache" / "quadlet" / "logs"
+VENDOR_UNIT_DIR = "/usr/share/containers/systemd"
+ADMIN_UNIT_DIR = "/etc/containers/systemd"
 # Test-only settings, as drop-ins: short-lived certificates so that renewals happen within the
 # test, and a short watchdog so that a hung sidecar is restarted within it.
 TEST_DROP_INS = {
@@ -63,8 +67,9 @@ def release_dir() -> Path:
     return Path(chosen).resolve() if chosen else STAND_IN
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
+@contextlib.contextmanager
+def booted_host(unit_dir: str) -> Iterator[Host]:
+    """A host with the release tree installed as the RPM does, units in `unit_dir`."""
     missing = [tool for tool in ("podman", "debootstrap") if shutil.which(tool) is None]
     require(not missing, f"the quadlet test needs {', '.join(missing)} (scripts/install-deps.sh)")
     require(os.geteuid() == 0, "the quadlet test runs podman as root")
@@ -74,7 +79,6 @@ def host() -> Iterator[Host]:
     )
     _script(str(SCRIPTS / "build-host.sh"))
     archive = Path(_script(str(SCRIPTS / "build-images.sh"), str(release)).strip().splitlines()[-1])
-    unit_dir = os.environ.get("QUADLET_TEST_UNIT_DIR", "/usr/share/containers/systemd")
     name = f"cert-sidecar-quadlet-{uuid.uuid4().hex[:8]}"
     storage = REPO_ROOT / ".cache" / "quadlet" / "storage" / name
     the_host = Host(
@@ -103,3 +107,34 @@ def host() -> Iterator[Host]:
         # The inner podman's storage belongs to root-owned overlay mounts that died with the
         # host; removing it frees gigabytes per run.
         shutil.rmtree(storage, ignore_errors=True)
+
+
+def spec_unit_dir(release: Path) -> str | None:
+    """Where the tree's own openchami.spec installs its quadlet units, when it says."""
+    spec = release / "openchami.spec"
+    if not spec.is_file():
+        return None
+    match = re.search(
+        r"^cp .*systemd/containers/\*\s+%\{buildroot\}(\S+?)/?$", spec.read_text(), re.MULTILINE
+    )
+    return match[1] if match else None
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[Host]:
+    """The RPM's units where QUADLET_TEST_UNIT_DIR says, else where the tree's openchami.spec
+    puts them, else (the stand-in, shaped as the RPM is since v0.2.0) in /usr/share. A real
+    tree goes where its spec says: an older one rewrites its acme.sh units in /etc at install
+    (`-d ${SYSTEM_URL}` is otherwise empty), so it only works there."""
+    unit_dir = (
+        os.environ.get("QUADLET_TEST_UNIT_DIR") or spec_unit_dir(release_dir()) or VENDOR_UNIT_DIR
+    )
+    with booted_host(unit_dir) as the_host:
+        yield the_host
+
+
+@pytest.fixture(scope="module")
+def host_units_in_etc() -> Iterator[Host]:
+    """The RPM before v0.2.0: its units in /etc/containers/systemd, beside cert-sidecar's."""
+    with booted_host(ADMIN_UNIT_DIR) as the_host:
+        yield the_host

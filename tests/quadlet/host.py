@@ -25,7 +25,7 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "quadlet"
 # Where the test mounts things inside the host.
-SRC = "/src"  # this checkout, read-only: the README's commands run from here
+SRC = "/src"  # this checkout, read-only: the documented commands run from here
 RELEASE = "/release"  # the OpenCHAMI/release tree under test, read-only
 IMAGES = "/images"  # the image archive
 

@@ -3,8 +3,9 @@
 One host, booted once, goes through what an operator does, in order (each test builds on the
 state the one before left):
 
-1. install cert-sidecar with the README's commands on a fresh RPM install, then start HAProxy:
-   the time from `systemctl start haproxy.service` to a verified certificate for SYSTEM_URL;
+1. install cert-sidecar with docs/openchami-rpm.md's commands on a fresh RPM install, then
+   start HAProxy: the time from `systemctl start haproxy.service` to a verified certificate
+   for SYSTEM_URL;
 2. a renewal is hot-loaded: HAProxy's container and PID stay the same;
 3. `systemctl restart cert-sidecar` and a step-ca restart are both survived;
 4. a hung sidecar (its process stopped) is restarted by systemd's watchdog;
@@ -45,7 +46,7 @@ facts: dict[str, object] = {}
 
 
 def run_readme(host: Host, block: str, *, check: bool = True) -> str:
-    """A README block, exactly as written, from the checkout's root inside the host."""
+    """A marked block of the documentation, as written, from the checkout's root inside the host."""
     script = readme_block(block)
     result = host.sh(f"cd {SRC} && set -e\n{script}", check=check, timeout=900)
     return result.stdout + result.stderr
@@ -230,6 +231,7 @@ class TestReleaseRpm:
 
     def test_5_an_fqdn_change_re_issues_for_the_new_name(self, host: Host) -> None:
         haproxy_pid = host.container_pid("haproxy")
+        host.sh("cp -p /etc/openchami/configs/openchami.env /run/quadlet-test/openchami.env")
         host.sh(
             f"openchami-certificate-update update {NEW_FQDN}"
             " && systemctl restart cert-sidecar.service"
@@ -241,9 +243,13 @@ class TestReleaseRpm:
         )
         assert got.serial
         assert host.container_pid("haproxy") == haproxy_pid
-        # And back, so the acme.sh path below issues for the host's own name again.
+        # And back, so the acme.sh path below issues for the host's own name again. The script
+        # rewrites more lines than it read (URLs lose their trailing slash): the file is put back
+        # as it was, so that the uninstall below is compared with the state before the install.
+        host.sh(f"openchami-certificate-update update {FQDN}")
         host.sh(
-            f"openchami-certificate-update update {FQDN} && systemctl restart cert-sidecar.service"
+            "cp /run/quadlet-test/openchami.env /etc/openchami/configs/openchami.env"
+            " && systemctl restart cert-sidecar.service"
         )
         wait_for(
             f"a certificate for {FQDN} again",

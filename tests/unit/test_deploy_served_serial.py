@@ -1,4 +1,4 @@
-"""A hot update counts only when HAProxy then reports the new serial (README: "Success is
+"""A hot update counts only when HAProxy then reports the new serial (docs/commands.md: "Success is
 confirmed by `show ssl cert <file>` showing the new serial").
 
 A real HAProxy reports what it committed, so the failure needs a stand-in: a small runtime-API

@@ -704,8 +704,13 @@ async def _first_answer(
 
 
 def _both_framings(answer: bytes) -> bool:
-    head = answer.split(b"\r\n\r\n", 1)[0].lower()
-    return b"content-length:" in head and b"transfer-encoding:" in head
+    # Any head of the answer: a final head may follow 1xx interim heads.
+    return any(
+        block.startswith(b"http/")
+        and b"content-length:" in block
+        and b"transfer-encoding:" in block
+        for block in answer.lower().split(b"\r\n\r\n")
+    )
 
 
 @settings(

@@ -1,10 +1,10 @@
-"""README "Commands": "A per-certificate lock in the state directory keeps two processes from
+"""docs/commands.md: "A per-certificate lock in the state directory keeps two processes from
 ordering the same certificate; a one-shot that cannot get it within 60 s exits 1 naming the
 holder."
 
 The 60 s is not a setting, and a test that waits a minute is too slow for CI: the one-shot runs
 in process here with `sidecar.manager.LOCK_WAIT` shortened, against a lock held by another
-process, and the default is checked to be the 60 s the README states.
+process, and the default is checked to be the 60 s the documentation states.
 """
 
 from __future__ import annotations

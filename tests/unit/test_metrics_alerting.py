@@ -17,15 +17,8 @@ import pytest
 from ca_client import errors
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.metrics import (
-    ERROR_KINDS,
-    CertStatus,
-    ErrorKind,
-    Metrics,
-    error_kind,
-    render,
-    status_from_facts,
-)
+from sidecar.errors import ERROR_KINDS, ErrorKind, error_kind
+from sidecar.metrics import CertStatus, Metrics, render, status_from_facts
 from sidecar.outcome import Action, DeploySummary, Outcome
 from sidecar.service import Service
 
@@ -312,7 +305,7 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
     assert of(text, "cert_sidecar_haproxy_up") == {}
     assert set(of(text, "cert_sidecar_haproxy_deploys_total").values()) == {"0"}
 
-    service.record(
+    service.loop.record(
         _deploy_outcome(
             {"address": "unix:/run/haproxy/admin.sock", "ok": False, "reachable": False},
             {"address": "tcp:127.0.0.1:9999", "ok": True, "reachable": True},
@@ -330,7 +323,7 @@ def test_a_deploy_records_each_socket_under_its_configured_name(tmp_path: Path) 
 
     # HAProxy answered but the deploy failed (another serial): reachability is not changed by
     # it; the next check of HAProxy says.
-    service.record(
+    service.loop.record(
         _deploy_outcome(
             {"address": "unix:/run/haproxy/admin.sock", "ok": True, "reachable": True},
             {"address": "tcp:127.0.0.1:9999", "ok": False, "reachable": True},

@@ -1,4 +1,4 @@
-"""The README's "Settings in a TOML file" recipe for compose (issue 16, item 10), as written:
+"""docs/compose.md's "Settings in a TOML file" recipe for compose (issue 16, item 10), as written:
 the override mounts the file's directory where CERT_SIDECAR_CONFIG points, and the documented
 file, under compose.yaml's own environment, is what `check-config` then shows."""
 
@@ -13,17 +13,10 @@ from pathlib import Path
 
 import trustme
 
+from tests.compose.readme import readme_block
+
 REPO = Path(__file__).resolve().parents[2]
-_BLOCK = re.compile(
-    r"^<!-- test: (?P<name>[\w-]+) -->\n+```\w*\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL
-)
 _DEFAULT = re.compile(r"\$\{\w+:-([^}]*)\}")
-
-
-def _readme_block(name: str) -> str:
-    blocks = {m["name"]: m["body"] for m in _BLOCK.finditer((REPO / "README.md").read_text())}
-    assert name in blocks, f"README.md has no block marked <!-- test: {name} -->"
-    return blocks[name]
 
 
 def _compose_environment() -> dict[str, str]:
@@ -51,12 +44,12 @@ def _check_config(env: dict[str, str]) -> dict[str, object]:
 
 
 def test_the_documented_toml_file_is_what_check_config_shows(tmp_path: Path) -> None:
-    override = _readme_block("compose-toml-override")
+    override = readme_block("compose-toml-override")
     (config_path,) = re.findall(r"CERT_SIDECAR_CONFIG: (\S+)", override)
     (host_dir, mounted, mode) = re.findall(r"- (\./[\w-]+):(\S+):(\w+)", override)[0]
     # The directory is mounted (an editor's rename reaches the container), read-only.
     assert Path(config_path).parent == Path(mounted) and mode == "ro"
-    documented = _readme_block("compose-toml")
+    documented = readme_block("compose-toml")
     config = tmp_path / host_dir / Path(config_path).name
     config.parent.mkdir()
     config.write_text(documented)

@@ -38,7 +38,10 @@ def test_license_is_the_apache_2_text_pyproject_names() -> None:
 
 
 def test_files_the_readme_asks_users_to_create_are_ignored() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
+    # The README and the pages of docs/ it sends readers to (docs/compose.md: the override).
+    readme = "".join(
+        p.read_text() for p in [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md")]
+    )
     patterns = {
         line.strip()
         for line in (REPO_ROOT / ".gitignore").read_text().splitlines()
@@ -114,8 +117,18 @@ def test_every_upstream_image_is_pinned_to_a_version() -> None:
 
 def test_compose_leaves_the_log_format_to_the_reader() -> None:
     """No forced JSON: unset, the sidecar picks console for a terminal and JSON otherwise; a
-    person reading `docker compose logs` sets CERT_SIDECAR_LOG_FORMAT=console (README, Logs)."""
+    person reading `docker compose logs` sets CERT_SIDECAR_LOG_FORMAT=console (docs/operations.md,
+    Logs)."""
     compose = (REPO_ROOT / "compose.yaml").read_text()
     (value,) = re.findall(r"^      CERT_SIDECAR_LOG_FORMAT: (.*)$", compose, re.MULTILINE)
     assert value == "${CERT_SIDECAR_LOG_FORMAT:-}"
-    assert "export CERT_SIDECAR_LOG_FORMAT=console" in (REPO_ROOT / "README.md").read_text()
+    operations = (REPO_ROOT / "docs" / "operations.md").read_text()
+    assert "export CERT_SIDECAR_LOG_FORMAT=console" in operations
+
+
+def test_test_files_are_named_for_what_they_guard() -> None:
+    """A test file's name says what it checks, not how the gap was found (issue 18): the
+    `test_mutants_*.py` files were renamed, and the mutation report names them as they are."""
+    tests = REPO_ROOT / "tests"
+    origin_named = sorted(str(path.relative_to(tests)) for path in tests.rglob("test_mutants_*"))
+    assert origin_named == []

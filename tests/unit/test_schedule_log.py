@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from structlog.testing import capture_logs
 
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
-from sidecar.inventory import utc_now
+from sidecar.inventory import CertView, utc_now
 from sidecar.outcome import Action, Outcome
 from sidecar.service import Service
 
@@ -46,6 +47,14 @@ def _service(tmp_path: Path) -> Service:
     return Service(load_settings(build_parser().parse_args(flags), {}))
 
 
+def _seen(outcome: Outcome, view: CertView) -> Outcome:
+    """``outcome`` as the manager hands it to the loop: with the certificate's renewal time and
+    lifetime (issue 18, item 4: the loop reads nothing back)."""
+    assert view.facts is not None
+    lifetime = view.facts.not_after - view.facts.not_before
+    return replace(outcome, next_renewal=view.next_renewal, lifetime=lifetime)
+
+
 def _scheduled(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == "cert_renewal_scheduled"]
 
@@ -53,12 +62,12 @@ def _scheduled(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str,
 def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     service = _service(tmp_path)
     spec = service.settings.certificates[0]
-    unchanged = Outcome(spec.name, Action.UNCHANGED, ok=True)
     view = service.manager.inspect(spec)
+    unchanged = _seen(Outcome(spec.name, Action.UNCHANGED, ok=True), view)
     assert view.due is None and view.next_renewal is not None
     with capture_logs() as logs:
         for _ in range(5):
-            next_check = service.next_check(spec, unchanged)
+            next_check = service.loop.next_check(spec, unchanged)
     [line] = _scheduled(logs)
     # The renewal time is what is logged; the next look (much sooner) rides along.
     assert line["at"] == view.next_renewal.isoformat()
@@ -66,9 +75,11 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     assert next_check < view.next_renewal
 
     # The same time for another reason is another schedule.
-    same_time = Outcome(spec.name, Action.FAILED, ok=False, next_retry_at=view.next_renewal)
+    same_time = _seen(
+        Outcome(spec.name, Action.FAILED, ok=False, next_retry_at=view.next_renewal), view
+    )
     with capture_logs() as logs:
-        service.next_check(spec, same_time)
+        service.loop.next_check(spec, same_time)
     assert [(e["reason"], e["at"]) for e in _scheduled(logs)] == [
         ("retry", view.next_renewal.isoformat())
     ]
@@ -76,17 +87,17 @@ def test_a_schedule_is_logged_once_until_it_moves(tmp_path: Path) -> None:
     retry_at = utc_now() + timedelta(minutes=2)
     failed = Outcome(spec.name, Action.FAILED, ok=False, error="CA down", next_retry_at=retry_at)
     with capture_logs() as logs:
-        service.next_check(spec, failed)  # another reason: logged
-        service.next_check(spec, failed)  # the same retry: not again
+        service.loop.next_check(spec, failed)  # another reason: logged
+        service.loop.next_check(spec, failed)  # the same retry: not again
         moved = Outcome(
             spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(milliseconds=500)
         )
-        service.next_check(spec, moved)  # within a second: the same schedule
+        service.loop.next_check(spec, moved)  # within a second: the same schedule
         later = Outcome(
             spec.name, Action.FAILED, ok=False, next_retry_at=retry_at + timedelta(seconds=5)
         )
-        service.next_check(spec, later)  # moved: logged
-        service.next_check(spec, unchanged)  # back to the renewal time: logged
+        service.loop.next_check(spec, later)  # moved: logged
+        service.loop.next_check(spec, unchanged)  # back to the renewal time: logged
     assert [(e["reason"], e["at"]) for e in _scheduled(logs)] == [
         ("retry", retry_at.isoformat()),
         ("retry", (retry_at + timedelta(seconds=5)).isoformat()),

@@ -10,7 +10,9 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ONE_SHOT_SUFFIXES = ("-init", "-migrate", "-gen-jwks")
+# The release tree's one-shot units, by host name. Not by suffix: cloud-init-server's host name
+# is "cloud-init", a long-running service.
+ONE_SHOTS = frozenset({"smd-init", "bss-init", "hydra-migrate", "hydra-gen-jwks"})
 # opaal-idp, opaal, configurator, hydra (public), cloud-init, bss, smd, postgres.
 PORTS = (3332, 3333, 3334, 4444, 27777, 27778, 27779, 5432)
 NAME = socket.gethostname()
@@ -32,7 +34,7 @@ class Answer(BaseHTTPRequestHandler):
 
 
 def main() -> int:
-    if NAME.endswith(ONE_SHOT_SUFFIXES):
+    if NAME in ONE_SHOTS:
         print(f"stub {NAME}: one-shot, done", flush=True)
         return 0
     servers = []

@@ -212,7 +212,7 @@ async def test_an_issuance_writes_the_pem_records_success_and_says_so(
     assert issued["not_after"] == facts.not_after.isoformat()
     assert issued["order_url"] == meta.order_url and issued["reason"] == "missing"
     # (The old `last_ca_success` was never read; its heir `Issuer.last_success` is gone.)
-    assert manager.last_ca_error is None
+    assert outcome.ca_error is None
 
 
 def _record_commits(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[tuple[str, str]]:
@@ -385,7 +385,7 @@ async def test_a_failure_is_recorded_with_its_backoff(
     assert failed["error"] == outcome.error and failed["failures"] == 1
     assert failed["next_retry_at"] == (clock.now + delay).isoformat()
     assert failed["error_type"] == "Malformed"
-    assert manager.last_ca_error == outcome.error
+    assert outcome.ca_error == outcome.error
     assert "no such thing" in outcome.error
 
 
@@ -1324,7 +1324,7 @@ async def test_a_fresh_manager_knows_nothing_of_the_ca_yet(
     make_manager: MakeManager, tmp_path: Path
 ) -> None:
     manager = make_manager()
-    assert (manager.last_ca_error, manager.clock_skew) == (None, None)
+    assert (manager.issuer.last_error, manager.issuer.clock_skew) == (None, None)
     reader = wiring.inventory(
         replace(manager.settings, state_dir=tmp_path / "elsewhere"), create_state=False
     )
@@ -1340,8 +1340,34 @@ async def test_the_cas_clock_skew_is_remembered(
     manager = make_manager()
     use_ca(manager, skewed)
     (spec,) = manager.settings.certificates
-    await manager.ensure(spec)
-    assert manager.clock_skew is not None and abs(manager.clock_skew - 600) < 30
+    outcome = await manager.ensure(spec)
+    assert outcome.clock_skew is not None and abs(outcome.clock_skew - 600) < 30
+
+
+async def test_each_outcome_says_when_the_certificate_is_next_due(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the renewal loop schedules by (issue 18, item 4): the certificate on disk after the
+    # step, not before it.
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    issued = await manager.ensure(spec)
+    view = manager.inspect(spec)
+    assert view.facts is not None and issued.serial == view.facts.serial_hex
+    assert issued.next_renewal == view.next_renewal is not None
+    assert issued.lifetime == view.facts.not_after - view.facts.not_before
+    unchanged = await manager.ensure(spec)
+    assert (unchanged.next_renewal, unchanged.lifetime) == (issued.next_renewal, issued.lifetime)
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(manager, "inspect", broken)
+    with capture_logs() as logs:
+        blind = await manager.ensure(spec)  # a crash, backed off as any failure
+    # Not knowing when it is due is no reason to lose the outcome: the loop rechecks soon.
+    assert blind.action == "failed" and (blind.next_renewal, blind.lifetime) == (None, None)
+    assert [e["cert"] for e in events(logs, "cert_schedule_inspect_failed")] == [NAME]
 
 
 async def test_each_order_may_take_a_quarter_of_the_time_left(

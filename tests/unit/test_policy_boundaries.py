@@ -104,7 +104,7 @@ def test_names_differing_only_in_a_trailing_letter_are_different_names():
 
 # -- Inventory.inspect passes every option on to the policy -----------------------------------
 # (policy.due_reason_for_pem is gone since issue 10; the read that runs is Inventory.inspect.
-# ``force`` is the manager's business now: see test_mutants_manager.py.)
+# ``force`` is the manager's business now: see tests/protocol/test_manager_outcomes.py.)
 
 
 def _deployed(lifetime: timedelta) -> bytes:
