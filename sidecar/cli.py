@@ -3,11 +3,13 @@
 Exit codes (CONTRACT.md, "Commands"): 0 success; 1 the CA, HAProxy or the disk failed
 (``OperationError``, ``ca_client.errors.AcmeError``) or an unexpected error; 2 a usage or
 configuration error (argparse, ``ConfigError``), found before any network I/O; 130 interrupted.
-Every failure is one line on stderr; a traceback only with ``--log-level debug``.
+Every failure is one line on stderr; a traceback only with ``--log-level debug``. A command's
+start-up checks (``preflight.STARTUP_CHECKS``) run here, once, before the command is imported.
 
 Start-up time matters for the one-shot commands, so this module imports only the standard
-library and ``sidecar.config``; the command implementations (httpx, cryptography, structlog)
-are imported when a command runs, and ``check-config`` never imports them.
+library, ``sidecar.config`` and ``sidecar.preflight``; the command implementations (httpx,
+cryptography, structlog) are imported when a command runs, and ``check-config`` never imports
+them.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
-from sidecar import __version__
+from sidecar import __version__, preflight
 from sidecar.config import (
     Settings,
     add_setting_arguments,
-    check_ca_bundle,
-    check_directories,
     describe,
     load_settings,
     locate_running_sidecar,
@@ -51,9 +51,6 @@ _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
         "healthcheck": ("sidecar.health", "cmd_healthcheck"),
     }
 )
-# What each command checks on disk before it starts (``run`` waits for the CA bundle instead).
-_NEEDS_BUNDLE: Final = frozenset({"issue", "renew", "revoke", "check-config"})
-_NEEDS_DIRECTORIES: Final = frozenset({"run", "issue", "renew", "revoke", "check-config"})
 # The settings a command's --help lists, where it uses only a few (by argparse dest); every
 # settings flag is accepted by every command, so that one flag list serves them all.
 _SHOWN_SETTINGS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
@@ -212,10 +209,9 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
             validate_certificate_name(args.name)
         except ValueError as exc:
             raise ConfigError("NAME", str(exc)) from None
-    if args.command in _NEEDS_BUNDLE:
-        check_ca_bundle(settings)
-    if args.command in _NEEDS_DIRECTORIES:
-        check_directories(settings)
+    # What each command checks before it starts is preflight.STARTUP_CHECKS; the commands
+    # themselves check nothing again.
+    preflight.run_startup_checks(args.command, settings)
     if args.command == "check-config":
         # Nothing here logs, so structlog is not even imported: check-config stays fast.
         sys.stdout.write(describe(settings))

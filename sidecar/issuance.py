@@ -13,25 +13,17 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from sidecar import ca_probe, orphans, preflight, wiring
+from sidecar import ca_probe, orphans, wiring
 from sidecar.config import WORK_FIELDS, CertificateSpec, Settings, work_fingerprint, work_label
 from sidecar.control import outcome_from_json, request
 from sidecar.errors import ConfigError, OperationError
 from sidecar.outcome import Outcome, revocation_code
-from sidecar.trust import load_ca_bundle
 
 # A renewal pass handed to a running sidecar may include slow orders (a DNS hook waiting for
 # propagation, a CA under load); the sidecar bounds each order itself.
 HANDOFF_TIMEOUT = 900.0
 # The running sidecar answers what its settings are from memory.
 SETTINGS_TIMEOUT = 30.0
-
-
-def _check_before_network(settings: Settings) -> None:
-    """Everything that is wrong before any network I/O is a configuration error (exit 2)."""
-    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
-    # Settings without certificates never get here: load_settings refuses them (exit 2).
-    preflight.check(settings)
 
 
 def _refuse_other_settings(settings: Settings, running: dict[str, Any], command: str) -> None:
@@ -97,7 +89,6 @@ def _exit_code(outcomes: list[Outcome]) -> int:
 
 
 async def _pass(settings: Settings, command: str, *, force: bool, dry_run: bool) -> int:
-    _check_before_network(settings)
     handed = await _hand_off(settings, {"command": command, "force": force, "dry_run": dry_run})
     if handed is not None:
         return handed
@@ -143,7 +134,6 @@ async def _remove_orphan(settings: Settings, name: str, reason: str | None) -> i
             f"no certificate named {name!r}: not configured (configured: {known}) and no "
             f"{inventory.pem_path(name)}"
         )
-    preflight.check(settings)
     # A placeholder needs no CA; a real certificate's revocation names the CA if it fails.
     payload = {"command": "remove-orphan", "name": name, "reason": reason}
     handed = await _hand_off(settings, payload, probe_ca=False)
@@ -167,11 +157,9 @@ async def cmd_revoke(
         reason_code = revocation_code(reason)
     except ValueError as error:
         raise OperationError(f"--reason: {error}") from None
-    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
     if settings.certificate(name) is None and remove:
         return await _remove_orphan(settings, name, reason)
     spec = find_spec(settings, name)
-    preflight.check(settings)
     handed = await _hand_off(
         settings, {"command": "revoke", "name": name, "reason": reason, "remove": remove}
     )

@@ -1,11 +1,19 @@
-"""Start-up checks that cert-sidecar can write where it must, with the fix in the message.
+"""Start-up checks, and the one table of which command runs which (`STARTUP_CHECKS`).
 
-A non-root sidecar in a compose stack meets volumes that something else made: OpenCHAMI's
-quickstart had acme.sh (root) write the ``haproxy-certs`` volume, and HAProxy (uid 65532 there)
-creates its runtime socket with its own owner and mode. The plain ``Permission denied`` of a
-later write names neither the owner nor the way out, and it arrives after the sidecar looked
-healthy. These checks run before anything is written and fail with one line: which path, its
-owner (uid:gid) and mode, who we are, and the command that fixes it.
+Each check raises ``ConfigError`` (exit 2, one line naming the setting as the user wrote it)
+before any network I/O: the CA bundle parses (`check_ca_bundle`), cert-sidecar can write its
+directories (`check_directories`) and use HAProxy's unix sockets (`check_sockets`). `cli` runs
+a command's row once, before the command starts; `wiring.rebuild` runs the ``reload`` row before
+`run` takes a new config file. This module imports the settings model; ``sidecar.config`` never
+imports it back.
+
+Why the writability checks name the fix: a non-root sidecar in a compose stack meets volumes
+that something else made. OpenCHAMI's quickstart had acme.sh (root) write the ``haproxy-certs``
+volume, and HAProxy (uid 65532 there) creates its runtime socket with its own owner and mode.
+The plain ``Permission denied`` of a later write names neither the owner nor the way out, and
+it arrives after the sidecar looked healthy. These checks run before anything is written and
+fail with one line: which path, its owner (uid:gid) and mode, who we are, and the command that
+fixes it.
 
 Root passes every check (root ignores modes), which is also what the kernel will do for it.
 A socket that does not exist yet is not a problem: HAProxy may simply not have started.
@@ -16,25 +24,46 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import Final, Literal
 
+from sidecar.config import Settings
 from sidecar.errors import ConfigError
-
-if TYPE_CHECKING:  # sidecar.config may call into this module: no import cycle at run time
-    from sidecar.config import Settings
 
 __all__ = [
     "FIX_GUIDE",
+    "STARTUP_CHECKS",
+    "Check",
     "Identity",
-    "check",
+    "check_ca_bundle",
     "check_directories",
     "check_sockets",
     "directory_problem",
+    "run_startup_checks",
     "socket_problem",
 ]
+
+Check = Literal["ca_bundle", "directories", "sockets"]
+
+# Which command runs which start-up check, in this order, before it does anything else. `run`
+# does not check the CA bundle: it waits for the bundle to appear (CONTRACT.md, "Commands").
+# ``reload`` is `run` taking a changed config file (`wiring.rebuild`). `status` and
+# `healthcheck` only read: they must answer even where nothing could be written.
+STARTUP_CHECKS: Final[Mapping[str, tuple[Check, ...]]] = MappingProxyType(
+    {
+        "run": ("directories", "sockets"),
+        "issue": ("ca_bundle", "directories", "sockets"),
+        "renew": ("ca_bundle", "directories", "sockets"),
+        "revoke": ("ca_bundle", "directories", "sockets"),
+        "check-config": ("ca_bundle", "directories"),
+        "status": (),
+        "healthcheck": (),
+        "reload": ("directories", "sockets"),
+    }
+)
 
 # Where the compose recipe for the one-time fix is written down (OpenCHAMI's pre-existing,
 # root-owned volume is the common case).
@@ -89,6 +118,10 @@ def _read_only_mount(path: Path) -> bool:
 def _probe(directory: Path) -> OSError | None:
     # os.access answers for the mode bits; a read-only mount or an ACL only shows on a real
     # write, so a file is made and removed as well.
+    # Imported here, not with the module: `cli` imports this module for every command, and
+    # tempfile (with random) is start-up time that `healthcheck` and `status` never use.
+    import tempfile
+
     try:
         fd, probe = tempfile.mkstemp(prefix=".cert-sidecar-preflight.", dir=directory)
     except OSError as error:
@@ -193,7 +226,25 @@ def check_sockets(settings: Settings) -> None:
             raise ConfigError(settings.label("haproxy_sockets"), problem)
 
 
-def check(settings: Settings) -> None:
-    """Everything cert-sidecar writes to, in order: the directories, then HAProxy's sockets."""
-    check_directories(settings)
-    check_sockets(settings)
+def check_ca_bundle(settings: Settings) -> None:
+    """The bundle exists, is readable and holds at least one certificate OpenSSL parses."""
+    # Imported here: ssl costs start-up time, and `healthcheck` (run every few seconds in the
+    # container) never checks the bundle.
+    from sidecar.trust import load_ca_bundle
+
+    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
+
+
+_CHECKS: Final[Mapping[Check, Callable[[Settings], None]]] = MappingProxyType(
+    {
+        "ca_bundle": check_ca_bundle,
+        "directories": check_directories,
+        "sockets": check_sockets,
+    }
+)
+
+
+def run_startup_checks(command: str, settings: Settings) -> None:
+    """Run ``command``'s row of `STARTUP_CHECKS`; the first problem raises ``ConfigError``."""
+    for name in STARTUP_CHECKS[command]:
+        _CHECKS[name](settings)

@@ -22,7 +22,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from sidecar import applied, metrics, preflight, wiring
+from sidecar import applied, metrics, wiring
 from sidecar.bundle_watch import BundleWatch
 from sidecar.config import Settings
 from sidecar.errors import error_text
@@ -266,7 +266,6 @@ async def cmd_run(
     settings: Settings, *, reload_settings: Callable[[], Settings] | None = None
 ) -> int:
     # load_settings has refused a configuration without certificates (exit 2) already.
-    preflight.check(settings)
     service = Service(settings, reload_settings=reload_settings)
     return await service.run()
 

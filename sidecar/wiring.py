@@ -241,13 +241,13 @@ def _make_certs_dir(path: Path) -> None:
 
 
 async def rebuild(old: Parts, settings: Settings, *, holder: str) -> Parts:
-    """A fresh set for new ``settings``, after the same checks as at start-up (`preflight`).
+    """A fresh set for new ``settings``, after the ``reload`` row of `preflight.STARTUP_CHECKS`.
 
     It shares ``old``'s responders (moved where their address changed). ``old`` is left
     untouched when this raises; otherwise close its manager with `retire` once nothing uses it.
     Call it while no order is in flight.
     """
-    preflight.check(settings)
+    preflight.run_startup_checks("reload", settings)
     parts = build(settings, holder=holder, responders=old.responders)
     # What HAProxy serves did not change with the file; the next check confirms it.
     parts.manager.inventory.adopt_served(old.manager.inventory)

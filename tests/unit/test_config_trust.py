@@ -13,9 +13,9 @@ from types import MappingProxyType
 import pytest
 import trustme
 
-from sidecar import config
-from sidecar.config import check_ca_bundle, load_settings
+from sidecar.config import load_settings, sources
 from sidecar.errors import ConfigError
+from sidecar.preflight import check_ca_bundle
 from sidecar.trust import build_ssl_context, load_ca_bundle
 
 
@@ -160,7 +160,7 @@ def test_check_ca_bundle_names_the_setting_as_written(
     # The default (/root_ca/root_ca.crt, test_config.py) may exist on the machine running the
     # tests: point the defaults table at a missing file so the case runs everywhere.
     monkeypatch.setattr(
-        config, "DEFAULTS", MappingProxyType({**config.DEFAULTS, "ca_bundle": missing})
+        sources, "DEFAULTS", MappingProxyType({**sources.DEFAULTS, "ca_bundle": missing})
     )
     default = load_settings(argparse.Namespace(domains=["a.example"]), {})
     assert default.ca_bundle == Path(missing)

@@ -1,4 +1,4 @@
-"""check_directories: certs_dir and state_dir must be writable, or creatable, directories.
+"""preflight.check_directories: certs_dir and state_dir must be writable, or creatable, directories.
 
 The cases where the mode forbids writing need an unprivileged user (root ignores modes);
 they run in tests/integration/test_bad_input.py under setpriv.
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import Settings, check_directories, load_settings
+from sidecar.config import Settings, load_settings
 from sidecar.errors import ConfigError
+from sidecar.preflight import check_directories
 from tests.peers.require import require
 
 
