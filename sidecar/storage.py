@@ -310,11 +310,9 @@ _DATETIME_FIELDS = (
     "last_success_at",
 )
 _OPTIONAL_STR_FIELDS = ("order_url", "serial", "key_type", "last_error")
-# Written by releases before issue 18, once more after every deploy, and never read: what
-# HAProxy serves is asked of HAProxy (`sidecar.deploy.Deployer.ask_served`). Dropped on read,
-# not kept in ``extra``, so a file stops carrying a stale value once it is next written. The
-# schema version stays 1: every field is optional both ways (an older release reads a file
-# without them as it reads one from before its first deploy).
+# Written before issue 18 and never read (HAProxy is asked: `Deployer.ask_served`); dropped on
+# read, so a file sheds them when next written. Schema 1 still: every field is optional both
+# ways (an older release reads a file without them as one from before its first deploy).
 _RETIRED_FIELDS = frozenset({"deployed_serial", "deployed_at"})
 
 
