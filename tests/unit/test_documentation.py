@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.compose.readme import documentation_files, marked_blocks, readme_block
+from tests.markdown import markdown_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_SKIP_DIRS = {".venv", ".cache", ".git", "mutants", "build", "dist", "node_modules"}
 _FENCE = re.compile(r"^(```|~~~).*?^\1\s*$", re.MULTILINE | re.DOTALL)
 _HEADING = re.compile(r"^#{1,6}[ \t]+(?P<text>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 _LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
@@ -42,12 +42,7 @@ FRONT_DOOR = ("quick-start", "tour", "clean-up")
 
 
 def _markdown_files() -> list[Path]:
-    return sorted(
-        path
-        for path in REPO_ROOT.rglob("*.md")
-        if not _SKIP_DIRS.intersection(path.relative_to(REPO_ROOT).parts)
-        and not any(part.endswith(".egg-info") for part in path.parts)
-    )
+    return markdown_files(REPO_ROOT)
 
 
 def slug(heading: str) -> str:

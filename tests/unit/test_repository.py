@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import OPTIONS, Option
+from tests.markdown import markdown_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_SKIP_DIRS = {".venv", ".cache", ".git", "mutants", "build", "dist", "node_modules"}
 _MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 # ${VAR:-default} in compose.yaml, ARG NAME=default in a Dockerfile: the images a user pulls.
 _COMPOSE_DEFAULT = re.compile(r"\$\{(?P<var>\w*IMAGE)(?::-(?P<default>[^}]*))?\}")
@@ -20,12 +20,7 @@ _DOCKERFILE_ARG = re.compile(r"^ARG (?P<var>\w*IMAGE)=(?P<default>\S+)$", re.MUL
 
 
 def _markdown_files() -> list[Path]:
-    return sorted(
-        path
-        for path in REPO_ROOT.rglob("*.md")
-        if not _SKIP_DIRS.intersection(path.relative_to(REPO_ROOT).parts)
-        and not any(part.endswith(".egg-info") for part in path.parts)
-    )
+    return markdown_files(REPO_ROOT)
 
 
 def test_license_is_the_apache_2_text_pyproject_names() -> None:
