@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +27,10 @@ OWNER = 65534
 
 
 @pytest.fixture
-def read_only_certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def read_only_certs() -> Iterator[Path]:
     require(os.geteuid() == 0 and shutil.which("mount"), "needs root and mount(8)")
-    root = tmp_path_factory.mktemp("ro")
+    # Not pytest's tmp_path: that is private to root, and the "owner" case runs as nobody.
+    root = Path(tempfile.mkdtemp(prefix="cert-sidecar-ro-mount-"))
     root.chmod(0o755)
     source, target = root / "volume", root / "certs"
     source.mkdir(mode=0o2750)
@@ -41,6 +43,7 @@ def read_only_certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", str(target)], check=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _check_config(
