@@ -44,9 +44,9 @@ PROG: Final = "cert-sidecar"
 _COMMANDS: Final[Mapping[str, tuple[str, str]]] = MappingProxyType(
     {
         "run": ("sidecar.service", "cmd_run"),
-        "issue": ("sidecar.issuance", "cmd_issue"),
-        "renew": ("sidecar.issuance", "cmd_renew"),
-        "revoke": ("sidecar.issuance", "cmd_revoke"),
+        "issue": ("sidecar.oneshot", "cmd_issue"),
+        "renew": ("sidecar.oneshot", "cmd_renew"),
+        "revoke": ("sidecar.oneshot", "cmd_revoke"),
         "status": ("sidecar.status", "cmd_status"),
         "healthcheck": ("sidecar.health", "cmd_healthcheck"),
     }

@@ -77,7 +77,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     the commands themselves are tested in their own modules)."""
     recorder = Calls()
     modules = {
-        "sidecar.issuance": {"cmd_issue": True, "cmd_renew": True, "cmd_revoke": True},
+        "sidecar.oneshot": {"cmd_issue": True, "cmd_renew": True, "cmd_revoke": True},
         "sidecar.status": {"cmd_status": False},
         "sidecar.service": {"cmd_run": True},
         "sidecar.health": {"cmd_healthcheck": False},

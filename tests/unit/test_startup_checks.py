@@ -49,7 +49,7 @@ def test_every_command_has_a_row_and_reload_has_one_too() -> None:
 
 
 def test_no_module_runs_a_check_outside_the_table() -> None:
-    """Before, cli.py, issuance.py (twice), service.py and wiring.rebuild each listed checks."""
+    """Before, cli.py, oneshot.py (twice), service.py and wiring.rebuild each listed checks."""
     callers = []
     for path in sorted((REPO / "sidecar").rglob("*.py")):
         if path.name == "preflight.py":
@@ -96,7 +96,7 @@ def test_the_commands_that_do_not_use_the_socket_do_not_check_it(
 def test_issue_reads_the_ca_bundle_once_for_its_checks(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`issue` parsed the bundle twice before any network I/O (cli, then issuance). Now: once
+    """`issue` parsed the bundle twice before any network I/O (cli, then oneshot). Now: once
     for the start-up check, once more for the TLS context of the CA it then asks (here a closed
     port, so nothing further is read)."""
     bundle = workdir / "root.pem"
@@ -110,8 +110,8 @@ def test_issue_reads_the_ca_bundle_once_for_its_checks(
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     flags = [*base_flags(workdir), "--directory", "https://127.0.0.1:1/acme/acme/directory"]
-    # The real issuance module (test_cli's stand-ins may have been left in sys.modules).
-    monkeypatch.delitem(sys.modules, "sidecar.issuance", raising=False)
+    # The real oneshot module (test_cli's stand-ins may have been left in sys.modules).
+    monkeypatch.delitem(sys.modules, "sidecar.oneshot", raising=False)
     assert main(["issue", *flags, "--log-level", "error"]) == 1
     assert "the ACME directory https://127.0.0.1:1/" in capsys.readouterr().err
     assert len(reads) == 2
