@@ -109,7 +109,7 @@ BREAKAGES: tuple[Breakage, ...] = (
         "sidecar/service.py",
         (
             (
-                "            clean_stale_temp_files(self.settings.certs_dir)\n",
+                "            clean_stale_temp_files(self.settings.files.certs_dir)\n",
                 "            pass  # BREAKAGE\n",
             ),
         ),

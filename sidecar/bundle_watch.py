@@ -37,7 +37,7 @@ BUNDLE_RECHECK = 2.0
 
 
 class BundleWatch:
-    """Watches the current parts' ``settings.ca_bundle``; ``ready`` is set once it parses.
+    """Watches the current parts' ``settings.acme.ca_bundle``; ``ready`` is set once it parses.
 
     On a rotation it drops the current manager's ACME client and calls ``recheck`` with the
     name of each certificate the new roots do not verify; it stops once ``stopping`` is set.
@@ -59,7 +59,7 @@ class BundleWatch:
 
     def _state(self) -> tuple[bytes | None, str | None]:
         try:
-            text = load_ca_bundle(self._parts().settings.ca_bundle)
+            text = load_ca_bundle(self._parts().settings.acme.ca_bundle)
         except ConfigError as error:
             return None, str(error)
         return text.encode(), None
@@ -69,7 +69,7 @@ class BundleWatch:
         stop = self._stopping
         while not stop.is_set():
             # Read again each time round: a reload may have pointed the setting elsewhere.
-            path = self._parts().settings.ca_bundle
+            path = self._parts().settings.acme.ca_bundle
             data = await self.look()
             watched = _existing_parent(path)
             try:
@@ -92,7 +92,7 @@ class BundleWatch:
 
     async def look(self) -> bytes | None:
         """Act on the bundle as it is now: first ready, rotated, or (once) still missing."""
-        path = self._parts().settings.ca_bundle
+        path = self._parts().settings.acme.ca_bundle
         data, problem = self._state()
         if data is not None and data != self._seen:
             first = self._seen is None
@@ -115,7 +115,7 @@ class BundleWatch:
 
     async def _rotated(self) -> None:
         """A new bundle: rebuild trust, and re-issue what the new roots no longer verify."""
-        log.info("ca_bundle_changed", path=str(self._parts().settings.ca_bundle))
+        log.info("ca_bundle_changed", path=str(self._parts().settings.acme.ca_bundle))
         # No lock needed: orders in flight finish on the client they started with, which is
         # closed after the last of them (`Issuer.reset`); the next order builds trust anew.
         await self._parts().manager.reset_client()

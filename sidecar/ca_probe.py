@@ -66,9 +66,11 @@ async def fetch(
 
     The key only signs nothing here (a directory GET is unauthenticated); the client needs one.
     """
-    setting, url = settings.label("directory"), settings.directory
+    setting, url = settings.label("directory"), settings.acme.directory
     try:
-        context = build_ssl_context(settings.ca_bundle, system_trust=settings.system_trust)
+        context = build_ssl_context(
+            settings.acme.ca_bundle, system_trust=settings.acme.system_trust
+        )
     except (SidecarError, OSError, ValueError) as error:
         raise DirectoryUnusable(setting, url, f"was not asked: {error_text(error)}") from None
     options: dict[str, Any] = {"timeout": timeout, "max_connections": 1, **(client_options or {})}
@@ -100,7 +102,7 @@ async def check_reachable(
 ) -> bool:
     """`run`'s look at the directory (start, reload): a failure sets ``ca_reachable`` to 0 and
     logs a warning naming the setting and the URL; a success sets it to 1."""
-    if not settings.ca_bundle.is_file():
+    if not settings.acme.ca_bundle.is_file():
         return False  # the bundle watch says it is waiting; the probe runs once it is there
     try:
         await fetch(settings, client_options=client_options)
@@ -114,5 +116,5 @@ async def check_reachable(
         )
         return False
     metrics.set_ca_reachable(True)
-    log.info("ca_directory_ok", url=settings.directory)
+    log.info("ca_directory_ok", url=settings.acme.directory)
     return True

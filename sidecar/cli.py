@@ -223,7 +223,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
         # healthcheck runs every few seconds in the container and logs nothing: keep it light.
         from sidecar.logs import configure_logging
 
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.service.log_format, settings.service.log_level)
     module_name, function_name = _COMMANDS[args.command]
     function = getattr(importlib.import_module(module_name), function_name)
     positional, keywords = _command_kwargs(args)
@@ -231,7 +231,10 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], state: dict[
         # The service re-reads the settings, same flags and environment, when the config file
         # changes (issue 3, "Configuration reload"); a bad new file raises ConfigError there.
         keywords["reload_settings"] = lambda: load_settings(args, environ)
-    result = function(settings, *positional, **keywords)
+    # healthcheck needs only where the running sidecar listens: the [service] part has it, as
+    # locate_running_sidecar's answer does when the file does not load.
+    subject = settings.service if args.command == "healthcheck" else settings
+    result = function(subject, *positional, **keywords)
     import asyncio
 
     if asyncio.iscoroutine(result):
@@ -280,7 +283,7 @@ def _debug_requested(
 ) -> bool:
     settings = state.get("settings")
     if isinstance(settings, Settings):
-        return settings.log_level == "debug"
+        return settings.service.log_level == "debug"
     # The settings did not load; honour a debug request as written.
     level = getattr(args, "log_level", None) or environ.get("CERT_SIDECAR_LOG_LEVEL", "")
     return str(level).strip().lower() == "debug"

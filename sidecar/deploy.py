@@ -187,16 +187,16 @@ def deployer_from_settings(settings: Settings) -> Deployer:
     """The process's Deployer: every field is already parsed and checked by ``load_settings``."""
     return Deployer(
         DeployConfig(
-            sockets=settings.haproxy_sockets,
-            certs_dir=settings.certs_dir,
-            haproxy_certs_dir=settings.haproxy_certs_dir,
-            reload=settings.reload,
-            reload_command=settings.reload_command,
-            reload_signal=settings.reload_signal,
-            reload_pid_file=settings.reload_pid_file,
-            verify_address=settings.verify_address,
-            deploy_hook=settings.deploy_hook,
-            hook_env=settings.hook_env,
+            sockets=settings.haproxy.sockets,
+            certs_dir=settings.files.certs_dir,
+            haproxy_certs_dir=settings.haproxy.certs_dir,
+            reload=settings.haproxy.reload,
+            reload_command=settings.haproxy.reload_command,
+            reload_signal=settings.haproxy.reload_signal,
+            reload_pid_file=settings.haproxy.reload_pid_file,
+            verify_address=settings.haproxy.verify_address,
+            deploy_hook=settings.haproxy.deploy_hook,
+            hook_env=settings.service.hook_env,
         )
     )
 

@@ -54,7 +54,9 @@ async def _hand_off(
 ) -> int | None:
     """Let a running sidecar do it; None when there is none (the CA's directory fetched
     either way, when ``probe_ca``, once the settings are known to be the ones that count)."""
-    running = await request(settings.state_dir, {"command": "settings"}, timeout=SETTINGS_TIMEOUT)
+    running = await request(
+        settings.files.state_dir, {"command": "settings"}, timeout=SETTINGS_TIMEOUT
+    )
     if running is not None:
         command = str(payload["command"])
         _refuse_other_settings(settings, running, command.replace("remove-orphan", "revoke"))
@@ -64,7 +66,7 @@ async def _hand_off(
         await ca_probe.fetch(settings)
     if running is None:
         return None
-    answer = await request(settings.state_dir, payload, timeout=HANDOFF_TIMEOUT)
+    answer = await request(settings.files.state_dir, payload, timeout=HANDOFF_TIMEOUT)
     if answer is None:
         return None
     for item in answer.get("results") or []:

@@ -66,7 +66,9 @@ async def remove(
     facts = orphan.facts
     if facts is not None and not facts.is_placeholder:
         # A real certificate: exactly what revoke --remove does for a configured one.
-        spec = CertificateSpec(orphan.name, facts.names, settings.key_type, settings.challenge)
+        spec = CertificateSpec(
+            orphan.name, facts.names, settings.acme.key_type, settings.acme.challenge
+        )
         return await manager.revoke(spec, reason=reason, remove=True)
     try:
         async with manager.store.lock(orphan.name, timeout=LOCK_WAIT, holder=manager.holder):

@@ -88,7 +88,7 @@ class Identity:
     @classmethod
     def of_process(cls, settings: Settings) -> Identity:
         gid = os.getegid()
-        share = settings.pem_group if settings.pem_group is not None else gid
+        share = settings.files.pem_group if settings.files.pem_group is not None else gid
         return cls(uid=os.geteuid(), gid=gid, share_gid=share)
 
 
@@ -207,8 +207,8 @@ def check_directories(settings: Settings) -> None:
     """Raise ConfigError (exit 2, one line) when certs_dir or state_dir is unusable."""
     who = Identity.of_process(settings)
     for name, path, mode in (
-        ("certs_dir", settings.certs_dir, CERTS_DIR_MODE),
-        ("state_dir", settings.state_dir, STATE_DIR_MODE),
+        ("certs_dir", settings.files.certs_dir, CERTS_DIR_MODE),
+        ("state_dir", settings.files.state_dir, STATE_DIR_MODE),
     ):
         problem = directory_problem(path, mode, who)
         if problem is not None:
@@ -218,7 +218,7 @@ def check_directories(settings: Settings) -> None:
 def check_sockets(settings: Settings) -> None:
     """Raise ConfigError (exit 2, one line) when a HAProxy unix socket exists but is unusable."""
     who = Identity.of_process(settings)
-    for address in settings.haproxy_sockets:
+    for address in settings.haproxy.sockets:
         if address.kind != "unix" or address.path is None:
             continue
         problem = socket_problem(Path(address.path), who)
@@ -232,7 +232,7 @@ def check_ca_bundle(settings: Settings) -> None:
     # container) never checks the bundle.
     from sidecar.trust import load_ca_bundle
 
-    load_ca_bundle(settings.ca_bundle, setting=settings.label("ca_bundle"))
+    load_ca_bundle(settings.acme.ca_bundle, setting=settings.label("ca_bundle"))
 
 
 _CHECKS: Final[Mapping[Check, Callable[[Settings], None]]] = MappingProxyType(

@@ -127,7 +127,7 @@ class ConfigReload:
         log.info("config_reloaded", added=sorted(new_names - old_names), removed=removed)
         # What lives outside the parts, then what only a restart changes.
         await self._follow_parts(old, new)
-        waiting = [name for name in _RESTART_ONLY if getattr(new, name) != getattr(old, name)]
+        waiting = [name for name in _RESTART_ONLY if new.value(name) != old.value(name)]
         if waiting:
             log.warning("config_needs_restart", settings=waiting)
         return True

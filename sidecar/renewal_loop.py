@@ -336,7 +336,7 @@ class RenewalLoop:
         )
 
     def _record_deploy(self, deploy: DeployResult) -> None:
-        mode = deploy.mode or self._settings.reload
+        mode = deploy.mode or self._settings.haproxy.reload
         self._metrics.record_deploy("success" if deploy.ok else "failure", mode)
         self._record_sockets((s.address, s.ok, s.reachable) for s in deploy.sockets)
 
@@ -359,7 +359,7 @@ class RenewalLoop:
         """The socket as the user wrote it (``address`` is its normalised form)."""
         settings = self._settings
         written = dict(
-            zip(map(str, settings.haproxy_sockets), settings.haproxy_socket_texts, strict=False)
+            zip(map(str, settings.haproxy.sockets), settings.haproxy.socket_texts, strict=False)
         )
         return written.get(address, address)
 

@@ -67,7 +67,9 @@ class Service:
         self.notify = ServiceNotify(
             notifier or Notifier.from_environment(),
             statuses=self.statuses,
-            waiting_for=lambda: None if self.bundle.ready.is_set() else self.settings.ca_bundle,
+            waiting_for=lambda: (
+                None if self.bundle.ready.is_set() else self.settings.acme.ca_bundle
+            ),
             now=utc_now,
         )
         # The parts that act on their own, each given only what it uses.
@@ -132,9 +134,9 @@ class Service:
     async def _follow(self, old: Settings, new: Settings) -> None:
         """After a reload, what lives outside the parts: the control socket moves with the
         state directory, the bundle watch turns to the new bundle, the schedule follows."""
-        if new.state_dir != old.state_dir:
-            await self.handoff.move(new.state_dir)
-        if new.ca_bundle != old.ca_bundle:
+        if new.files.state_dir != old.files.state_dir:
+            await self.handoff.move(new.files.state_dir)
+        if new.acme.ca_bundle != old.acme.ca_bundle:
             await self.bundle.moved()
         self.loop.follow(old, new)
 
@@ -144,7 +146,9 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        health = HealthServer(*self.settings.health_listen, self._snapshot, liveness=self._liveness)
+        health = HealthServer(
+            *self.settings.service.health_listen, self._snapshot, liveness=self._liveness
+        )
         self.spawn(self.notify.watchdog(lambda: self._liveness()[0]))
         try:
             await health.start()
@@ -153,14 +157,14 @@ class Service:
                 certificates=[spec.name for spec in self.settings.certificates],
                 health=[f"{h}:{p}" for h, p in health.addresses],
             )
-            clean_stale_temp_files(self.settings.certs_dir)
-            if self.settings.placeholder is not False:
+            clean_stale_temp_files(self.settings.files.certs_dir)
+            if self.settings.service.placeholder is not False:
                 for spec in self.settings.certificates:
                     await self.manager.ensure_placeholder(spec)
             # READY=1 now if every certificate has a file (placeholders count), else after the
             # check that gives the last one its file (`RenewalLoop.record`).
             self.notify.started()
-            await self.handoff.open(self.settings.state_dir)
+            await self.handoff.open(self.settings.files.state_dir)
             self.spawn(self.bundle.watch())
             self.notify.changed()  # after the watch's first look: "waiting for CA bundle"?
             if self.settings.config_file is not None and self.reload.enabled:

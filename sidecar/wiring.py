@@ -31,7 +31,7 @@ from ca_client.challenges.http01 import Http01Responder
 from ca_client.challenges.tlsalpn01 import TlsAlpn01Responder
 from ca_client.errors import AcmeError
 from sidecar import preflight, storage
-from sidecar.config import Settings
+from sidecar.config import AcmeSettings, Settings
 from sidecar.deploy import Deployer, deployer_from_settings
 from sidecar.errors import OperationError, SidecarError, error_text
 from sidecar.inventory import Inventory, utc_now
@@ -60,28 +60,28 @@ log = get_logger("sidecar.wiring")
 async def start_solver(challenge: str, settings: Settings) -> ChallengeSolver:
     """The solver for ``challenge`` as ``settings`` configure it; a responder is listening."""
     if challenge == "http-01":
-        http = Http01Responder(*settings.http_listen)
+        http = Http01Responder(*settings.acme.http_listen)
         await http.start()
         return http
     if challenge == "tls-alpn-01":
-        alpn = TlsAlpn01Responder(*settings.tls_alpn_listen)
+        alpn = TlsAlpn01Responder(*settings.acme.tls_alpn_listen)
         await alpn.start()
         return alpn
     if challenge == "dns-01":
-        if not settings.dns_hook:
+        if not settings.acme.dns_hook:
             raise OperationError("--dns-hook: dns-01 needs a hook command")
-        return Dns01HookSolver(settings.dns_hook, passthrough=settings.hook_env)
+        return Dns01HookSolver(settings.acme.dns_hook, passthrough=settings.service.hook_env)
     raise OperationError(f"--challenge: unknown challenge type {challenge!r}")
 
 
 def _identity(challenge: str, settings: Settings) -> Hashable:
     """What a running solver was made from: when it changes, the solver must be made again."""
     if challenge == "http-01":
-        return settings.http_listen
+        return settings.acme.http_listen
     if challenge == "tls-alpn-01":
-        return settings.tls_alpn_listen
+        return settings.acme.tls_alpn_listen
     if challenge == "dns-01":
-        return (settings.dns_hook, settings.hook_env)
+        return (settings.acme.dns_hook, settings.service.hook_env)
     return None
 
 
@@ -171,32 +171,33 @@ def inventory(
     settings: Settings, *, create_state: bool = True, now: Callable[[], datetime] = utc_now
 ) -> Inventory:
     """The read side for ``settings`` (``status`` makes only this, creating nothing)."""
-    store = storage.StateStore(settings.state_dir, create=create_state)
+    store = storage.StateStore(settings.files.state_dir, create=create_state)
     if create_state:
-        _make_certs_dir(settings.certs_dir)
-    return Inventory(store, settings.certs_dir, renew_at=settings.renew_at, now=now)
+        _make_certs_dir(settings.files.certs_dir)
+    return Inventory(store, settings.files.certs_dir, renew_at=settings.renewal.renew_at, now=now)
 
 
 def deployer(settings: Settings) -> Deployer | None:
     """None when there is nothing to tell: no HAProxy, no reload, no hook, no check."""
     if not (
-        settings.haproxy_sockets
-        or settings.reload != "none"
-        or settings.deploy_hook
-        or settings.verify_address
+        settings.haproxy.sockets
+        or settings.haproxy.reload != "none"
+        or settings.haproxy.deploy_hook
+        or settings.haproxy.verify_address
     ):
         return None
     return deployer_from_settings(settings)
 
 
-def account(settings: Settings, client_options: Mapping[str, Any] | None = None) -> AccountSettings:
+def account(acme: AcmeSettings, client_options: Mapping[str, Any] | None = None) -> AccountSettings:
+    """What the issuer needs of ``[acme]`` to reach the CA as this account."""
     return AccountSettings(
-        directory=settings.directory,
-        ca_bundle=settings.ca_bundle,
-        system_trust=settings.system_trust,
-        email=settings.email,
-        eab_kid=settings.eab_kid,
-        eab_hmac_key=settings.eab_hmac_key,
+        directory=acme.directory,
+        ca_bundle=acme.ca_bundle,
+        system_trust=acme.system_trust,
+        email=acme.email,
+        eab_kid=acme.eab_kid,
+        eab_hmac_key=acme.eab_hmac_key,
         client_options=dict(client_options or {}),
     )
 
@@ -223,9 +224,9 @@ def build(
     seen = inventory(settings, now=now)
     manager = Manager(
         inventory=seen,
-        issuer=Issuer(account(settings, client_options), seen.store, responders),
+        issuer=Issuer(account(settings.acme, client_options), seen.store, responders),
         deployer=deployer(settings),
-        files=PemFiles(settings.pem_mode, settings.pem_group),
+        files=PemFiles(settings.files.pem_mode, settings.files.pem_group),
         holder=holder,
         rng=rng,
     )

@@ -14,7 +14,9 @@ file per source do it; each imports only modules above it in this list:
 - ``options``: the one ``OPTIONS`` table (flag, environment variable, TOML key), ``DEFAULTS``
   and the names of the choices (key types, challenges, reload modes, log formats);
 - ``model``: ``Settings`` and ``CertificateSpec``, what the rest of the sidecar imports, and
-  the fingerprint of the settings a certificate's work follows;
+  the fingerprint of the settings a certificate's work follows. ``Settings`` holds one part per
+  TOML table (``settings.acme``, ``.files``, ``.renewal``, ``.haproxy``, ``.service``), each
+  field named as the table's key, so a part goes to the code that uses it;
 - ``parsers``: pure value parsers: one raw value in, a typed value (or a ``ConfigError``
   naming the setting as written) out; no disk, no process state;
 - ``host_lookups``: the few values only this host can check (a command in PATH, a group the
@@ -36,7 +38,12 @@ from sidecar.config.flags import add_setting_arguments
 from sidecar.config.loader import RunningSidecarAddress, load_settings, locate_running_sidecar
 from sidecar.config.model import (
     WORK_FIELDS,
+    AcmeSettings,
     CertificateSpec,
+    FilesSettings,
+    HAProxySettings,
+    RenewalSettings,
+    ServiceSettings,
     Settings,
     work_fingerprint,
     work_label,
@@ -76,11 +83,16 @@ __all__ = [
     "OPTIONS",
     "RELOAD_MODES",
     "WORK_FIELDS",
+    "AcmeSettings",
     "CertificateSpec",
     "ConfigError",
+    "FilesSettings",
+    "HAProxySettings",
     "Option",
     "ReloadMode",
+    "RenewalSettings",
     "RunningSidecarAddress",
+    "ServiceSettings",
     "Settings",
     "add_setting_arguments",
     "default_reload_mode",

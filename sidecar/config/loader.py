@@ -9,7 +9,6 @@ the two settings needed to reach a running sidecar.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,15 @@ from typing import TYPE_CHECKING, TypedDict
 
 from sidecar import domains
 from sidecar.config.host_lookups import as_command, as_pem_group, read_eab_file
-from sidecar.config.model import CertificateSpec, Settings
+from sidecar.config.model import (
+    AcmeSettings,
+    CertificateSpec,
+    FilesSettings,
+    HAProxySettings,
+    RenewalSettings,
+    ServiceSettings,
+    Settings,
+)
 from sidecar.config.options import (
     CHALLENGES,
     DEFAULT_RELOAD_SIGNAL,
@@ -29,7 +36,6 @@ from sidecar.config.options import (
     LOG_FORMATS,
     LOG_LEVELS,
     OPTION_BY_FIELD,
-    ReloadMode,
     default_reload_mode,
 )
 from sidecar.config.parsers import (
@@ -67,7 +73,6 @@ from sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
     from ca_client.key_types import KeyType
-    from sidecar.haproxy import HAProxyAddress
 
 
 def load_settings(
@@ -89,10 +94,10 @@ def load_settings(
     # The sections are parsed in this order, each setting in a fixed order within its section,
     # so that the first bad setting is always the one reported.
     ca = _ca_section(sources)
-    acme = _acme_section(sources)
-    storage = _storage_section(sources)
-    haproxy, socket_texts = _haproxy_section(sources, storage["certs_dir"])
-    runtime = _runtime_section(sources)
+    challenges = _challenge_section(sources)
+    files, renewal = _files_section(sources)
+    haproxy, hook_env = _haproxy_section(sources, files.certs_dir)
+    service = _service_section(sources, hook_env)
     cert_inputs = certificate_inputs(sources, file)
     if cert_inputs:
         # Where the list came from, for check-config (a flag or the environment replaces the
@@ -103,21 +108,20 @@ def load_settings(
         sources.labels["certificates"] = first
     certificates = _certificate_specs(
         cert_inputs,
-        acme["key_type"],
+        challenges["key_type"],
         sources.get("challenge"),
-        acme["dns_hook"],
+        challenges["dns_hook"],
         require_certificates=require_certificates,
     )
     return Settings(
-        **ca,
-        **acme,
-        **storage,
-        **haproxy,
-        **runtime,
+        acme=AcmeSettings(**ca, **challenges),
+        files=files,
+        renewal=renewal,
+        haproxy=haproxy,
+        service=service,
         certificates=certificates,
         config_file=file.path if file else None,
         setting_labels=MappingProxyType(dict(sources.labels)),
-        haproxy_socket_texts=socket_texts,
     )
 
 
@@ -187,7 +191,7 @@ def _ca_section(sources: Sources) -> _CaSection:
     )
 
 
-class _AcmeSection(TypedDict):
+class _ChallengeSection(TypedDict):
     key_type: KeyType
     challenge: str
     http_listen: tuple[str, int]
@@ -195,10 +199,10 @@ class _AcmeSection(TypedDict):
     dns_hook: tuple[str, ...] | None
 
 
-def _acme_section(sources: Sources) -> _AcmeSection:
+def _challenge_section(sources: Sources) -> _ChallengeSection:
     """The defaults for each certificate's key and challenge, and the challenges' settings."""
     get = sources.get
-    return _AcmeSection(
+    return _ChallengeSection(
         key_type=as_key_type(get("key_type")),
         challenge=as_choice(get("challenge"), CHALLENGES),
         http_listen=as_host_port(get("http_listen")),
@@ -207,15 +211,7 @@ def _acme_section(sources: Sources) -> _AcmeSection:
     )
 
 
-class _StorageSection(TypedDict):
-    certs_dir: Path
-    state_dir: Path
-    pem_mode: int
-    pem_group: int | None
-    renew_at: float
-
-
-def _storage_section(sources: Sources) -> _StorageSection:
+def _files_section(sources: Sources) -> tuple[FilesSettings, RenewalSettings]:
     """Where files go, with which mode and group, and when a certificate is due."""
     get = sources.get
     certs_dir = as_path(get("certs_dir"))
@@ -227,29 +223,18 @@ def _storage_section(sources: Sources) -> _StorageSection:
         pem_mode = parse_pem_mode(mode_raw.value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(mode_raw.label, str(exc)) from None
-    return _StorageSection(
+    files = FilesSettings(
         certs_dir=certs_dir,
         state_dir=state_dir,
         pem_mode=pem_mode,
         pem_group=as_pem_group(get("pem_group")),
-        renew_at=as_renew_at(get("renew_at")),
     )
+    return files, RenewalSettings(renew_at=as_renew_at(get("renew_at")))
 
 
-class _HAProxySection(TypedDict):
-    haproxy_sockets: tuple[HAProxyAddress, ...]
-    haproxy_certs_dir: Path
-    reload: ReloadMode
-    reload_command: tuple[str, ...] | None
-    reload_signal: signal.Signals | None
-    reload_pid_file: Path | None
-    verify_address: tuple[str, int] | None
-    deploy_hook: tuple[str, ...] | None
-    hook_env: tuple[str, ...]
-
-
-def _haproxy_section(sources: Sources, certs_dir: Path) -> tuple[_HAProxySection, tuple[str, ...]]:
-    """How certificates reach HAProxy, and the socket addresses as written."""
+def _haproxy_section(sources: Sources, certs_dir: Path) -> tuple[HAProxySettings, tuple[str, ...]]:
+    """How certificates reach HAProxy; and ``service.hook_env``, read here so that the order in
+    which settings are checked (and so the first one reported) stays what it always was."""
     get = sources.get
     socket_texts, haproxy_sockets = as_haproxy_sockets(get("haproxy_sockets"))
     certs_raw = get("haproxy_certs_dir")
@@ -269,28 +254,21 @@ def _haproxy_section(sources: Sources, certs_dir: Path) -> tuple[_HAProxySection
     if reload_pid_file is not None and reload_signal is None:
         reload_signal = DEFAULT_RELOAD_SIGNAL
     check_reload(reload, reload_raw.label, haproxy_sockets, reload_command, reload_pid_file)
-    section = _HAProxySection(
-        haproxy_sockets=haproxy_sockets,
-        haproxy_certs_dir=haproxy_certs_dir,
+    section = HAProxySettings(
+        sockets=haproxy_sockets,
+        certs_dir=haproxy_certs_dir,
         reload=reload,
         reload_command=reload_command,
         reload_signal=reload_signal,
         reload_pid_file=reload_pid_file,
         verify_address=as_optional_host_port(get("verify_address")),
         deploy_hook=as_command(get("deploy_hook")),
-        hook_env=as_hook_env(get("hook_env")),
+        socket_texts=socket_texts,
     )
-    return section, socket_texts
+    return section, as_hook_env(get("hook_env"))
 
 
-class _RuntimeSection(TypedDict):
-    health_listen: tuple[str, int]
-    placeholder: bool | None
-    log_format: str
-    log_level: str
-
-
-def _runtime_section(sources: Sources) -> _RuntimeSection:
+def _service_section(sources: Sources, hook_env: tuple[str, ...]) -> ServiceSettings:
     """The health listener, the placeholder switch and logging."""
     get = sources.get
     health_listen = as_host_port(get("health_listen"))
@@ -301,7 +279,8 @@ def _runtime_section(sources: Sources) -> _RuntimeSection:
         if format_raw.value is not None
         else ("console" if sys.stderr is not None and sys.stderr.isatty() else "json")
     )
-    return _RuntimeSection(
+    return ServiceSettings(
+        hook_env=hook_env,
         health_listen=health_listen,
         placeholder=placeholder,
         log_format=log_format,

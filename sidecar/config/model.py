@@ -33,8 +33,8 @@ class CertificateSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """The effective configuration; field names are the TOML keys (CONTRACT.md)."""
+class AcmeSettings:
+    """``[acme]``: which CA, how it is trusted, the account, and how names are proven."""
 
     directory: str
     ca_bundle: Path
@@ -42,53 +42,103 @@ class Settings:
     email: str | None
     eab_kid: str | None
     eab_hmac_key: bytes | None = field(repr=False)
-    key_type: KeyType
-    challenge: str
+    key_type: KeyType  # the default of each certificate's own
+    challenge: str  # likewise
     http_listen: tuple[str, int]
     tls_alpn_listen: tuple[str, int]
     dns_hook: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class FilesSettings:
+    """``[files]``: where the combined PEMs and the state go, and who may read the PEMs."""
+
     certs_dir: Path
     state_dir: Path
     pem_mode: int
     pem_group: int | None  # None: the process's own group (no chown)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalSettings:
+    """``[renewal]``: when a certificate is due."""
+
     renew_at: float
-    haproxy_sockets: tuple[HAProxyAddress, ...]
-    haproxy_certs_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class HAProxySettings:
+    """``[haproxy]``: how a new certificate reaches HAProxy, and how that is checked."""
+
+    sockets: tuple[HAProxyAddress, ...]
+    certs_dir: Path  # the certs directory as HAProxy sees it
     reload: ReloadMode
     reload_command: tuple[str, ...] | None
     reload_signal: signal.Signals | None
     reload_pid_file: Path | None
     verify_address: tuple[str, int] | None
     deploy_hook: tuple[str, ...] | None
+    # The socket addresses as written, for describe() and messages.
+    socket_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """``[service]``: the process itself: hooks' environment, health listener, logging."""
+
+    # Environment variables passed to child processes beyond ca_client.childenv's allow-list.
+    hook_env: tuple[str, ...]
     health_listen: tuple[str, int]
     placeholder: bool | None  # None: each command decides (on for run)
     log_format: str
     log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration, one part per TOML table (CONTRACT.md); within a part the
+    field names are the table's keys, so ``settings.haproxy.certs_dir`` is ``haproxy.certs_dir``.
+
+    Each part goes to the code that uses it (the account takes ``acme``, the deployer
+    ``haproxy``), so a reader of a module sees which settings it can depend on.
+    """
+
+    acme: AcmeSettings
+    files: FilesSettings
+    renewal: RenewalSettings
+    haproxy: HAProxySettings
+    service: ServiceSettings
     certificates: tuple[CertificateSpec, ...]
     config_file: Path | None
-    # How the user spelled each setting that came from somewhere (field -> "--flag", env or
-    # TOML key), for errors found after loading, e.g. by preflight.check_ca_bundle.
+    # How the user spelled each setting that came from somewhere (option field -> "--flag",
+    # env or TOML key), for errors found after loading, e.g. by preflight.check_ca_bundle.
     setting_labels: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False
     )
-    # The socket addresses as written, for describe() and messages.
-    haproxy_socket_texts: tuple[str, ...] = field(default=(), repr=False, compare=False)
-    # Environment variables passed to child processes beyond ca_client.childenv's allow-list.
-    hook_env: tuple[str, ...] = ()
 
     def label(self, name: str) -> str:
-        """The spelling of setting ``name`` to use in a message."""
+        """The spelling of setting ``name`` (an `OPTIONS` field) to use in a message."""
         return self.setting_labels.get(name) or f"{OPTION_BY_FIELD[name].flag} (default)"
 
     def certificate(self, name: str) -> CertificateSpec | None:
         return next((spec for spec in self.certificates if spec.name == name), None)
+
+    def value(self, name: str) -> object:
+        """The value of one `WORK_FIELDS` entry: an `OPTIONS` field, found in its table."""
+        if name == "certificates":
+            return self.certificates
+        if name == "eab_hmac_key":  # the option is the key's file; the model holds the key
+            return self.acme.eab_hmac_key
+        option = OPTION_BY_FIELD[name]
+        return getattr(getattr(self, option.table), option.key)
 
 
 # --- what the work depends on ---------------------------------------------------------------
 
 # The settings a certificate's order, files and deploy follow. A one-shot handed to a running
 # sidecar is done with the sidecar's settings, so these must agree (`work_fingerprint`); the
-# others (health listener, logging, placeholder) do not change what the work does.
+# others (health listener, logging, placeholder) do not change what the work does. Named by
+# their `OPTIONS` fields, the names the control socket carries (`Settings.value` finds each).
 WORK_FIELDS: Final = (
     "directory",
     "ca_bundle",
@@ -126,8 +176,10 @@ def work_fingerprint(settings: Settings) -> dict[str, str]:
 
     digests = {}
     for name in WORK_FIELDS:
-        value = getattr(settings, name)
-        text = repr(sorted(map(repr, value))) if name == "certificates" else repr(value)
+        if name == "certificates":
+            text = repr(sorted(map(repr, settings.certificates)))
+        else:
+            text = repr(settings.value(name))
         digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return digests
 

@@ -66,35 +66,41 @@ def _origin(settings: Settings, field_name: str) -> str:
 
 def describe(settings: Settings) -> str:
     """The effective settings as TOML-like text, for ``check-config``; secrets masked."""
+    acme, files, haproxy, service = (
+        settings.acme,
+        settings.files,
+        settings.haproxy,
+        settings.service,
+    )
     values: dict[str, object] = {
-        "directory": settings.directory,
-        "ca_bundle": settings.ca_bundle,
-        "system_trust": settings.system_trust,
-        "email": settings.email,
-        "eab_kid": settings.eab_kid,
-        "key_type": str(settings.key_type),
-        "challenge": settings.challenge,
-        "http_listen": _host_port_text(settings.http_listen),
-        "tls_alpn_listen": _host_port_text(settings.tls_alpn_listen),
-        "dns_hook": mask_command(settings.dns_hook),
-        "certs_dir": settings.certs_dir,
-        "state_dir": settings.state_dir,
-        "pem_mode": f"{settings.pem_mode:04o}",
-        "pem_group": settings.pem_group,
-        "renew_at": settings.renew_at,
-        "haproxy_sockets": list(settings.haproxy_socket_texts),
-        "haproxy_certs_dir": settings.haproxy_certs_dir,
-        "reload": settings.reload,
-        "reload_command": mask_command(settings.reload_command),
-        "reload_signal": settings.reload_signal.name if settings.reload_signal else None,
-        "reload_pid_file": settings.reload_pid_file,
-        "verify_address": _host_port_text(settings.verify_address),
-        "deploy_hook": mask_command(settings.deploy_hook),
-        "hook_env": list(settings.hook_env),
-        "health_listen": _host_port_text(settings.health_listen),
-        "placeholder": settings.placeholder,
-        "log_format": settings.log_format,
-        "log_level": settings.log_level,
+        "directory": acme.directory,
+        "ca_bundle": acme.ca_bundle,
+        "system_trust": acme.system_trust,
+        "email": acme.email,
+        "eab_kid": acme.eab_kid,
+        "key_type": str(acme.key_type),
+        "challenge": acme.challenge,
+        "http_listen": _host_port_text(acme.http_listen),
+        "tls_alpn_listen": _host_port_text(acme.tls_alpn_listen),
+        "dns_hook": mask_command(acme.dns_hook),
+        "certs_dir": files.certs_dir,
+        "state_dir": files.state_dir,
+        "pem_mode": f"{files.pem_mode:04o}",
+        "pem_group": files.pem_group,
+        "renew_at": settings.renewal.renew_at,
+        "haproxy_sockets": list(haproxy.socket_texts),
+        "haproxy_certs_dir": haproxy.certs_dir,
+        "reload": haproxy.reload,
+        "reload_command": mask_command(haproxy.reload_command),
+        "reload_signal": haproxy.reload_signal.name if haproxy.reload_signal else None,
+        "reload_pid_file": haproxy.reload_pid_file,
+        "verify_address": _host_port_text(haproxy.verify_address),
+        "deploy_hook": mask_command(haproxy.deploy_hook),
+        "hook_env": list(service.hook_env),
+        "health_listen": _host_port_text(service.health_listen),
+        "placeholder": service.placeholder,
+        "log_format": service.log_format,
+        "log_level": service.log_level,
     }
     source = str(settings.config_file) if settings.config_file else "none"
     lines = [
@@ -109,7 +115,7 @@ def describe(settings: Settings) -> str:
             origin = _origin(settings, option.field)
             if option.field == "eab_hmac_key_file":
                 # The key itself is a secret: only say whether one is set.
-                state = "***" if settings.eab_hmac_key is not None else "(not set)"
+                state = "***" if acme.eab_hmac_key is not None else "(not set)"
                 lines.append(f"# eab_hmac_key = {state}")
                 continue
             value = values[option.field]

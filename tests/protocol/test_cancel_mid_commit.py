@@ -75,11 +75,11 @@ async def test_a_request_in_flight_when_the_state_dir_moves_gets_its_real_answer
         settings = r.settings("--no-placeholder")
         service = r.service(settings)
         await service.bundle.look()
-        await service.handoff.open(settings.state_dir)
+        await service.handoff.open(settings.files.state_dir)
         moved = r.workdir / "state2"
         r.hold.add(NAME)
         asked = asyncio.ensure_future(
-            control.request(settings.state_dir, {"command": "renew", "force": True})
+            control.request(settings.files.state_dir, {"command": "renew", "force": True})
         )
         try:
             await asyncio.wait_for(r.at_finalize.wait(), EVENT_DEADLINE)

@@ -1325,9 +1325,8 @@ async def test_a_fresh_manager_knows_nothing_of_the_ca_yet(
 ) -> None:
     manager = make_manager()
     assert (manager.issuer.last_error, manager.issuer.clock_skew) == (None, None)
-    reader = wiring.inventory(
-        replace(manager.settings, state_dir=tmp_path / "elsewhere"), create_state=False
-    )
+    files = replace(manager.settings.files, state_dir=tmp_path / "elsewhere")
+    reader = wiring.inventory(replace(manager.settings, files=files), create_state=False)
     assert not (tmp_path / "elsewhere").exists() and reader.store.root == tmp_path / "elsewhere"
 
 
@@ -1469,7 +1468,7 @@ async def test_unreadable_files_are_named_exactly(make_manager: MakeManager) -> 
     path.rmdir()
     path.write_bytes(b"garbage")
     assert manager.inspect(spec).key_matches is True
-    certs = manager.settings.certs_dir
+    certs = manager.settings.files.certs_dir
     for child in certs.iterdir():
         child.unlink()
     certs.rmdir()

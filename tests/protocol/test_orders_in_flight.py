@@ -49,7 +49,7 @@ async def test_an_order_in_flight_completes_across_a_ca_bundle_change(
             (in_flight,) = r.transports
             if change == "rotated":
                 # The CA rotated its roots: same file, new content.
-                settings.ca_bundle.write_bytes(trustme.CA().cert_pem.bytes())
+                settings.acme.ca_bundle.write_bytes(trustme.CA().cert_pem.bytes())
                 await asyncio.wait_for(service.bundle.look(), EVENT_DEADLINE)
             else:
                 moved = r.workdir / "bundle2.pem"

@@ -70,33 +70,37 @@ def error(
 
 def test_defaults_come_from_the_one_table() -> None:
     settings = load(DOMAIN)
-    assert settings.directory == DEFAULTS["directory"] == "https://step-ca:9000/acme/acme/directory"
-    assert settings.ca_bundle == Path("/root_ca/root_ca.crt")
-    assert settings.system_trust is False
-    assert settings.email is None
-    assert settings.eab_kid is None and settings.eab_hmac_key is None
-    assert settings.key_type is KeyType.EC_P256
-    assert settings.challenge == "http-01"
-    assert settings.http_listen == ("0.0.0.0", 80)
-    assert settings.tls_alpn_listen == ("0.0.0.0", 443)
-    assert settings.dns_hook is None
-    assert settings.certs_dir == Path("/etc/haproxy/certs")
-    assert settings.state_dir == Path("/var/lib/cert-sidecar")
-    assert settings.pem_mode == 0o640
-    assert settings.pem_group is None
-    assert settings.renew_at == 0.66
-    assert settings.haproxy_sockets == ()
-    assert settings.haproxy_certs_dir == settings.certs_dir
-    assert settings.reload == "none"
-    assert settings.reload_command is None
-    assert settings.reload_signal is None
-    assert settings.reload_pid_file is None
-    assert settings.verify_address is None
-    assert settings.deploy_hook is None
-    assert settings.health_listen == ("127.0.0.1", 9102)
-    assert settings.placeholder is None
-    assert settings.log_format == "json"  # pytest's stderr is not a terminal
-    assert settings.log_level == "info"
+    assert (
+        settings.acme.directory
+        == DEFAULTS["directory"]
+        == "https://step-ca:9000/acme/acme/directory"
+    )
+    assert settings.acme.ca_bundle == Path("/root_ca/root_ca.crt")
+    assert settings.acme.system_trust is False
+    assert settings.acme.email is None
+    assert settings.acme.eab_kid is None and settings.acme.eab_hmac_key is None
+    assert settings.acme.key_type is KeyType.EC_P256
+    assert settings.acme.challenge == "http-01"
+    assert settings.acme.http_listen == ("0.0.0.0", 80)
+    assert settings.acme.tls_alpn_listen == ("0.0.0.0", 443)
+    assert settings.acme.dns_hook is None
+    assert settings.files.certs_dir == Path("/etc/haproxy/certs")
+    assert settings.files.state_dir == Path("/var/lib/cert-sidecar")
+    assert settings.files.pem_mode == 0o640
+    assert settings.files.pem_group is None
+    assert settings.renewal.renew_at == 0.66
+    assert settings.haproxy.sockets == ()
+    assert settings.haproxy.certs_dir == settings.files.certs_dir
+    assert settings.haproxy.reload == "none"
+    assert settings.haproxy.reload_command is None
+    assert settings.haproxy.reload_signal is None
+    assert settings.haproxy.reload_pid_file is None
+    assert settings.haproxy.verify_address is None
+    assert settings.haproxy.deploy_hook is None
+    assert settings.service.health_listen == ("127.0.0.1", 9102)
+    assert settings.service.placeholder is None
+    assert settings.service.log_format == "json"  # pytest's stderr is not a terminal
+    assert settings.service.log_level == "info"
     assert settings.config_file is None
     assert [(c.name, c.domains) for c in settings.certificates] == [("a.example", ("a.example",))]
 
@@ -113,11 +117,11 @@ def test_every_option_has_a_default_and_a_distinct_spelling() -> None:
 
 def test_flag_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
     toml = "[renewal]\nrenew_at = 0.5\n"
-    assert load(DOMAIN).renew_at == 0.66
-    assert load(DOMAIN, toml=toml, tmp_path=tmp_path).renew_at == 0.5
+    assert load(DOMAIN).renewal.renew_at == 0.66
+    assert load(DOMAIN, toml=toml, tmp_path=tmp_path).renewal.renew_at == 0.5
     env = {"CERT_SIDECAR_RENEW_AT": "0.4"}
-    assert load(DOMAIN, env, toml, tmp_path).renew_at == 0.4
-    assert load([*DOMAIN, "--renew-at", "0.3"], env, toml, tmp_path).renew_at == 0.3
+    assert load(DOMAIN, env, toml, tmp_path).renewal.renew_at == 0.4
+    assert load([*DOMAIN, "--renew-at", "0.3"], env, toml, tmp_path).renewal.renew_at == 0.3
 
 
 def test_precedence_holds_for_every_simple_option(tmp_path: Path) -> None:
@@ -134,13 +138,13 @@ def test_precedence_holds_for_every_simple_option(tmp_path: Path) -> None:
         toml = f'[{option.table}]\n{option.key} = "{in_file}"\n'
         env = {option.envs[0]: in_env}
         flags = [*DOMAIN, option.flag, in_flag]
-        only_file = getattr(load(DOMAIN, {}, toml, tmp_path), name)
-        only_env = getattr(load(DOMAIN, env), name)
-        only_flag = getattr(load(flags), name)
+        only_file = load(DOMAIN, {}, toml, tmp_path).value(name)
+        only_env = load(DOMAIN, env).value(name)
+        only_flag = load(flags).value(name)
         assert len({str(v) for v in (only_file, only_env, only_flag)}) == 3, name
-        assert getattr(load(DOMAIN, env, toml, tmp_path), name) == only_env, name
-        assert getattr(load(flags, env, toml, tmp_path), name) == only_flag, name
-        assert getattr(load(flags, {}, toml, tmp_path), name) == only_flag, name
+        assert load(DOMAIN, env, toml, tmp_path).value(name) == only_env, name
+        assert load(flags, env, toml, tmp_path).value(name) == only_flag, name
+        assert load(flags, {}, toml, tmp_path).value(name) == only_flag, name
 
 
 def test_config_file_from_env_and_flag_wins(tmp_path: Path) -> None:
@@ -149,15 +153,15 @@ def test_config_file_from_env_and_flag_wins(tmp_path: Path) -> None:
     one.write_text('[acme]\nemail = "one@a.example"\n')
     two.write_text('[acme]\nemail = "two@a.example"\n')
     env = {"CERT_SIDECAR_CONFIG": str(one)}
-    assert load(DOMAIN, env).email == "one@a.example"
-    assert load([*DOMAIN, "--config", str(two)], env).email == "two@a.example"
+    assert load(DOMAIN, env).acme.email == "one@a.example"
+    assert load([*DOMAIN, "--config", str(two)], env).acme.email == "two@a.example"
     assert load([*DOMAIN, "--config", str(two)], env).config_file == two
 
 
 def test_empty_environment_variables_count_as_unset() -> None:
     settings = load(DOMAIN, {"CERT_SIDECAR_EMAIL": "", "CERT_SIDECAR_RENEW_AT": ""})
-    assert settings.email is None
-    assert settings.renew_at == 0.66
+    assert settings.acme.email is None
+    assert settings.renewal.renew_at == 0.66
 
 
 def test_a_misspelt_cert_sidecar_variable_is_named() -> None:
@@ -398,9 +402,9 @@ def test_a_missing_or_unreadable_config_file(tmp_path: Path) -> None:
 def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path: Path) -> None:
     toml = '[acme]\nca_bundle = "root.pem"\n[files]\ncerts_dir = "../certs"\n'
     settings = load(DOMAIN, {}, toml, tmp_path)
-    assert settings.ca_bundle == tmp_path / "root.pem"
-    assert settings.certs_dir == tmp_path.parent / "certs"
-    assert settings.haproxy_certs_dir == tmp_path.parent / "certs"
+    assert settings.acme.ca_bundle == tmp_path / "root.pem"
+    assert settings.files.certs_dir == tmp_path.parent / "certs"
+    assert settings.haproxy.certs_dir == tmp_path.parent / "certs"
 
 
 def test_every_table_and_key_of_the_contract_example_is_accepted(tmp_path: Path) -> None:
@@ -444,14 +448,14 @@ key_type = "ec-p256"
 challenge = "http-01"
 """
     settings = load([], {}, toml, tmp_path)
-    assert settings.haproxy_certs_dir == Path("/usr/local/etc/haproxy/certs")
-    assert settings.reload_command == ("true", "--reload")
-    assert settings.deploy_hook == ("true",)
-    assert settings.verify_address == ("127.0.0.1", 443)
-    assert settings.placeholder is False
-    assert settings.log_format == "console"
-    assert settings.email == "ops@openchami.cluster"
-    assert settings.pem_group == 0
+    assert settings.haproxy.certs_dir == Path("/usr/local/etc/haproxy/certs")
+    assert settings.haproxy.reload_command == ("true", "--reload")
+    assert settings.haproxy.deploy_hook == ("true",)
+    assert settings.haproxy.verify_address == ("127.0.0.1", 443)
+    assert settings.service.placeholder is False
+    assert settings.service.log_format == "console"
+    assert settings.acme.email == "ops@openchami.cluster"
+    assert settings.files.pem_group == 0
 
 
 # --- individual value parsers ---------------------------------------------------------------
@@ -542,7 +546,7 @@ def test_bad_pem_mode(value: str | int, fragment: str) -> None:
 
 
 def test_pem_mode_setting_from_toml_octal_integer(tmp_path: Path) -> None:
-    assert load(DOMAIN, {}, "[files]\npem_mode = 0o600\n", tmp_path).pem_mode == 0o600
+    assert load(DOMAIN, {}, "[files]\npem_mode = 0o600\n", tmp_path).files.pem_mode == 0o600
     exc = error(DOMAIN, {"CERT_SIDECAR_PEM_MODE": "0666"})
     assert exc.setting == "CERT_SIDECAR_PEM_MODE" and "0666" in exc.message
 
@@ -573,7 +577,7 @@ def test_root_may_use_any_group_but_names_must_exist() -> None:
 
 def test_pem_group_setting_uses_the_process_groups() -> None:
     own = os.getegid()
-    assert load([*DOMAIN, "--pem-group", str(own)]).pem_group == own
+    assert load([*DOMAIN, "--pem-group", str(own)]).files.pem_group == own
     exc = error([*DOMAIN, "--pem-group", "no-such-group-here"])
     assert exc.setting == "--pem-group" and "no group named" in exc.message
 
@@ -594,16 +598,16 @@ def test_pem_group_setting_uses_the_process_groups() -> None:
 def test_env_booleans(text: str, value: bool) -> None:
     assert parse_bool(text) is value
     settings = load(DOMAIN, {"CERT_SIDECAR_SYSTEM_TRUST": text, "CERT_SIDECAR_PLACEHOLDER": text})
-    assert settings.system_trust is value
-    assert settings.placeholder is value
+    assert settings.acme.system_trust is value
+    assert settings.service.placeholder is value
 
 
 def test_bad_env_boolean_and_flag_forms() -> None:
     exc = error(DOMAIN, {"CERT_SIDECAR_SYSTEM_TRUST": "maybe"})
     assert exc.setting == "CERT_SIDECAR_SYSTEM_TRUST" and "not a boolean" in exc.message
-    assert load([*DOMAIN, "--system-trust"]).system_trust is True
+    assert load([*DOMAIN, "--system-trust"]).acme.system_trust is True
     env = {"CERT_SIDECAR_PLACEHOLDER": "on"}
-    assert load([*DOMAIN, "--no-placeholder"], env).placeholder is False
+    assert load([*DOMAIN, "--no-placeholder"], env).service.placeholder is False
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "abc", "nan"])
@@ -633,12 +637,12 @@ def test_bad_email(address: str) -> None:
 
 
 def test_email_accepts_a_mailto_prefix() -> None:
-    assert load([*DOMAIN, "--email", "mailto:ops@a.example"]).email == "ops@a.example"
+    assert load([*DOMAIN, "--email", "mailto:ops@a.example"]).acme.email == "ops@a.example"
 
 
 def test_log_settings() -> None:
     settings = load([*DOMAIN, "--log-format", "console", "--log-level", "DEBUG"])
-    assert (settings.log_format, settings.log_level) == ("console", "debug")
+    assert (settings.service.log_format, settings.service.log_level) == ("console", "debug")
     assert error([*DOMAIN, "--log-format", "xml"]).setting == "--log-format"
 
 
@@ -652,7 +656,7 @@ def test_dns_hook_is_split_like_a_shell(tmp_path: Path) -> None:
     settings = load(
         ["--domain", "a.example", "--challenge", "dns-01", "--dns-hook", f"'{hook}' --zone 'x y'"]
     )
-    assert settings.dns_hook == (str(hook), "--zone", "x y")
+    assert settings.acme.dns_hook == (str(hook), "--zone", "x y")
 
 
 @pytest.mark.parametrize(
@@ -702,8 +706,8 @@ def test_reload_requirements(flags: list[str], setting: str, fragment: str) -> N
 
 def test_signal_reload() -> None:
     settings = load([*DOMAIN, "--reload", "signal", "--reload-pid-file", "/run/haproxy.pid"])
-    assert settings.reload_signal is signal.SIGUSR2
-    assert settings.reload_pid_file == Path("/run/haproxy.pid")
+    assert settings.haproxy.reload_signal is signal.SIGUSR2
+    assert settings.haproxy.reload_pid_file == Path("/run/haproxy.pid")
     for spelling in ("HUP", "sighup", "SIGHUP", str(int(signal.SIGHUP))):
         settings = load(
             [
@@ -716,13 +720,13 @@ def test_signal_reload() -> None:
                 spelling,
             ]
         )
-        assert settings.reload_signal is signal.SIGHUP
+        assert settings.haproxy.reload_signal is signal.SIGHUP
 
 
 def test_command_reload() -> None:
     settings = load([*DOMAIN, "--reload", "command", "--reload-command", "true reload now"])
-    assert settings.reload == "command"
-    assert settings.reload_command == ("true", "reload", "now")
+    assert settings.haproxy.reload == "command"
+    assert settings.haproxy.reload_command == ("true", "reload", "now")
 
 
 def test_haproxy_sockets_and_default_reload() -> None:
@@ -735,15 +739,15 @@ def test_haproxy_sockets_and_default_reload() -> None:
             "tcp:127.0.0.1:9999",
         ]
     )
-    assert settings.haproxy_sockets == (
+    assert settings.haproxy.sockets == (
         HAProxyAddress("unix", path="/run/haproxy/admin.sock"),
         HAProxyAddress("tcp", host="127.0.0.1", port=9999),
     )
-    assert settings.reload == "runtime-api"
-    assert settings.haproxy_socket_texts == ("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999")
+    assert settings.haproxy.reload == "runtime-api"
+    assert settings.haproxy.socket_texts == ("unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999")
     env = {"CERT_SIDECAR_HAPROXY_SOCKET": "master:unix:/run/m.sock, unix:/run/a.sock"}
     settings = load([*DOMAIN, "--reload", "master-reload"], env)
-    assert settings.reload == "master-reload" and len(settings.haproxy_sockets) == 2
+    assert settings.haproxy.reload == "master-reload" and len(settings.haproxy.sockets) == 2
     exc = error([*DOMAIN, "--haproxy-socket", "unix:/run/a.sock", "--reload", "master-reload"])
     assert exc.setting == "--reload" and "master CLI socket" in exc.message
     for bad in ("http://x", "unix:", "tcp:host", ""):
@@ -761,15 +765,15 @@ EAB_KEY = base64.urlsafe_b64encode(b"\xfb\xff" * 16).rstrip(b"=").decode()
 def test_eab_from_env_value_and_from_file(tmp_path: Path) -> None:
     env = {"CERT_SIDECAR_EAB_KID": "kid-1", "CERT_SIDECAR_EAB_HMAC_KEY": EAB_KEY}
     settings = load(DOMAIN, env)
-    assert settings.eab_kid == "kid-1" and settings.eab_hmac_key == b"\xfb\xff" * 16
+    assert settings.acme.eab_kid == "kid-1" and settings.acme.eab_hmac_key == b"\xfb\xff" * 16
     key_file = tmp_path / "eab.key"
     key_file.write_text(EAB_KEY + "==\n")
     settings = load([*DOMAIN, "--eab-kid", "kid-2", "--eab-hmac-key-file", str(key_file)])
-    assert settings.eab_hmac_key == b"\xfb\xff" * 16
+    assert settings.acme.eab_hmac_key == b"\xfb\xff" * 16
     toml = f'[acme]\neab_kid = "k"\neab_hmac_key_file = "{key_file.name}"\n'
-    assert load(DOMAIN, {}, toml, tmp_path).eab_hmac_key == b"\xfb\xff" * 16
+    assert load(DOMAIN, {}, toml, tmp_path).acme.eab_hmac_key == b"\xfb\xff" * 16
     env_file = {"CERT_SIDECAR_EAB_KID": "k", "CERT_SIDECAR_EAB_HMAC_KEY_FILE": str(key_file)}
-    assert load(DOMAIN, env_file).eab_hmac_key == b"\xfb\xff" * 16
+    assert load(DOMAIN, env_file).acme.eab_hmac_key == b"\xfb\xff" * 16
 
 
 def test_eab_key_is_never_a_flag_value() -> None:
@@ -860,8 +864,9 @@ def test_describe_masks_secrets_and_round_trips(tmp_path: Path) -> None:
     assert document["acme"]["key_type"] == "rsa-2048"
     again = load([], env, text, tmp_path)
     assert again.config_file == tmp_path / "sidecar.toml"
-    assert again.deploy_hook == ("true", "***")
-    unmasked = dataclasses.replace(again, config_file=None, deploy_hook=settings.deploy_hook)
+    assert again.haproxy.deploy_hook == ("true", "***")
+    haproxy = dataclasses.replace(again.haproxy, deploy_hook=settings.haproxy.deploy_hook)
+    unmasked = dataclasses.replace(again, config_file=None, haproxy=haproxy)
     assert unmasked == settings
 
 
@@ -879,5 +884,5 @@ def test_setting_labels_record_where_values_came_from(tmp_path: Path) -> None:
 def test_settings_are_frozen() -> None:
     settings = load(DOMAIN)
     with pytest.raises(AttributeError):
-        settings.renew_at = 0.5  # type: ignore[misc]
-    assert stat.S_IMODE(settings.pem_mode) == 0o640
+        settings.renewal.renew_at = 0.5  # type: ignore[misc]
+    assert stat.S_IMODE(settings.files.pem_mode) == 0o640

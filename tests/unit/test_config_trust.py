@@ -163,7 +163,7 @@ def test_check_ca_bundle_names_the_setting_as_written(
         sources, "DEFAULTS", MappingProxyType({**sources.DEFAULTS, "ca_bundle": missing})
     )
     default = load_settings(argparse.Namespace(domains=["a.example"]), {})
-    assert default.ca_bundle == Path(missing)
+    assert default.acme.ca_bundle == Path(missing)
     with pytest.raises(ConfigError) as caught:
         check_ca_bundle(default)
     assert caught.value.setting == "--ca-bundle (default)"

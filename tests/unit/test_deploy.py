@@ -95,7 +95,7 @@ def test_from_settings_takes_the_parsed_values_as_they_are(tmp_path: Path) -> No
     assert [str(r.address) for r in deployer.runtimes] == ["unix:/s"]
     # The default mode is config.py's, and the deployer agrees with it.
     assert deployer_from_settings(_settings([])).mode == "none"
-    assert DeployConfig().mode == _settings([]).reload
+    assert DeployConfig().mode == _settings([]).haproxy.reload
 
 
 def test_build_spellings_are_the_settings_spellings() -> None:
