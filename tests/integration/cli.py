@@ -108,6 +108,22 @@ def stepca_run_args(ca: StepCA, work: Path, lease: LoopbackLease, *extra: str) -
     ]
 
 
+def waiting_run_args(work: Path) -> list[str]:
+    """`run` that waits for a CA bundle that never comes (no CA needed): it starts its health
+    listener, writes a placeholder and logs ``ca_bundle_waiting``, then does nothing more."""
+    return [
+        *base_args(
+            "https://127.0.0.1:9/acme/acme/directory",
+            work / "absent" / "root_ca.crt",
+            work / "certs",
+            work / "state",
+            http_listen=f"127.0.0.1:{free_port()}",
+        ),
+        "--domain",
+        "wait.cert-sidecar.test",
+    ]
+
+
 def real_serial(path: Path) -> int | None:
     """The serial of the certificate in a combined PEM; None while there is none, or only the
     placeholder."""

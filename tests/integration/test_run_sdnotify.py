@@ -27,11 +27,11 @@ import pytest
 from sidecar import pem
 from tests.integration.cli import (
     Wait,
-    base_args,
     free_port,
     logged,
     running_sidecar,
     stepca_run_args,
+    waiting_run_args,
 )
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCAFactory
@@ -222,21 +222,6 @@ def _process_state(pid: int) -> str:
     return text[text.rindex(")") + 2]
 
 
-def _waiting_args(tmp_path: Path) -> list[str]:
-    """A sidecar that waits for a CA bundle that never comes: no CA needed."""
-    return [
-        *base_args(
-            "https://127.0.0.1:9/acme/acme/directory",
-            tmp_path / "absent" / "root_ca.crt",
-            tmp_path / "certs",
-            tmp_path / "state",
-            http_listen=f"127.0.0.1:{free_port()}",
-        ),
-        "--domain",
-        "wait.cert-sidecar.test",
-    ]
-
-
 def test_a_stopped_process_sends_no_watchdog_pings(
     tmp_path: Path, notify_socket_factory: Callable[[Path | None], NotifySocket]
 ) -> None:
@@ -244,7 +229,7 @@ def test_a_stopped_process_sends_no_watchdog_pings(
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "100000"}  # a ping every 0.05 s
     pings = Wait("watchdog pings", lambda _: notify.count(b"WATCHDOG=1") >= 3)
     with running_sidecar(
-        _waiting_args(tmp_path), tmp_path / "run.log", env=env, until=pings
+        waiting_run_args(tmp_path), tmp_path / "run.log", env=env, until=pings
     ) as sidecar:
         pid = sidecar.process.pid
         os.kill(pid, signal.SIGSTOP)
@@ -283,7 +268,7 @@ def test_a_hostile_notify_socket_is_one_warning_and_the_sidecar_runs_on(
         # The watchdog sends every 0.05 s: a warning per failed send would show.
         env = {"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "100000"}
         with running_sidecar(
-            _waiting_args(tmp_path),
+            waiting_run_args(tmp_path),
             tmp_path / "run.log",
             env=env,
             until=logged("ca_bundle_waiting"),

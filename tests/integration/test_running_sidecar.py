@@ -8,26 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import Sidecar, Wait, base_args, free_port, logged, running_sidecar
-
-
-def _waiting_args(tmp_path: Path) -> list[str]:
-    return [
-        *base_args(
-            "https://127.0.0.1:9/acme/acme/directory",
-            tmp_path / "absent" / "root_ca.crt",
-            tmp_path / "certs",
-            tmp_path / "state",
-            http_listen=f"127.0.0.1:{free_port()}",
-        ),
-        "--domain",
-        "wait.cert-sidecar.test",
-    ]
+from tests.integration.cli import Sidecar, Wait, logged, running_sidecar, waiting_run_args
 
 
 def test_the_block_ending_stops_the_process_with_its_exit_code(tmp_path: Path) -> None:
     with running_sidecar(
-        _waiting_args(tmp_path), tmp_path / "run.log", until=logged("ca_bundle_waiting")
+        waiting_run_args(tmp_path), tmp_path / "run.log", until=logged("ca_bundle_waiting")
     ) as sidecar:
         assert sidecar.process.poll() is None
     assert sidecar.process.poll() == 0
@@ -40,7 +26,7 @@ def test_a_failure_in_the_block_reaps_the_process_and_shows_its_log(tmp_path: Pa
     with (
         pytest.raises(AssertionError, match="the test's own failure") as caught,
         running_sidecar(
-            _waiting_args(tmp_path), tmp_path / "run.log", until=logged("ca_bundle_waiting")
+            waiting_run_args(tmp_path), tmp_path / "run.log", until=logged("ca_bundle_waiting")
         ) as sidecar,
     ):
         handle.append(sidecar)
@@ -58,7 +44,7 @@ def test_a_wait_that_never_holds_fails_with_the_log_and_stops_the_process(
     never = Wait("something that never happens", lambda _: False, timeout=1.0)
     with (
         pytest.raises(AssertionError, match="timed out waiting for something") as caught,
-        running_sidecar(_waiting_args(tmp_path), tmp_path / "run.log", until=never),
+        running_sidecar(waiting_run_args(tmp_path), tmp_path / "run.log", until=never),
     ):
         pytest.fail("the block must not run when the wait failed")
     assert str(tmp_path / "run.log") in "\n".join(getattr(caught.value, "__notes__", []))
