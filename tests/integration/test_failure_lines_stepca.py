@@ -81,6 +81,8 @@ def test_failures_say_what_to_do_and_a_fixed_configuration_is_tried_at_once(
         assert health.code == 1
         assert "placeholder certificate, not yet issued by the CA; last error:" in health.stderr
         assert "could not connect to validation target" in health.stderr
+        # Whole, hint included, within what podman keeps of a probe's output.
+        assert HINT in health.stderr and len(health.stderr) <= 500, health.stderr
 
         _write(config, _config(ca, lease, tmp_path, f"{lease.address}:80", port))
         sidecar.wait_for(lambda: "config_reloaded" in sidecar.event_names(), "the reload")
