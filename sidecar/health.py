@@ -426,18 +426,47 @@ async def _probe(host: str, port: int) -> tuple[int, bytes]:
     return int(parts[1]), body
 
 
+# The healthcheck's whole output stays within what container engines keep of a probe: podman
+# keeps 500 characters (HealthMaxLogSize's default), Docker 4096 bytes. The reasons hold a CA's
+# error text (attacker-influenced), so they are cut to fit, never the line left to grow.
+HEALTHCHECK_OUTPUT_LIMIT = 500
+# A reason ends with the hint on what to do (`errors.with_hint`, the issuer's contact hint):
+# a cut keeps this many characters of its end, and takes from the middle, the CA's words.
+_KEPT_END = 220
+_CUT = "..."
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its start and its last ``_KEPT_END``, the cut
+    in between marked."""
+    if len(text) <= limit:
+        return text
+    end = min(_KEPT_END, limit // 2)
+    return text[: limit - end - len(_CUT)] + _CUT + text[-end:]
+
+
 def _not_ready_reason(status: int, body: bytes) -> str:
     try:
         data = json.loads(body)
-        reasons = [str(reason) for reason in data["reasons"]]
+        reasons = [one_line(str(reason)) for reason in data["reasons"]]
     except (ValueError, KeyError, TypeError):
         reasons = []
     if not reasons:
         return f"not ready (HTTP {status})"
-    text = "; ".join(reasons)
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return one_line(f"not ready: {text}")
+    head = "not ready: "
+    # "healthcheck: " before it and the newline after it.
+    room = HEALTHCHECK_OUTPUT_LIMIT - len("healthcheck: ") - len(head) - 1
+    # The first reason whole but for its middle; the next ones while they fit, then a count.
+    more = f"; and {len(reasons)} more"
+    shown = [_shorten(reasons[0], room - len(more))]
+    for index, reason in enumerate(reasons[1:], start=1):
+        rest = len(reasons) - index - 1
+        tail = f"; and {rest} more" if rest else ""
+        if len("; ".join([*shown, reason]) + tail) > room:
+            shown.append(f"and {len(reasons) - index} more")
+            break
+        shown.append(reason)
+    return head + "; ".join(shown)
 
 
 async def cmd_healthcheck(

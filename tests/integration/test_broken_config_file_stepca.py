@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import Sidecar, free_port, run_cli
+from tests.integration.cli import Sidecar, free_port, readyz_ok, run_cli, running_sidecar
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
 
@@ -35,10 +35,12 @@ class _Running:
     """A `run --config FILE` sidecar with one issued certificate (health listener set in the
     file, not the default, so that healthcheck must read it there)."""
 
+    sidecar: Sidecar  # set by the fixture once it runs
+
     def __init__(self, ca: StepCA, lease: LoopbackLease, tmp_path: Path) -> None:
         self.ca, self.lease = ca, lease
         self.config = tmp_path / "cert-sidecar.toml"
-        port = free_port()
+        self.port = port = free_port()
         self.good = "\n".join(
             [
                 "[acme]",
@@ -56,10 +58,6 @@ class _Running:
             ]
         )
         _write(self.config, self.good)
-        self.sidecar = Sidecar(
-            ["--config", str(self.config)], tmp_path / "run.log", health_port=port
-        )
-        self.sidecar.wait_for(lambda: self.sidecar.get("/readyz")[0] == 200, "ready")
         self.ask = ["--config", str(self.config)]
 
 
@@ -70,10 +68,11 @@ def running(
     tmp_path: Path,
 ) -> Iterator[_Running]:
     setup = _Running(step_ca_factory(), loopback_factory(), tmp_path)
-    try:
+    with running_sidecar(
+        setup.ask, tmp_path / "run.log", health_port=setup.port, until=readyz_ok()
+    ) as sidecar:
+        setup.sidecar = sidecar
         yield setup
-    finally:
-        setup.sidecar.stop()
 
 
 def test_a_one_shot_with_other_settings_is_refused_not_done_with_the_running_ones(

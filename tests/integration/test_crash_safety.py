@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sidecar import pem, storage
 from sidecar.storage import LockTimeout, StateStore, StorageError
-from tests.integration.cli import Sidecar, base_args, clean_env, free_port, run_cli
+from tests.integration.cli import clean_env, readyz_ok, run_cli, running_sidecar, stepca_run_args
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA
 
@@ -205,17 +205,7 @@ def test_sigkill_of_issue_at_each_stage_leaves_a_whole_pem(
     step_ca: StepCA, loopback: LoopbackLease, tmp_path: Path
 ) -> None:
     certs = tmp_path / "certs"
-    args = [
-        *base_args(
-            step_ca.directory_url,
-            step_ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
-    ]
+    args = stepca_run_args(step_ca, tmp_path, loopback)
     pem_path = certs / f"{loopback.name}.pem"
     assert run_cli(["issue", *args]).code == 0
     rng = random.Random(1234)
@@ -254,12 +244,8 @@ def test_sigkill_of_issue_at_each_stage_leaves_a_whole_pem(
     # A kill leaves a temporary only when it lands mid-write; one more in their pattern makes
     # sure the start-up clean-up below always has something to remove.
     (certs / f".{pem_path.name}.{secrets.token_hex(8)}").write_bytes(b"half a PEM")
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+    with running_sidecar(args, tmp_path / "run.log", until=readyz_ok()):
         assert [p.name for p in certs.iterdir()] == [pem_path.name]
-    finally:
-        sidecar.stop()
 
 
 # -- the lock across processes -------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import REPO, Sidecar, base_args, free_port
+from tests.integration.cli import REPO, Sidecar, Wait, running_sidecar, stepca_run_args
 from tests.peers.haproxy import HAProxyFactory, handshake
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCAFactory
@@ -296,42 +296,29 @@ def _scrape_running_sidecar(
     certs = tmp_path / "certs"
     certs.mkdir()
     haproxy = haproxy_factory(certs)
-    args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
-        "--haproxy-socket",
-        f"unix:{haproxy.socket_path}",
-    ]
+    args = stepca_run_args(
+        ca, tmp_path, loopback, "--haproxy-socket", f"unix:{haproxy.socket_path}"
+    )
     root = ca.root_pem.encode()
     served_line = f'cert_sidecar_certificate_served_matches{{name="{loopback.name}"}} 1'
+
+    def served_and_checked(sidecar: Sidecar) -> bool:
+        try:
+            handshake("127.0.0.1", haproxy.port, loopback.name, root)
+        except (OSError, ssl.SSLError, ValueError):
+            return False
+        status, body = sidecar.get("/metrics")
+        return status == 200 and served_line in body
+
     text, scraped_at = "", 0.0
     for attempt in ("issue", "check"):
-        sidecar = Sidecar(args, tmp_path / f"run-{attempt}.log", health_port=free_port())
-        try:
-
-            def served_and_checked(sidecar: Sidecar = sidecar) -> bool:
-                try:
-                    handshake("127.0.0.1", haproxy.port, loopback.name, root)
-                except (OSError, ssl.SSLError, ValueError):
-                    return False
-                status, body = sidecar.get("/metrics")
-                return status == 200 and served_line in body
-
-            sidecar.wait_for(served_and_checked, f"HAProxy serving it ({attempt})", timeout=90)
+        served = Wait(f"HAProxy serving it ({attempt})", served_and_checked, timeout=90)
+        with running_sidecar(args, tmp_path / f"run-{attempt}.log", until=served) as sidecar:
             status, text = sidecar.get("/metrics")
             scraped_at = time.time()
             assert status == 200
             events = sidecar.event_names()
-        finally:
-            code, _ = sidecar.stop()
-        assert code == 0
+        assert sidecar.exit_code == 0
         if attempt == "issue":
             assert "cert_issued" in events
         else:
@@ -444,16 +431,10 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
     socket = f"unix:{haproxy.socket_path}"
     other = haproxy_factory(certs)
     other_socket = str(other.socket_path)  # a bare path: the label keeps it as written
-    args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+    args = stepca_run_args(
+        ca,
+        tmp_path,
+        loopback,
         # Resolves nowhere: step-ca cannot validate its challenge.
         "--domain",
         "nowhere.invalid",
@@ -461,7 +442,7 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
         socket,
         "--haproxy-socket",
         other_socket,
-    ]
+    )
     up = f'cert_sidecar_haproxy_up{{socket="{socket}"}}'
     other_up = f'cert_sidecar_haproxy_up{{socket="{other_socket}"}}'
     failing = (
@@ -469,18 +450,17 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
     )
     served = f'cert_sidecar_certificate_served_matches{{name="{loopback.name}"}}'
     started = time.time()
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
-    try:
 
-        def metrics_have(*lines: str) -> bool:
-            status, body = sidecar.get("/metrics")
-            return status == 200 and set(lines) <= set(body.splitlines())
+    def metrics_have(sidecar: Sidecar, *lines: str) -> bool:
+        status, body = sidecar.get("/metrics")
+        return status == 200 and set(lines) <= set(body.splitlines())
 
-        sidecar.wait_for(
-            lambda: metrics_have(f"{up} 1", f"{other_up} 1", failing, f"{served} 1"),
-            "one certificate served, the other failing",
-            timeout=120,
-        )
+    one_served_one_failing = Wait(
+        "one certificate served, the other failing",
+        lambda sidecar: metrics_have(sidecar, f"{up} 1", f"{other_up} 1", failing, f"{served} 1"),
+        timeout=120,
+    )
+    with running_sidecar(args, tmp_path / "run.log", until=one_served_one_failing) as sidecar:
         status, text = sidecar.get("/metrics")
         assert status == 200
         _check_metrics_clean(text)
@@ -511,19 +491,17 @@ def test_real_scrape_of_a_failing_renewal_and_a_stopped_haproxy(
         # other still answers and serves the certificate.
         other.stop()
         sidecar.wait_for(
-            lambda: metrics_have(f"{other_up} 0", f"{up} 1", f"{served} 1"),
+            lambda: metrics_have(sidecar, f"{other_up} 0", f"{up} 1", f"{served} 1"),
             "haproxy_up 0 for the stopped one only",
             timeout=90,
         )
         # Both stopped: served_matches becomes unknown (no sample), which is why the alert
         # reads haproxy_up.
         haproxy.stop()
-        sidecar.wait_for(lambda: metrics_have(f"{up} 0"), "haproxy_up 0", timeout=90)
+        sidecar.wait_for(lambda: metrics_have(sidecar, f"{up} 0"), "haproxy_up 0", timeout=90)
         status, text = sidecar.get("/metrics")
         assert status == 200
         _check_metrics_clean(text)
         assert served not in text
         assert "haproxy_check_failed" in sidecar.event_names()
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0

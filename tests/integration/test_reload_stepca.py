@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sidecar import pem
-from tests.integration.cli import Sidecar, free_port, run_cli, verify_chain
+from tests.integration.cli import Sidecar, Wait, run_cli, running_sidecar, verify_chain
 from tests.peers.haproxy import HAProxyInstance, handshake
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
@@ -150,9 +150,12 @@ def test_a_reload_applies_ca_haproxy_certs_dir_and_challenge_without_restart(
         return urls[0]
 
     _write_atomically(config, _config(ca1, **settings))  # type: ignore[arg-type]
-    sidecar = Sidecar(["--config", str(config)], tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(lambda: _real_serial(pem1, ca1, first.name), "the first certificate")
+    first_certificate = Wait(
+        "the first certificate", lambda _: _real_serial(pem1, ca1, first.name) is not None
+    )
+    with running_sidecar(
+        ["--config", str(config)], tmp_path / "run.log", until=first_certificate
+    ) as sidecar:
         serial = _real_serial(pem1, ca1, first.name)
         sidecar.wait_for(lambda: _served(haproxy1, first.name, ca1) == serial, "HAProxy 1")
 
@@ -211,6 +214,4 @@ def test_a_reload_applies_ca_haproxy_certs_dir_and_challenge_without_restart(
         # All of it in one process.
         assert _count(sidecar, "service_starting") == 1
         assert "config_reload_failed" not in sidecar.event_names()
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0

@@ -23,7 +23,7 @@ from sidecar import pem
 from sidecar.inventory import utc_now
 from sidecar.placeholder import make_placeholder
 from tests.compose.readme import readme_block
-from tests.integration.cli import Sidecar, free_port, run_cli
+from tests.integration.cli import Wait, run_cli, running_sidecar
 from tests.peers.haproxy import HAProxyInstance
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
@@ -86,11 +86,10 @@ def test_a_removed_name_is_shown_and_the_readme_recipe_removes_it(
     config = tmp_path / "cert-sidecar.toml"
     _write(config, _config(ca, certs, state, lease, both=True, socket=haproxy.socket_path))
     removed_pem = certs / f"{REMOVED}.pem"
-    sidecar = Sidecar(["--config", str(config)], tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(
-            lambda: sidecar.event_names().count("haproxy_updated") >= 2, "both certificates"
-        )
+    both = Wait(
+        "both certificates", lambda sidecar: sidecar.event_names().count("haproxy_updated") >= 2
+    )
+    with running_sidecar(["--config", str(config)], tmp_path / "run.log", until=both) as sidecar:
         assert str(removed_pem) in haproxy.cli("show ssl cert")
         serial = next(
             e["serial"]
@@ -134,8 +133,6 @@ def test_a_removed_name_is_shown_and_the_readme_recipe_removes_it(
 
         assert last.code == 0, last.stderr
         assert "Not configured" not in last.stdout and REMOVED not in last.stdout
-    finally:
-        sidecar.stop()
 
 
 def test_a_typo_placeholder_is_removed_without_a_running_sidecar(

@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import pem
-from tests.integration.cli import Sidecar, base_args, free_port
+from tests.integration.cli import (
+    Wait,
+    base_args,
+    logged,
+    real_serial,
+    running_sidecar,
+    stepca_run_args,
+)
 from tests.peers.haproxy import HAProxyFactory, handshake
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCAFactory
-
-
-def _serial(path: Path) -> int | None:
-    try:
-        facts = pem.describe_cert(pem.parse_combined(path.read_bytes()).leaf)
-    except (OSError, pem.PemError):
-        return None
-    return None if facts.is_placeholder else facts.serial
 
 
 def test_run_removes_leftover_temporaries_when_it_starts(tmp_path: Path) -> None:
@@ -46,19 +44,15 @@ def test_run_removes_leftover_temporaries_when_it_starts(tmp_path: Path) -> None
         "--domain",
         name,
     ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(
-            lambda: "cert_placeholder_written" in sidecar.event_names(), "the placeholder"
-        )
+    with running_sidecar(
+        args, tmp_path / "run.log", until=logged("cert_placeholder_written")
+    ) as sidecar:
         assert [p for p in leftovers if p.exists()] == []
         assert not_ours.exists()
         (removed,) = [e for e in sidecar.events() if e.get("event") == "stale_temp_files_removed"]
         assert removed["count"] == len(leftovers)
         assert sorted(p.name for p in certs.iterdir()) == [".keep-me", f"{name}.pem"]
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 @pytest.mark.stepca
@@ -84,21 +78,15 @@ def test_an_haproxy_restarted_after_serving_gets_the_certificate_back(
     haproxy_view = tmp_path / "haproxy-view"  # stays empty: HAProxy starts with nothing
     haproxy_view.mkdir()
     haproxy = haproxy_factory(haproxy_view)
-    args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+    args = stepca_run_args(
+        ca,
+        tmp_path,
+        loopback,
         "--haproxy-socket",
         f"unix:{haproxy.socket_path}",
         "--haproxy-certs-dir",
         str(haproxy_view),
-    ]
+    )
     root = ca.root_pem.encode()
     pem_path = certs / f"{loopback.name}.pem"
 
@@ -108,19 +96,18 @@ def test_an_haproxy_restarted_after_serving_gets_the_certificate_back(
         except (OSError, ssl.SSLError, ValueError):
             return None
 
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(
-            lambda: _serial(pem_path) is not None and served() == _serial(pem_path),
-            "HAProxy serving the first certificate",
-            timeout=60,
-        )
+    first_served = Wait(
+        "HAProxy serving the first certificate",
+        lambda _: real_serial(pem_path) is not None and served() == real_serial(pem_path),
+        timeout=60,
+    )
+    with running_sidecar(args, tmp_path / "run.log", until=first_served) as sidecar:
         before_restart = len(sidecar.events())
         haproxy.stop()
         haproxy.start()
         assert list(haproxy_view.iterdir()) == []  # nothing on HAProxy's side to load
         sidecar.wait_for(
-            lambda: served() is not None and served() == _serial(pem_path),
+            lambda: served() is not None and served() == real_serial(pem_path),
             "the restarted HAProxy serving the certificate again",
             timeout=60,
         )
@@ -136,6 +123,4 @@ def test_an_haproxy_restarted_after_serving_gets_the_certificate_back(
             if line.startswith("cert_sidecar_certificate_served_matches{")
         ]
         assert served_matches and served_matches[0].endswith(" 1"), served_matches
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0

@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 
 from sidecar import pem
-from tests.integration.cli import Sidecar, base_args, free_port
+from tests.integration.cli import (
+    Wait,
+    free_port,
+    logged,
+    running_sidecar,
+    stepca_run_args,
+    waiting_run_args,
+)
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCAFactory
 
@@ -115,6 +122,10 @@ def _dump_env_hook(path: Path) -> str:
     return f'{sys.executable} -c "{script}"'
 
 
+def _ready_sent(notify: NotifySocket) -> Wait:
+    return Wait("READY=1", lambda _: notify.count(b"READY=1") >= 1, timeout=DEADLINE)
+
+
 def _serial_hex(path: Path) -> str | None:
     try:
         facts = pem.describe_cert(pem.parse_combined(path.read_bytes()).leaf)
@@ -139,16 +150,10 @@ def test_run_under_a_notify_socket_says_ready_status_watchdog_and_stopping(
     pem_path = certs / f"{loopback.name}.pem"
     notify = notify_socket_factory(pem_path)
     hook_env = tmp_path / "hook.env"
-    args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
+    args = stepca_run_args(
+        ca,
+        tmp_path,
+        loopback,
         "--haproxy-socket",
         f"unix:{haproxy.socket_path}",
         "--deploy-hook",
@@ -158,11 +163,9 @@ def test_run_under_a_notify_socket_says_ready_status_watchdog_and_stopping(
         "NOTIFY_SOCKET",
         "--hook-env",
         "WATCHDOG_USEC",
-    ]
+    )
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"}  # a ping every 0.1 s
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port(), env=env)
-    try:
-        sidecar.wait_for(lambda: notify.count(b"READY=1") >= 1, "READY=1", timeout=DEADLINE)
+    with running_sidecar(args, tmp_path / "run.log", env=env, until=_ready_sent(notify)) as sidecar:
         sidecar.wait_for(lambda: _serial_hex(pem_path) is not None, "the first certificate")
         serial = _serial_hex(pem_path)
         assert serial is not None
@@ -174,9 +177,7 @@ def test_run_under_a_notify_socket_says_ready_status_watchdog_and_stopping(
         )
         sidecar.wait_for(hook_env.exists, "the deploy hook")
         sidecar.wait_for(lambda: notify.count(b"WATCHDOG=1") >= 5, "watchdog pings")
-    finally:
-        code, _elapsed = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
     messages = notify.messages()
     (ready,) = [item for item in messages if item.message == b"READY=1"]
     assert ready.on_disk == "placeholder"  # there was a file for HAProxy when READY came
@@ -203,26 +204,12 @@ def test_run_without_placeholders_says_ready_only_once_the_real_certificate_is_o
     certs = tmp_path / "certs"
     pem_path = certs / f"{loopback.name}.pem"
     notify = notify_socket_factory(pem_path)
-    args = [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            certs,
-            tmp_path / "state",
-            http_listen=f"{loopback.address}:80",
-        ),
-        "--domain",
-        loopback.name,
-        "--no-placeholder",
-    ]
-    sidecar = Sidecar(
-        args, tmp_path / "run.log", health_port=free_port(), env={"NOTIFY_SOCKET": notify.path}
-    )
-    try:
-        sidecar.wait_for(lambda: notify.count(b"READY=1") >= 1, "READY=1", timeout=DEADLINE)
-    finally:
-        code, _elapsed = sidecar.stop()
-    assert code == 0
+    args = stepca_run_args(ca, tmp_path, loopback, "--no-placeholder")
+    with running_sidecar(
+        args, tmp_path / "run.log", env={"NOTIFY_SOCKET": notify.path}, until=_ready_sent(notify)
+    ) as sidecar:
+        pass  # READY=1 came: what matters is what was on disk then
+    assert sidecar.exit_code == 0
     (ready,) = notify.where(lambda m: m == b"READY=1")
     assert ready.on_disk == "real"
     assert "cert_placeholder_written" not in sidecar.event_names()
@@ -235,32 +222,16 @@ def _process_state(pid: int) -> str:
     return text[text.rindex(")") + 2]
 
 
-def _waiting_args(tmp_path: Path) -> list[str]:
-    """A sidecar that waits for a CA bundle that never comes: no CA needed."""
-    return [
-        *base_args(
-            "https://127.0.0.1:9/acme/acme/directory",
-            tmp_path / "absent" / "root_ca.crt",
-            tmp_path / "certs",
-            tmp_path / "state",
-            http_listen=f"127.0.0.1:{free_port()}",
-        ),
-        "--domain",
-        "wait.cert-sidecar.test",
-    ]
-
-
 def test_a_stopped_process_sends_no_watchdog_pings(
     tmp_path: Path, notify_socket_factory: Callable[[Path | None], NotifySocket]
 ) -> None:
     notify = notify_socket_factory(None)
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "100000"}  # a ping every 0.05 s
-    sidecar = Sidecar(
-        _waiting_args(tmp_path), tmp_path / "run.log", health_port=free_port(), env=env
-    )
-    pid = sidecar.process.pid
-    try:
-        sidecar.wait_for(lambda: notify.count(b"WATCHDOG=1") >= 3, "watchdog pings")
+    pings = Wait("watchdog pings", lambda _: notify.count(b"WATCHDOG=1") >= 3)
+    with running_sidecar(
+        waiting_run_args(tmp_path), tmp_path / "run.log", env=env, until=pings
+    ) as sidecar:
+        pid = sidecar.process.pid
         os.kill(pid, signal.SIGSTOP)
         try:
             deadline = time.monotonic() + DEADLINE
@@ -274,9 +245,7 @@ def test_a_stopped_process_sends_no_watchdog_pings(
         finally:
             os.kill(pid, signal.SIGCONT)
         sidecar.wait_for(lambda: notify.count(b"WATCHDOG=1") >= before + 3, "pings after SIGCONT")
-    finally:
-        code, _elapsed = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 @pytest.mark.parametrize(
@@ -298,18 +267,15 @@ def test_a_hostile_notify_socket_is_one_warning_and_the_sidecar_runs_on(
         }[kind]
         # The watchdog sends every 0.05 s: a warning per failed send would show.
         env = {"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "100000"}
-        sidecar = Sidecar(
-            _waiting_args(tmp_path), tmp_path / "run.log", health_port=free_port(), env=env
-        )
-        try:
-            sidecar.wait_for(
-                lambda: "ca_bundle_waiting" in sidecar.event_names(), "the wait for the bundle"
-            )
+        with running_sidecar(
+            waiting_run_args(tmp_path),
+            tmp_path / "run.log",
+            env=env,
+            until=logged("ca_bundle_waiting"),
+        ) as sidecar:
             time.sleep(0.5)  # ten watchdog rounds
             assert sidecar.get("/healthz")[0] == 200
-        finally:
-            code, _elapsed = sidecar.stop()
-        assert code == 0
+        assert sidecar.exit_code == 0
         events = sidecar.events()
         warnings = [e for e in events if e.get("level") in ("warning", "error", "critical")]
         notify_warnings = [e for e in warnings if e.get("event") == "sd_notify_failed"]
@@ -349,14 +315,12 @@ def test_a_config_reload_is_reloading_then_ready(
 
     http_port = free_port()
     write(["a.cert-sidecar.test"])
-    sidecar = Sidecar(
+    with running_sidecar(
         ["--config", str(config)],
         tmp_path / "run.log",
-        health_port=free_port(),
         env={"NOTIFY_SOCKET": notify.path},
-    )
-    try:
-        sidecar.wait_for(lambda: notify.count(b"READY=1") == 1, "READY=1")
+        until=Wait("READY=1", lambda _: notify.count(b"READY=1") == 1),
+    ) as sidecar:
         sidecar.wait_for(lambda: "ca_bundle_waiting" in sidecar.event_names(), "the bundle wait")
         # The file watch starts shortly after the bundle wait, with no event of its own: the
         # new file is written again each second until the reload shows.
@@ -372,9 +336,7 @@ def test_a_config_reload_is_reloading_then_ready(
             return False
 
         sidecar.wait_for(reloaded, "READY=1 after the reload")
-    finally:
-        code, _elapsed = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
     assert "config_reloaded" in sidecar.event_names()
     sequence = [
         item.message.split(b"\n")[0]

@@ -19,7 +19,16 @@ import pytest
 from cryptography import x509
 
 from sidecar import pem
-from tests.integration.cli import Sidecar, base_args, free_port, run_cli
+from tests.integration.cli import (
+    base_args,
+    first_certificate,
+    logged,
+    readyz_ok,
+    real_serial,
+    run_cli,
+    running_sidecar,
+    stepca_run_args,
+)
 from tests.peers.haproxy import handshake
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
@@ -41,13 +50,6 @@ def _pem_facts(path: Path) -> pem.CertFacts | None:
         return None
 
 
-def _real_serial(path: Path) -> int | None:
-    facts = _pem_facts(path)
-    if facts is None or facts.is_placeholder:
-        return None
-    return facts.serial
-
-
 def _metric(text: str, metric: str, /, **labels: str) -> float | None:
     for line in text.splitlines():
         if line.startswith("#") or not line.startswith(metric):
@@ -56,21 +58,6 @@ def _metric(text: str, metric: str, /, **labels: str) -> float | None:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             return float(value)
     return None
-
-
-def _run_args(ca: StepCA, tmp_path: Path, lease: LoopbackLease) -> list[str]:
-    """The common arguments: this CA, certs and state under tmp_path, one certificate."""
-    return [
-        *base_args(
-            ca.directory_url,
-            ca.root_path,
-            tmp_path / "certs",
-            tmp_path / "state",
-            http_listen=f"{lease.address}:80",
-        ),
-        "--domain",
-        lease.name,
-    ]
 
 
 class Handshaker(threading.Thread):
@@ -113,19 +100,19 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
     # counted in the master's `show proc`; a restart replaces both. So the worker's pid and the
     # reload count are what tell a hot update from either.
     worker = haproxy.worker_pid()
-    args = [
-        *_run_args(ca, tmp_path, loopback),
+    args = stepca_run_args(
+        ca,
+        tmp_path,
+        loopback,
         "--haproxy-socket",
         f"unix:{haproxy.socket_path}",
         "--reload-pid-file",
         str(haproxy.pid_file),
-    ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
-    try:
+    )
+    with running_sidecar(
+        args, tmp_path / "run.log", until=logged("cert_placeholder_written")
+    ) as sidecar:
         pem_path = certs / f"{loopback.name}.pem"
-        sidecar.wait_for(
-            lambda: "cert_placeholder_written" in sidecar.event_names(), "the placeholder"
-        )
         root = ca.root_pem.encode()
 
         def served_real() -> bool:
@@ -156,7 +143,7 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
         assert haproxy.running()
         assert haproxy.worker_pid() == worker, "HAProxy's worker changed: reloaded or restarted"
         assert haproxy.restart_count() == 0, "HAProxy's master counted a reload"
-        assert _real_serial(pem_path) is not None
+        assert real_serial(pem_path) is not None
         names = sidecar.event_names()
         assert names.count("cert_issued") >= 4
         assert "haproxy_updated" in names
@@ -165,10 +152,9 @@ def test_run_renews_and_haproxy_serves_every_serial_without_restart(
         status, metrics = sidecar.get("/metrics")
         assert status == 200
         assert (_metric(metrics, "cert_sidecar_renewals_total", result="success") or 0) >= 4
-    finally:
-        code, elapsed = sidecar.stop()
-    assert code == 0
-    assert elapsed < 10.0  # within docker stop's default grace, after which it SIGKILLs
+    assert sidecar.exit_code == 0
+    # The stop at the block's end: within docker stop's default grace, after which it SIGKILLs.
+    assert sidecar.stop_seconds is not None and sidecar.stop_seconds < 10.0
     assert not [p for p in certs.iterdir() if p.name != f"{loopback.name}.pem"]
 
 
@@ -189,10 +175,8 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
         "--domain",
         loopback.name,
     ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
-    try:
-        sidecar.wait_for(lambda: "ca_bundle_waiting" in sidecar.event_names(), "waiting")
+    with running_sidecar(args, tmp_path / "run.log", until=logged("ca_bundle_waiting")) as sidecar:
         assert sidecar.get("/healthz")[0] == 200
         assert sidecar.get("/readyz")[0] == 503  # the placeholder is not ready
         facts = _pem_facts(pem_path)
@@ -201,7 +185,7 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
         assert sidecar.event_names().count("ca_bundle_waiting") == 1  # logged once, not looped
 
         _write_atomically(bundle, ca1.root_pem.encode())
-        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
+        sidecar.wait_for(lambda: real_serial(pem_path) is not None, "the first certificate")
         sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
 
         # A second CA with a new root takes over the same address.
@@ -224,9 +208,7 @@ def test_bundle_appears_late_then_rotates_to_a_new_root(
 
         sidecar.wait_for(issued_by_new_root, "re-issue under the new root", timeout=60)
         assert "cert_untrusted_by_new_root" in sidecar.event_names()
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 def test_ca_outage_keeps_old_certificate_and_recovers(
@@ -239,12 +221,10 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
     # fast (60-second certificates left 40 s, and the check ran only if 10 s remained).
     ca = step_ca_factory(default_duration="2m")
     certs = tmp_path / "certs"
-    args = [*_run_args(ca, tmp_path, loopback), "--renew-at", "0.45"]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    args = stepca_run_args(ca, tmp_path, loopback, "--renew-at", "0.45")
     pem_path = certs / f"{loopback.name}.pem"
-    try:
-        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
-        first = _real_serial(pem_path)
+    with running_sidecar(args, tmp_path / "run.log", until=first_certificate(pem_path)) as sidecar:
+        first = real_serial(pem_path)
         ca.stop()
 
         def failed_once() -> bool:
@@ -257,7 +237,7 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
         sidecar.wait_for(failed_once, "a failed renewal in /metrics", timeout=90, interval=0.5)
         # The old certificate is still there and still counts as ready (CA errors alone do
         # not make /readyz fail), with the error in its body.
-        assert _real_serial(pem_path) == first
+        assert real_serial(pem_path) == first
         status, body = sidecar.get("/readyz")
         facts = _pem_facts(pem_path)
         assert facts is not None
@@ -271,14 +251,12 @@ def test_ca_outage_keeps_old_certificate_and_recovers(
         assert "cert_renewal_failed" in sidecar.event_names()
         ca.start()
         sidecar.wait_for(
-            lambda: _real_serial(pem_path) not in (None, first),
+            lambda: real_serial(pem_path) not in (None, first),
             "renewal after the CA is back",
             timeout=120,
             interval=0.5,
         )
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 def test_haproxy_missing_then_back(
@@ -292,15 +270,12 @@ def test_haproxy_missing_then_back(
     certs.mkdir()
     haproxy = haproxy_factory(certs)  # type: ignore[operator]
     haproxy.stop()
-    args = [
-        *_run_args(ca, tmp_path, loopback),
-        "--haproxy-socket",
-        f"unix:{haproxy.socket_path}",
-    ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    args = stepca_run_args(
+        ca, tmp_path, loopback, "--haproxy-socket", f"unix:{haproxy.socket_path}"
+    )
     pem_path = certs / f"{loopback.name}.pem"
-    try:
-        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the PEM written anyway")
+    # The PEM is written anyway.
+    with running_sidecar(args, tmp_path / "run.log", until=first_certificate(pem_path)) as sidecar:
 
         def deploy_failed() -> bool:
             # The failure series exists from the start at 0 (metrics pre-creates it): wait for a
@@ -319,12 +294,10 @@ def test_haproxy_missing_then_back(
                 leaf = handshake("127.0.0.1", haproxy.port, loopback.name, root)
             except (OSError, ssl.SSLError, ValueError):
                 return False
-            return leaf.serial_number == _real_serial(pem_path)
+            return leaf.serial_number == real_serial(pem_path)
 
         sidecar.wait_for(served, "HAProxy serving after it came back", timeout=60)
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 def _account_url(state: Path) -> str:
@@ -337,14 +310,10 @@ def test_renew_force_is_handed_to_the_running_sidecar_which_survives_a_ca_reset(
 ) -> None:
     ca = step_ca_factory()
     certs = tmp_path / "certs"
-    args = [
-        *_run_args(ca, tmp_path, loopback),
-    ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    args = stepca_run_args(ca, tmp_path, loopback)
     pem_path = certs / f"{loopback.name}.pem"
-    try:
-        sidecar.wait_for(lambda: _real_serial(pem_path) is not None, "the first certificate")
-        first = _real_serial(pem_path)
+    with running_sidecar(args, tmp_path / "run.log", until=first_certificate(pem_path)) as sidecar:
+        first = real_serial(pem_path)
         account = _account_url(tmp_path / "state")
         # The CA forgets every account while the running sidecar's client still holds its
         # account URL and nonces: the next order must register again, and the new URL be kept.
@@ -353,13 +322,11 @@ def test_renew_force_is_handed_to_the_running_sidecar_which_survives_a_ca_reset(
         result = run_cli(["renew", "--force", *args])
         assert result.code == 0, result.stderr
         assert "done by the running cert-sidecar" in result.stderr
-        assert _real_serial(pem_path) not in (None, first)
+        assert real_serial(pem_path) not in (None, first)
         assert "control_request" in sidecar.event_names()
         assert "acme_account_reregistered" in sidecar.event_names()
         assert _account_url(tmp_path / "state") != account
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 def test_sigterm_during_an_order_stops_cleanly(
@@ -377,11 +344,12 @@ def test_sigterm_during_an_order_stops_cleanly(
         "--dns-hook",
         hook,
     ]
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
     pem_path = certs / f"{loopback.name}.pem"
-    sidecar.wait_for(lambda: "cert_renewal_started" in sidecar.event_names(), "an order")
-    time.sleep(1.0)
-    code, elapsed = sidecar.stop(signal.SIGTERM)
+    with running_sidecar(
+        args, tmp_path / "run.log", until=logged("cert_renewal_started")
+    ) as sidecar:
+        time.sleep(1.0)
+        code, elapsed = sidecar.stop(signal.SIGTERM)
     assert code == 0
     assert elapsed < 10.0  # within docker stop's default grace, after which it SIGKILLs
     facts = _pem_facts(pem_path)
@@ -413,11 +381,13 @@ def test_config_file_change_adds_and_removes_certificates(
 
     first, second = loopback.names[0], loopback.names[1]
     write_config([first])
-    sidecar = Sidecar(["--config", str(config)], tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(lambda: _real_serial(certs / f"{first}.pem") is not None, "first")
+    with running_sidecar(
+        ["--config", str(config)],
+        tmp_path / "run.log",
+        until=first_certificate(certs / f"{first}.pem"),
+    ) as sidecar:
         write_config([first, second])
-        sidecar.wait_for(lambda: _real_serial(certs / f"{second}.pem") is not None, "added")
+        sidecar.wait_for(lambda: real_serial(certs / f"{second}.pem") is not None, "added")
         kept = (certs / f"{first}.pem").read_bytes()
         write_config([second])
         sidecar.wait_for(
@@ -441,9 +411,7 @@ def test_config_file_change_adds_and_removes_certificates(
             lambda: "config_reload_failed" in sidecar.event_names(), "the reload failure"
         )
         assert sidecar.get("/healthz")[0] == 200
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
 
 
 def test_run_status_and_metrics_show_the_same_next_renewal(
@@ -451,11 +419,9 @@ def test_run_status_and_metrics_show_the_same_next_renewal(
 ) -> None:
     """docs/commands.md ("How renewal works"): the jitter comes from the serial, so the running
     service (its /readyz body), `status` (another process) and /metrics all show the same time."""
-    args = _run_args(step_ca, tmp_path, loopback)
-    sidecar = Sidecar(args, tmp_path / "run.log", health_port=free_port())
+    args = stepca_run_args(step_ca, tmp_path, loopback)
     pem_path = tmp_path / "certs" / f"{loopback.name}.pem"
-    try:
-        sidecar.wait_for(lambda: sidecar.get("/readyz")[0] == 200, "ready")
+    with running_sidecar(args, tmp_path / "run.log", until=readyz_ok()) as sidecar:
         status, body = sidecar.get("/readyz")
         assert status == 200, body
         (ready,) = json.loads(body)["certificates"]
@@ -469,9 +435,7 @@ def test_run_status_and_metrics_show_the_same_next_renewal(
         assert result.code == 0, result.stderr
         (record,) = result.json()["certificates"]  # type: ignore[index]
         from_status = datetime.fromisoformat(record["next_renewal"]).timestamp()
-    finally:
-        code, _ = sidecar.stop()
-    assert code == 0
+    assert sidecar.exit_code == 0
     assert from_metrics is not None
     assert abs(from_run - from_status) < 1.0, (from_run, from_status)
     assert abs(from_run - from_metrics) < 1.0, (from_run, from_metrics)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import Sidecar, free_port, run_cli
+from tests.integration.cli import Sidecar, Wait, logged, run_cli, running_sidecar
 from tests.peers.loopback import LoopbackLease
 from tests.peers.stepca import StepCA, StepCAFactory
 
@@ -60,9 +60,8 @@ def test_a_wrong_directory_is_reported_at_start_by_one_shots_and_by_check_config
     bad = _env(ca, lease, tmp_path, _wrong(ca))
     wrong = bad["CERT_SIDECAR_DIRECTORY"]
 
-    sidecar = Sidecar([], tmp_path / "run.log", health_port=free_port(), env=bad)
-    try:
-        sidecar.wait_for(lambda: _warnings(sidecar), "the warning about the directory")
+    warned = Wait("the warning about the directory", lambda sidecar: bool(_warnings(sidecar)))
+    with running_sidecar([], tmp_path / "run.log", env=bad, until=warned) as sidecar:
         (warning,) = _warnings(sidecar)
         assert warning["level"] == "warning"
         assert warning["setting"] == "CERT_SIDECAR_DIRECTORY"
@@ -82,8 +81,6 @@ def test_a_wrong_directory_is_reported_at_start_by_one_shots_and_by_check_config
                 f"cert-sidecar: error: CERT_SIDECAR_DIRECTORY: the ACME directory {wrong} "
             )
             assert "HTTP 404" in line and "/acme/<provisioner name>/directory" in line
-    finally:
-        sidecar.stop()
 
     online = run_cli(["check-config", "--online"], env=bad)
     assert online.code == 1
@@ -127,9 +124,9 @@ def test_a_reload_to_a_wrong_directory_is_reported(
         temp.rename(config)
 
     write(ca.directory_url)
-    sidecar = Sidecar(["--config", str(config)], tmp_path / "run.log", health_port=free_port())
-    try:
-        sidecar.wait_for(lambda: "cert_issued" in sidecar.event_names(), "the first certificate")
+    with running_sidecar(
+        ["--config", str(config)], tmp_path / "run.log", until=logged("cert_issued")
+    ) as sidecar:
         sidecar.wait_for(lambda: _ca_reachable(sidecar) == "1", "ca_reachable 1")
         write(_wrong(ca))
         sidecar.wait_for(lambda: _warnings(sidecar), "the warning after the reload")
@@ -137,5 +134,3 @@ def test_a_reload_to_a_wrong_directory_is_reported(
         assert warning["setting"] == f"acme.directory in {config}"
         assert warning["url"] == _wrong(ca)
         assert _ca_reachable(sidecar) == "0"
-    finally:
-        sidecar.stop()
