@@ -37,9 +37,8 @@ def _placeholder(name: str, last_error: str) -> CertStatus:
 
 
 def _settings(port: int) -> SimpleNamespace:
-    # The address in both places a Settings has held it (flat, then under [service]).
-    address = ("127.0.0.1", port)
-    return SimpleNamespace(health_listen=address, service=SimpleNamespace(health_listen=address))
+    # What `healthcheck` is given: the [service] part, or locate_running_sidecar's answer.
+    return SimpleNamespace(health_listen=("127.0.0.1", port))
 
 
 async def _healthcheck_output(statuses: list[CertStatus]) -> str:
