@@ -7,6 +7,8 @@ must not hide a test from a green run.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.peers.require import in_ci
@@ -17,6 +19,23 @@ pytest_plugins = [
     "tests.peers.pebble",
     "tests.peers.haproxy",
 ]
+
+
+# The tiers in the order they run: the fast, self-contained ones first (a broken unit shows in
+# minutes), the compose and quadlet tests last, so that the images scripts/test builds in the
+# background meanwhile (scripts/build-test-images.sh) are ready when they start. Within a tier,
+# files and tests keep pytest's order (the quadlet steps depend on theirs).
+TIER_ORDER = ("unit", "protocol", "peers", "integration", "compose", "quadlet")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def tier(item: pytest.Item) -> int:
+        parts = item.path.relative_to(here).parts if item.path.is_relative_to(here) else ()
+        return TIER_ORDER.index(parts[0]) if parts and parts[0] in TIER_ORDER else 0
+
+    items.sort(key=tier)  # stable: keeps the order within a tier
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ it already has the same image ID), so both engines run the very same images.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -58,11 +59,21 @@ def compose_tools() -> None:
     require(os.geteuid() == 0, "compose tests run podman and dockerd as root")
 
 
+def _wait_for_background_build(cache_dir: Path) -> None:
+    """Wait for scripts/build-test-images.sh, which scripts/test starts in the background, to
+    finish: building beside it would race it for the same tags (and `podman image prune` below
+    could remove the layers it is building on). Its lock is free when nothing is building."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock-build-test-images", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+
 @pytest.fixture(scope="session")
 def stand_in_images(compose_tools: None) -> dict[str, str]:
     """The stand-in images (build-images.sh) and the two images compose.yaml builds, built by
     podman under their test names; returns the scripts' environment."""
     env = scripts_environment()
+    _wait_for_background_build(Path(env["CACHE_DIR"]))
     _run("bash", str(SCRIPTS / "build-images.sh"), env=env, timeout=1800)
     _run(
         "bash",
