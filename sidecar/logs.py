@@ -36,6 +36,7 @@ from structlog.types import EventDict, Processor, WrappedLogger
 from sidecar.log_messages import COVERED, MESSAGES, sentence_for
 
 __all__ = [
+    "NOISY_LOGGERS",
     "REDACTED",
     "ConsoleLine",
     "add_message",
@@ -55,7 +56,7 @@ _SECRET_KEYS: Final = frozenset(
     {"private_key", "key_pem", "eab_hmac_key", "hmac_key", "password", "secret"}
 )
 _MAX_DEPTH: Final = 8
-_NOISY_LOGGERS: Final = ("httpx", "httpcore", "asyncio", "watchfiles", "apscheduler")
+NOISY_LOGGERS: Final = ("httpx", "httpcore", "asyncio", "watchfiles", "apscheduler")
 
 
 def _scrub(value: object, depth: int = 0) -> object:
@@ -260,7 +261,7 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(numeric_level)
     # Libraries that log every request at INFO would drown the sidecar's own events.
-    for name in _NOISY_LOGGERS:
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(
             logging.DEBUG if numeric_level <= logging.DEBUG else logging.WARNING
         )

@@ -7,10 +7,14 @@ must not hide a test from a green run.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
+from sidecar.logs import NOISY_LOGGERS
 from tests.peers.require import in_ci
 
 pytest_plugins = [
@@ -36,6 +40,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return TIER_ORDER.index(parts[0]) if parts and parts[0] in TIER_ORDER else 0
 
     items.sort(key=tier)  # stable: keeps the order within a tier
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_left_behind() -> Iterator[None]:
+    """Undo what `sidecar.logs.configure_logging`, run in-process by the CLI and logging tests,
+    changes for the whole process: its root handler, the root level, the noisy libraries'
+    levels and structlog's configuration. Its handler demotes ca_client's records to debug
+    level, so one left behind made a later test see the library's facts at debug instead of
+    info (seen once the unit tier ran before the integration tier)."""
+    root = logging.getLogger()
+    handlers, level = set(root.handlers), root.level
+    noisy = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    config = structlog.get_config()
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers and handler.get_name() == "cert-sidecar":
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name, noisy_level in noisy.items():
+        logging.getLogger(name).setLevel(noisy_level)
+    structlog.configure(**config)
 
 
 @pytest.fixture
