@@ -226,8 +226,8 @@ async def test_deploys_are_counted_under_their_mode_and_sockets_under_the_name_w
 ) -> None:
     socket_written = "/run/haproxy/admin.sock"
     with rig(NAME, monkeypatch=monkeypatch) as r:
-        service = r.service(r.settings("--haproxy-socket", socket_written))
-        mode = service.settings.reload
+        mode = "runtime-api"
+        service = r.service(r.settings("--haproxy-socket", socket_written, "--reload", mode))
         try:
             deployed = DeployResult(
                 NAME,
