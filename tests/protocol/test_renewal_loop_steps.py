@@ -255,3 +255,48 @@ async def test_deploys_are_counted_under_their_mode_and_sockets_under_the_name_w
     counted = {key: count for key, count in metrics.deploys.items() if count}
     assert counted == {("success", "master-reload"): 1, ("failure", mode): 2}
     assert dict(metrics.haproxy_up) == {socket_written: True, "unix:/elsewhere.sock": False}
+
+
+async def test_the_schedule_checks_every_certificate_at_start_then_when_each_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with rig(NAME, OTHER, monkeypatch=monkeypatch) as r:
+        settings = r.settings("--no-placeholder")
+        # The real schedule (the rig's service records it instead).
+        service = Service(settings, parts=r.build(settings, holder="run (test)"))
+        loop = service.loop
+        checked: list[str] = []
+        both = asyncio.Event()
+
+        async def ensure(spec: Any, **_kwargs: Any) -> Outcome:
+            checked.append(spec.name)
+            if len(checked) == 2:
+                both.set()
+            return Outcome(spec.name, Action.UNCHANGED, ok=True)
+
+        monkeypatch.setattr(service.manager, "ensure", ensure)
+        loop.stop()  # not started: nothing to stop
+        loop.start()
+        scheduler = loop._scheduler
+        assert scheduler is not None
+        try:
+            await asyncio.wait_for(both.wait(), 10)
+            await asyncio.sleep(0.1)  # the steps after each outcome
+            assert sorted(checked) == sorted([NAME, OTHER])
+            # Each asks for its next look (nothing known: a recheck soon), on the manager's
+            # clock; a look that comes late still runs, once, never two at a time.
+            job = scheduler.get_job(NAME)
+            assert job is not None
+            assert job.next_run_time == r.now() + policy.MIN_RETRY_DELAY
+            assert (job.name, job.args) == (f"check {NAME}", (NAME,))
+            assert (job.misfire_grace_time, job.coalesce, job.max_instances) == (None, True, 1)
+            # Shutting down: nothing is scheduled any more.
+            service.stopping.set()
+            loop.schedule(NAME, r.now() + policy.MAX_RETRY_DELAY)
+            job = scheduler.get_job(NAME)
+            assert job is not None and job.next_run_time == r.now() + policy.MIN_RETRY_DELAY
+        finally:
+            loop.stop()
+            await asyncio.sleep(0.1)  # apscheduler shuts down on the event loop
+            await _close(service)
+    assert loop.stalled
