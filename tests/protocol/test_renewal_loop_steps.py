@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import pytest
@@ -21,8 +21,9 @@ from structlog.testing import capture_logs
 from sidecar import policy, wiring
 from sidecar.deploy_result import DeployResult, SocketOutcome
 from sidecar.errors import OperationError
+from sidecar.manager import ServedCheck
 from sidecar.outcome import Action, Outcome
-from sidecar.renewal_loop import RenewalLoop
+from sidecar.renewal_loop import SCHEDULE_LOG_SLACK, RenewalLoop
 from sidecar.service import Service
 from tests.protocol.service_rig import rig
 
@@ -84,7 +85,8 @@ async def test_a_crash_whose_backoff_cannot_be_stored_still_waits_the_first_back
     assert r.scheduled[-1] == (NAME, r.now() + policy.MIN_RETRY_DELAY)
     failed = [e for e in logs if e["event"] == "cert_backoff_record_failed"]
     assert [e["cert"] for e in failed] == [NAME]
-    assert service.loop.last_failure(NAME) is not None
+    last = service.loop.last_failure(NAME)
+    assert last is not None and last[1] == "other"  # no kind of its own
 
 
 async def test_a_handed_over_check_waits_for_the_certificates_lock_and_skips_the_backoff(
@@ -210,12 +212,19 @@ async def test_a_reload_stops_the_schedule_of_a_removed_certificate(
                 loop.next_check(gone_spec, waiting, r.now())
                 new = replace(r, names=(NAME,)).settings("--no-placeholder")
                 loop.follow(old, new)
+                assert {job.id for job in scheduler.get_jobs()} == {NAME}
                 loop.unschedule(GONE)  # again: nothing left to stop, no error
                 # Configured again later: its schedule is news again, logged once more.
                 loop.next_check(gone_spec, waiting, r.now())
             assert {job.id for job in scheduler.get_jobs()} == {NAME}
             scheduled = [e["cert"] for e in logs if e["event"] == "cert_renewal_scheduled"]
             assert scheduled == [GONE, GONE]
+            # Moved by exactly the slack (a second): the same schedule, not logged again.
+            assert waiting.next_retry_at is not None
+            moved = replace(waiting, next_retry_at=waiting.next_retry_at + SCHEDULE_LOG_SLACK)
+            with capture_logs() as logs:
+                loop.next_check(gone_spec, moved, r.now())
+            assert [e for e in logs if e["event"] == "cert_renewal_scheduled"] == []
         finally:
             loop.stop()
             await _close(service)
@@ -226,7 +235,7 @@ async def test_deploys_are_counted_under_their_mode_and_sockets_under_the_name_w
 ) -> None:
     socket_written = "/run/haproxy/admin.sock"
     with rig(NAME, monkeypatch=monkeypatch) as r:
-        mode = "runtime-api"
+        mode: Literal["runtime-api"] = "runtime-api"
         service = r.service(r.settings("--haproxy-socket", socket_written, "--reload", mode))
         try:
             deployed = DeployResult(
@@ -255,6 +264,35 @@ async def test_deploys_are_counted_under_their_mode_and_sockets_under_the_name_w
     counted = {key: count for key, count in metrics.deploys.items() if count}
     assert counted == {("success", "master-reload"): 1, ("failure", mode): 2}
     assert dict(metrics.haproxy_up) == {socket_written: True, "unix:/elsewhere.sock": False}
+
+
+async def test_a_look_at_what_haproxy_serves_is_counted_under_the_socket_as_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    socket_written = "/run/haproxy/admin.sock"
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        mode: Literal["runtime-api"] = "runtime-api"
+        service = r.service(r.settings("--haproxy-socket", socket_written, "--reload", mode))
+        # Nothing changed: HAProxy is asked what it serves; here it did not answer, and the
+        # certificate was deployed again.
+        redeployed = DeployResult(NAME, "01", mode, True)
+        served = ServedCheck(sockets=((f"unix:{socket_written}", False),), deploy=redeployed)
+
+        async def ensure(spec: Any, **_kwargs: Any) -> Outcome:
+            return Outcome(spec.name, Action.UNCHANGED, ok=True)
+
+        async def ensure_served(_spec: Any) -> ServedCheck:
+            return served
+
+        monkeypatch.setattr(service.manager, "ensure", ensure)
+        monkeypatch.setattr(service.manager, "ensure_served", ensure_served)
+        try:
+            await service.loop.check(NAME)
+        finally:
+            await _close(service)
+    metrics = service.metrics
+    assert {key: count for key, count in metrics.deploys.items() if count} == {("success", mode): 1}
+    assert dict(metrics.haproxy_up) == {socket_written: False}
 
 
 async def test_the_schedule_checks_every_certificate_at_start_then_when_each_asks(
