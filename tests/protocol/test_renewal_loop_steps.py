@@ -281,7 +281,10 @@ async def test_a_look_at_what_haproxy_serves_is_counted_under_the_socket_as_writ
         async def ensure(spec: Any, **_kwargs: Any) -> Outcome:
             return Outcome(spec.name, Action.UNCHANGED, ok=True)
 
-        async def ensure_served(_spec: Any) -> ServedCheck:
+        asked: list[str] = []
+
+        async def ensure_served(spec: Any) -> ServedCheck:
+            asked.append(spec.name)
             return served
 
         monkeypatch.setattr(service.manager, "ensure", ensure)
@@ -293,6 +296,54 @@ async def test_a_look_at_what_haproxy_serves_is_counted_under_the_socket_as_writ
     metrics = service.metrics
     assert {key: count for key, count in metrics.deploys.items() if count} == {("success", mode): 1}
     assert dict(metrics.haproxy_up) == {socket_written: False}
+    assert asked == [NAME]
+
+
+async def test_a_scheduled_check_is_a_real_one_and_a_removed_certificate_is_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        service = r.service(r.settings())
+        seen: list[dict[str, Any]] = []
+
+        async def ensure(spec: Any, **kwargs: Any) -> Outcome:
+            seen.append({"name": spec.name, **kwargs})
+            return Outcome(spec.name, Action.ISSUED, ok=True)
+
+        monkeypatch.setattr(service.manager, "ensure", ensure)
+        # A check that waited while a reload removed its certificate.
+        [removed] = replace(r, names=(GONE,)).settings().certificates
+        try:
+            await service.loop.check(NAME, force=True)
+            gone = await service.loop.check_locked(removed, force=False, dry_run=False)
+        finally:
+            await _close(service)
+    # Forced, not a dry run (the backoff does not hold a forced check back).
+    assert seen == [{"name": NAME, "force": True, "dry_run": False, "respect_backoff": False}]
+    assert (gone.name, gone.action, gone.ok) == (GONE, Action.FAILED, False)
+    assert gone.error == "no longer configured (config reloaded)"
+
+
+async def test_the_cas_reachability_and_clock_skew_follow_each_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        service = r.service(r.settings())
+        loop, metrics = service.loop, service.metrics
+        try:
+            loop.record(Outcome.failed(NAME, "refused", ca_error="connection refused"))
+            assert metrics.ca_reachable is False
+            loop.record(Outcome(NAME, Action.ISSUED, ok=True))
+            assert metrics.ca_reachable is True
+            with capture_logs() as logs:
+                # At the threshold: no warning; above it: one, rounded to a tenth, naming it.
+                loop.record(Outcome(NAME, Action.UNCHANGED, ok=True, clock_skew=5.0))
+                loop.record(Outcome(NAME, Action.UNCHANGED, ok=True, clock_skew=-42.46))
+        finally:
+            await _close(service)
+    warnings = [(e["seconds"], e["cert"]) for e in logs if e["event"] == "clock_skew"]
+    assert warnings == [(-42.5, NAME)]
+    assert metrics.clock_skew == -42.46
 
 
 async def test_the_schedule_checks_every_certificate_at_start_then_when_each_asks(
