@@ -83,8 +83,8 @@ async def test_a_crash_whose_backoff_cannot_be_stored_still_waits_the_first_back
     # Held in memory only, but never sooner than the first backoff step.
     assert outcome.next_retry_at == r.now() + policy.MIN_RETRY_DELAY
     assert r.scheduled[-1] == (NAME, r.now() + policy.MIN_RETRY_DELAY)
-    failed = [e for e in logs if e["event"] == "cert_backoff_record_failed"]
-    assert [e["cert"] for e in failed] == [NAME]
+    crashes = [(e["event"], e["cert"]) for e in logs if e["log_level"] == "error"]
+    assert crashes == [("cert_check_crashed", NAME), ("cert_backoff_record_failed", NAME)]
     last = service.loop.last_failure(NAME)
     assert last is not None and last[1] == "other"  # no kind of its own
 
@@ -110,6 +110,7 @@ async def test_a_handed_over_check_waits_for_the_certificates_lock_and_skips_the
             await _close(service)
     assert outcome.action is Action.DRY_RUN
     assert seen == [{"name": NAME, "force": False, "dry_run": True, "respect_backoff": False}]
+    assert r.scheduled == []  # a dry run changes nothing, the schedule included
     # A name a reload removed while the request waited: a failure naming it, nothing checked.
     assert (gone.name, gone.action, gone.ok) == (GONE, Action.FAILED, False)
     assert gone.error == "no longer configured (config reloaded)"
