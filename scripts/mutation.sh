@@ -3,8 +3,9 @@
 # (tests/unit and tests/protocol: no real peers). Results and survivors: docs/MUTATION.md.
 #
 #   bash scripts/mutation.sh [module ...]      # modules: storage policy manager inventory
-#                                              # issuer outcome deploy haproxy
-#                                              # (default: all eight, one after the other)
+#                                              # issuer outcome deploy haproxy renewal_loop
+#                                              # deploy_result
+#                                              # (default: all ten, one after the other)
 #   MUTATION_CHILDREN=2 bash scripts/mutation.sh haproxy
 #
 # The tool is mutmut 3 (configured in [tool.mutmut] of pyproject.toml), installed into its own
@@ -19,6 +20,10 @@
 # a figure to read, not a gate: not in CI, see docs/MUTATION.md for the time it takes).
 #
 # Parallelism: MUTATION_CHILDREN forked test processes (default 1: the machine is shared).
+# Hangs: a mutant that breaks a lock can leave its tests asleep, waiting for something that
+# never comes; mutmut's own limits stop it only after many times the tests' usual time. A
+# watchdog stops (SIGXCPU, which mutmut counts as a timeout: the tests did not pass) any mutant
+# process that used no CPU at all for MUTATION_IDLE_SECONDS (default 90), and says which.
 # Time: a full run from an empty mutants/ took 18 min 45 s with MUTATION_CHILDREN=2 on the
 # shared 2-core machine (the first module also records which test reaches which function).
 set -euo pipefail
@@ -29,7 +34,9 @@ cd "${repo_root}"
 venv=.venv-mutation
 mutmut_version=3.8.1
 children="${MUTATION_CHILDREN:-1}"
-all_modules=(storage policy manager inventory issuer outcome deploy haproxy)
+idle_limit="${MUTATION_IDLE_SECONDS:-90}"
+all_modules=(storage policy manager inventory issuer outcome deploy haproxy renewal_loop
+    deploy_result)
 modules=("$@")
 [[ ${#modules[@]} -gt 0 ]] || modules=("${all_modules[@]}")
 for module in "${modules[@]}"; do
@@ -58,12 +65,52 @@ PY
     echo "${wanted}" > "${stamp}"
 fi
 
+# The watchdog: every 10 s, the CPU time of each mutant process mutmut forked (their titles
+# read "mutmut: NAME"; the tests' own subprocesses are left alone). One whose CPU time has not
+# moved for idle_limit seconds is asleep for good: a test that is working, or waiting a bounded
+# time (a lock poll, a 0.2 s handshake), uses some CPU within that.
+stop_idle_mutants() {
+    local parent=$1 child title fields cpu key now
+    local -A cpu_of=() since=()
+    while kill -0 "${parent}" 2>/dev/null; do
+        sleep 10
+        now=$(date +%s)
+        for child in $(pgrep -P "${parent}" || true); do
+            title=$(tr '\0' ' ' <"/proc/${child}/cmdline" 2>/dev/null) || continue
+            [[ ${title} == "mutmut: "* ]] || continue
+            fields=$(cat "/proc/${child}/stat" 2>/dev/null) || continue
+            read -r -a fields <<<"${fields##*) }"  # the fields after "(comm)", from the state
+            # utime stime cutime cstime (fields 14-17), keyed with the start time (22): a pid
+            # may be reused by the next mutant.
+            cpu=$(( fields[11] + fields[12] + fields[13] + fields[14] ))
+            key="${child}:${fields[19]}"
+            if [[ "${cpu_of[${key}]:-}" != "${cpu}" ]]; then
+                cpu_of[${key}]=${cpu}
+                since[${key}]=${now}
+            elif (( now - since[${key}] >= idle_limit )); then
+                title=${title#mutmut: }
+                echo "mutation: watchdog: ${title%% *} used no CPU for ${idle_limit} s: stopped"
+                kill -XCPU "${child}" 2>/dev/null || true
+                since[${key}]=${now}
+            fi
+        done
+    done
+}
+
 started=$(date +%s)
 for module in "${modules[@]}"; do
     echo "==> mutation: sidecar/${module}.py (children: ${children})"
     module_started=$(date +%s)
     # The names of a module's mutants start with its dotted path, e.g. sidecar.haproxy.x_parse…
-    "${venv}/bin/mutmut" run --max-children "${children}" "sidecar.${module}.*"
+    "${venv}/bin/mutmut" run --max-children "${children}" "sidecar.${module}.*" &
+    mutmut_pid=$!
+    stop_idle_mutants "${mutmut_pid}" &
+    watchdog_pid=$!
+    status=0
+    wait "${mutmut_pid}" || status=$?
+    kill "${watchdog_pid}" 2>/dev/null || true
+    wait "${watchdog_pid}" 2>/dev/null || true
+    [[ ${status} -eq 0 ]] || exit "${status}"
     echo "mutation: sidecar/${module}.py took $(( $(date +%s) - module_started )) s"
     "${venv}/bin/python" scripts/mutation_summary.py "sidecar.${module}"
 done

@@ -193,6 +193,8 @@ def test_a_deploy_result_says_in_one_line_what_happened() -> None:
         "bug",
         "bug",
     )
+    # It still names the certificate and the serial it was deploying.
+    assert (crashed.name, crashed.serial) == ("a", "0A")
     assert DeployResult("a", "0A", None, False).summary() == "failed"
     failed = DeployResult("a", "0A", "signal", False, errors=("x", "y"))
     assert (failed.error, failed.summary()) == ("x; y", "signal: x; y")
