@@ -18,8 +18,12 @@ source "$here/compose/env.sh"
 exec 7>"$CACHE_DIR/.lock-build-test-images"
 flock 7
 started=$SECONDS
-bash "$here/compose/build-images.sh"
+# Every child gets `7>&-`: a descriptor of the lock left open in a process that outlives this
+# script holds the lock for as long as it runs. stack.sh starts `podman system service` in the
+# background when none is running (as on a fresh machine), and that service holding the lock
+# made the compose fixture wait for good (seen in a CI run).
+bash "$here/compose/build-images.sh" 7>&-
 # compose.yaml's own images (cert-sidecar, the step-ca wrapper), as the compose fixture builds them.
-STACK_ENGINE=podman bash "$here/compose/stack.sh" build >/dev/null
-bash "$here/quadlet/build-images.sh" >/dev/null
+STACK_ENGINE=podman bash "$here/compose/stack.sh" build >/dev/null 7>&-
+bash "$here/quadlet/build-images.sh" >/dev/null 7>&-
 echo "build-test-images: done in $((SECONDS - started)) s"

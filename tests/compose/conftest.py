@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from tests.compose.stack import SCRIPTS, docker_cli, require, scripts_environmen
 # fresh machine is allowed 1800 s on its own (build-images.sh, the README's quick start), more
 # with the stack build and the copy into the Docker Engine. Only a hang ever gets near it.
 COMPOSE_TIMEOUT = 3600
+# How long the image fixture waits for scripts/build-test-images.sh (about 4-6 minutes on a
+# fresh 2-core machine); then it fails naming the lock, rather than waiting out the timeout.
+BACKGROUND_BUILD_WAIT = 1500
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,8 +68,20 @@ def _wait_for_background_build(cache_dir: Path) -> None:
     finish: building beside it would race it for the same tags (and `podman image prune` below
     could remove the layers it is building on). Its lock is free when nothing is building."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".lock-build-test-images", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = cache_dir / ".lock-build-test-images"
+    deadline = time.monotonic() + BACKGROUND_BUILD_WAIT
+    with open(path, "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{path} still held after {BACKGROUND_BUILD_WAIT} s: a build (or a"
+                        f" process it started) holds it; `fuser {path}` names it"
+                    ) from None
+                time.sleep(1)
 
 
 @pytest.fixture(scope="session")
