@@ -89,18 +89,26 @@ async def test_a_crash_whose_backoff_cannot_be_stored_still_waits_the_first_back
     assert last is not None and last[1] == "other"  # no kind of its own
 
 
+def _record_ensure(
+    service: Any, monkeypatch: pytest.MonkeyPatch, action: Action
+) -> list[dict[str, Any]]:
+    """The manager's `ensure` replaced by one that records each call and returns `action`."""
+    seen: list[dict[str, Any]] = []
+
+    async def ensure(spec: Any, **kwargs: Any) -> Outcome:
+        seen.append({"name": spec.name, **kwargs})
+        return Outcome(spec.name, action, ok=True)
+
+    monkeypatch.setattr(service.manager, "ensure", ensure)
+    return seen
+
+
 async def test_a_handed_over_check_waits_for_the_certificates_lock_and_skips_the_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with rig(NAME, monkeypatch=monkeypatch) as r:
         service = r.service(r.settings())
-        seen: list[dict[str, Any]] = []
-
-        async def ensure(spec: Any, **kwargs: Any) -> Outcome:
-            seen.append({"name": spec.name, **kwargs})
-            return Outcome(spec.name, Action.DRY_RUN, ok=True)
-
-        monkeypatch.setattr(service.manager, "ensure", ensure)
+        seen = _record_ensure(service, monkeypatch, Action.DRY_RUN)
         try:
             outcome = await _waits_for_the_lock(
                 service.loop, NAME, service.loop.check_handed(NAME, force=False, dry_run=True)
@@ -305,13 +313,7 @@ async def test_a_scheduled_check_is_a_real_one_and_a_removed_certificate_is_not_
 ) -> None:
     with rig(NAME, monkeypatch=monkeypatch) as r:
         service = r.service(r.settings())
-        seen: list[dict[str, Any]] = []
-
-        async def ensure(spec: Any, **kwargs: Any) -> Outcome:
-            seen.append({"name": spec.name, **kwargs})
-            return Outcome(spec.name, Action.ISSUED, ok=True)
-
-        monkeypatch.setattr(service.manager, "ensure", ensure)
+        seen = _record_ensure(service, monkeypatch, Action.ISSUED)
         # A check that waited while a reload removed its certificate.
         [removed] = replace(r, names=(GONE,)).settings().certificates
         try:
