@@ -520,7 +520,7 @@ class Manager:
             result = await self.deploy(spec, combined, facts)
         except Exception as error:
             bound.error("haproxy_update_failed", error=error_text(error))
-            self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)
+            self.inventory.record_served(spec.name, False)  # the serial last seen stays
             crashed = DeployResult.crashed(spec.name, facts.serial_hex, error_text(error))
             return crashed, f"deploy failed: {error_text(error)}"
         if result is None:
@@ -529,7 +529,7 @@ class Manager:
             self.inventory.record_served(spec.name, True, facts.serial_hex)
             bound.info("haproxy_updated", serial=facts.serial_hex, **result.log_fields())
             return result, None
-        self.inventory.record_served(spec.name, False, self.inventory.served(spec.name).serial)
+        self.inventory.record_served(spec.name, False)  # the serial last seen stays
         bound.error("haproxy_update_failed", serial=facts.serial_hex, **result.log_fields())
         return result, f"deploy failed: {result.summary()}"
 
@@ -564,7 +564,7 @@ class Manager:
     ) -> ServedCheck:
         """What HAProxy serves could not be learnt (no socket answered, or the file is gone)."""
         log.warning("haproxy_check_failed", cert=spec.name, error=error_text(error))
-        self.inventory.record_served(spec.name, None, self.inventory.served(spec.name).serial)
+        self.inventory.record_served(spec.name, None)  # the serial last seen stays
         return ServedCheck(sockets)
 
     async def ensure_placeholder(self, spec: CertificateSpec) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from sidecar import policy
 from sidecar.outcome import Action
@@ -117,8 +118,13 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
         monkeypatch.setattr(target, attribute, bug)
         try:
             started = r.now()
-            outcome = await service.loop.check(NAME)
+            with capture_logs() as logs:
+                outcome = await service.loop.check(NAME)
             assert outcome is not None
+            # The traceback is logged once, for the certificate, by whoever caught it.
+            (crash,) = [entry for entry in logs if entry["event"] == "cert_check_crashed"]
+            assert crash["cert"] == NAME and crash["log_level"] == "error"
+            assert "exc_info" in crash
             assert outcome.action is Action.FAILED, outcome
             (_, when) = r.scheduled[-1]
             first = policy.next_retry_delay(1, started, None, LowestRandom())
@@ -139,3 +145,55 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
                 assert r.orders() == 0
         finally:
             await manager.aclose()
+
+
+async def test_a_crash_with_a_certificate_deployed_keeps_its_expiry_and_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The crashed check's outcome says what the renewal loop needs, as every other outcome
+    # does: the deployed certificate's expiry (which caps the backoff), its lifetime and its
+    # next renewal.
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        service = r.service(r.settings())
+        manager = service.manager
+        try:
+            issued = await service.loop.check(NAME)
+            assert issued is not None and issued.action is Action.ISSUED, issued
+            (spec,) = service.settings.certificates
+            view = manager.inspect(spec)
+
+            def bug(*args: Any, **kwargs: Any) -> Any:
+                raise KeyError("a bug")
+
+            monkeypatch.setattr(manager, "ensure", bug)
+            with capture_logs() as logs:
+                outcome = await service.loop.check(NAME)
+        finally:
+            await manager.aclose()
+    assert outcome is not None and outcome.action is Action.FAILED, outcome
+    facts = view.facts
+    assert facts is not None and view.is_real
+    assert outcome.not_after == facts.not_after
+    assert outcome.lifetime == facts.not_after - facts.not_before
+    assert outcome.next_renewal is not None and outcome.next_renewal == view.next_renewal
+    (failed,) = [entry for entry in logs if entry["event"] == "cert_renewal_failed"]
+    assert failed["cert"] == NAME and "a bug" in failed["error"]
+
+
+async def test_a_crash_over_a_placeholder_has_no_expiry_to_protect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A placeholder's expiry is not a deployed certificate's: nothing for the backoff to keep.
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        service = r.service(r.settings())
+        manager = service.manager
+        try:
+            (spec,) = service.settings.certificates
+            assert await manager.ensure_placeholder(spec)
+            outcome = manager.crashed(spec, KeyError("a bug"), record=True)
+        finally:
+            await manager.aclose()
+    assert outcome.action is Action.FAILED
+    assert outcome.not_after is None and outcome.lifetime is None
+    first = policy.next_retry_delay(1, r.now(), None, LowestRandom())
+    assert outcome.next_retry_at == r.now() + first

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import trustme
+from structlog.testing import capture_logs
 
 from ca_client.renewal_info import certificate_id
 from sidecar import wiring
 from sidecar.cli import build_parser
 from sidecar.config import load_settings
 from tests.protocol.conftest import RecordingSolver
-from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme
+from tests.protocol.fake_acme import DIRECTORY_URL, FakeAcme, problem
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +71,27 @@ async def test_renewal_window_decides_and_replaces_is_sent(
         else:
             assert second.action == "unchanged", second
             assert all("replaces" not in payload for payload in ca.new_order_payloads)
+
+
+async def test_a_failing_renewal_info_is_a_warning_naming_the_ca_and_the_lifetime_rules(
+    tmp_path: Path,
+) -> None:
+    # A CA that lists renewalInfo and then fails it (a wrong directory URL answers 404 here
+    # first): a warning naming the certificate, the directory and the CA's words, never "this
+    # CA has no ARI" and never a failed check: the certificate waits for 2/3 of its lifetime.
+    ca = FakeAcme(renewal_info=True, validate_on_response=True)
+    ca.fail_times("renewal-info", 1, lambda: problem(404, "malformed", "no such renewal info"))
+    parts = _parts(tmp_path, ca)
+    async with parts.manager as manager:
+        (spec,) = parts.settings.certificates
+        assert (await manager.ensure(spec)).action == "issued"
+        with capture_logs() as logs:
+            second = await manager.ensure(spec, respect_backoff=True)
+    assert second.action == "unchanged", second
+    assert second.ok and second.error is None
+    (failed,) = [entry for entry in logs if entry["event"] == "renewal_info_failed"]
+    assert failed["log_level"] == "warning"
+    assert failed["cert"] == spec.name
+    assert failed["directory"] == DIRECTORY_URL
+    assert "no such renewal info" in failed["error"]
+    assert not [entry for entry in logs if entry["event"] == "renewal_info_window"]

@@ -564,6 +564,28 @@ async def test_without_haproxy_or_hooks_there_is_no_deployer(make_manager: MakeM
     assert with_hook.deployer is not None
 
 
+async def test_an_issuance_never_reads_back_the_pem_it_wrote(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer tells the inventory what it wrote (checked before the write): the schedule
+    # after an issuance is a stat, not a parse of the new file (1,000 certificates, 1,000 reads).
+    manager = make_manager()
+    (spec,) = manager.settings.certificates
+    path = manager.pem_path(NAME)
+    read: list[Path] = []
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        read.append(self)
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    outcome = await manager.ensure(spec)
+    assert outcome.action == "issued" and outcome.next_renewal is not None
+    assert manager.inspect(spec).facts is not None
+    assert path not in read
+
+
 # -- placeholders --------------------------------------------------------------------------------
 
 
@@ -583,6 +605,21 @@ async def test_a_placeholder_is_written_only_where_no_file_exists(
     before = path.read_bytes()
     assert await manager.ensure_placeholder(spec) is False
     assert path.read_bytes() == before
+
+
+async def test_a_placeholder_for_names_too_long_for_a_cn_is_named_for_its_file(
+    make_manager: MakeManager,
+) -> None:
+    # A CN holds 64 characters (RFC 5280 ub-common-name): with no name that short, the
+    # placeholder's CN is the certificate's name, cut; its SANs carry the names in full.
+    long_name = "a" * 60 + ".long.example"
+    manager = make_manager(domains=(long_name,))
+    (spec,) = manager.settings.certificates
+    assert await manager.ensure_placeholder(spec) is True
+    leaf = leaf_of(manager.pem_path(spec.name))
+    (cn,) = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert cn.value == spec.name[:64]
+    assert pem.describe_cert(leaf).names == (long_name,)
 
 
 async def test_a_placeholder_is_loaded_into_a_running_haproxy(
@@ -1635,17 +1672,50 @@ async def test_haproxy_serving_another_certificate_gets_the_file_again(
         # HAProxy restarted with an older file: it serves a serial that is not the file's.
         older = trustme.CA().issue_cert(NAME)
         fake.certs[path] = StoredCert(older.cert_chain_pems[0].bytes().decode())
+        # What `status` would show while the file is handed over again: HAProxy serves
+        # another serial (the one it answered), not the file's.
+        seen_during_deploy: list[Served] = []
+        real_deploy = manager.deploy
+
+        async def deploy(*args: Any, **kwargs: Any) -> Any:
+            seen_during_deploy.append(manager.inventory.served(NAME))
+            return await real_deploy(*args, **kwargs)
+
+        manager.deploy = deploy  # type: ignore[method-assign]
         with capture_logs() as logs:
             check = await manager.ensure_served(spec)
     assert check.sockets == ((address, True),)
     assert check.deploy is not None and check.deploy.ok
     (other,) = events(logs, "haproxy_serves_other")
     older_leaf = x509.load_pem_x509_certificate(older.cert_chain_pems[0].bytes())
-    assert other["served"] == pem.describe_cert(older_leaf).serial_hex
+    older_serial = pem.describe_cert(older_leaf).serial_hex
+    assert other["served"] == older_serial
     assert other["file"] == issued.serial and other["cert"] == NAME
+    assert seen_during_deploy == [Served(False, older_serial)]
+    (updated,) = events(logs, "haproxy_updated")
+    assert updated["cert"] == NAME and updated["serial"] == issued.serial
     loaded = fake.serial(path)
     assert loaded is not None and int(loaded, 16) == int(issued.serial, 16)
     assert manager.inventory.served(NAME) == Served(True, issued.serial)
+
+
+async def test_a_restarted_sidecar_learns_from_haproxy_what_it_serves(
+    make_manager: MakeManager, tmp_path: Path
+) -> None:
+    # What HAProxy serves is kept in memory only: a new process knows nothing until it asks.
+    fake = FakeHAProxy(crt_lists={str(tmp_path / "certs"): []})
+    async with serve(fake, tmp_path / "admin.sock") as address:
+        issued = await make_manager("--haproxy-socket", address).ensure(
+            make_manager().settings.certificates[0]
+        )
+        restarted = make_manager("--haproxy-socket", address)
+        (spec,) = restarted.settings.certificates
+        assert restarted.inventory.served(NAME) == Served(None, None)
+        sent = len(fake.received)
+        check = await restarted.ensure_served(spec)
+    assert check == ServedCheck(((address, True),))
+    assert restarted.inventory.served(NAME) == Served(True, issued.serial)
+    assert all(command.startswith("show ssl cert") for command in fake.commands[sent:])
 
 
 async def test_haproxy_that_cannot_be_asked_is_unknown_not_redeployed(
@@ -1675,7 +1745,8 @@ async def test_a_file_that_does_not_parse_is_a_failed_check(
         with capture_logs() as logs:
             check = await manager.ensure_served(spec)
     assert check == ServedCheck()
-    assert len(events(logs, "haproxy_check_failed")) == 1
+    (failed,) = events(logs, "haproxy_check_failed")
+    assert failed["cert"] == NAME and "outside the PEM blocks" in failed["error"], failed
     assert manager.inventory.served(NAME) == Served(None, None)
 
 

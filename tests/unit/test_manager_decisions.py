@@ -10,6 +10,7 @@ fails or raises, no deployer at all, the CA's renewal window, and revocation.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import stat
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ca_client.challenges.base import ChallengeSolver
-from ca_client.errors import AcmeProblem, RateLimited
+from ca_client.errors import AcmeProblem, RateLimited, TransportError
 from ca_client.key_types import KeyType
 from ca_client.keys import PrivateKey
 from ca_client.models import IssuedCertificate, RenewalInfo
@@ -33,7 +36,7 @@ from sidecar.config import CertificateSpec
 from sidecar.deploy import Deployer, DeployResult
 from sidecar.inventory import Inventory
 from sidecar.issuer import AccountSettings, Issuer, IssuerError
-from sidecar.manager import Manager, PemFiles, decide
+from sidecar.manager import Manager, PemFiles, _retry_after, decide
 from sidecar.outcome import Action, Outcome
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -262,6 +265,44 @@ def test_a_ca_failure_is_recorded_with_the_cas_retry_after(tmp_path: Path) -> No
     assert meta.failures == 1 and meta.last_error == str(rig.issuer.fail)
     assert meta.next_retry_at == failed.next_retry_at
     assert not rig.manager.pem_path(SPEC.name).exists()
+
+
+def test_a_ca_error_that_escapes_unwrapped_is_still_counted_by_its_kind(tmp_path: Path) -> None:
+    # The issuer wraps what ca_client raises; one that escaped it (a new path, a bug) is still
+    # the CA's failure in cert_sidecar_renewal_failures_total, not "other".
+    rig = Rig(tmp_path)
+    rig.issuer.fail = TransportError("connection reset by the CA")
+    failed = asyncio.run(rig.manager.ensure(SPEC))
+    assert failed.action is Action.FAILED and failed.error_kind == "ca_unreachable"
+    assert rig.meta().failures == 1
+
+
+@pytest.mark.parametrize("retry_after", [-1e300, -5.0, 0.0, math.nan, math.inf, -math.inf, 1e300])
+def test_a_retry_after_no_delay_can_hold_falls_back_to_the_backoff(
+    tmp_path: Path, retry_after: float
+) -> None:
+    # ca_client bounds what it parses; the manager does not rely on it: a negative, zero,
+    # missing or infinite wait is no wait (the backoff alone), one past an hour is an hour.
+    rig = Rig(tmp_path)
+    error = rate_limited()
+    error.retry_after = retry_after
+    rig.issuer.fail = error
+    failed = asyncio.run(rig.manager.ensure(SPEC))
+    assert failed.action is Action.FAILED and failed.next_retry_at is not None
+    delay = failed.next_retry_at - NOW
+    if retry_after == 1e300:
+        assert delay == policy.MAX_RETRY_DELAY
+    else:
+        assert policy.MIN_RETRY_DELAY <= delay <= 2 * policy.MIN_RETRY_DELAY
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_retry_after_is_a_positive_wait_within_the_cap_or_none(seconds: float) -> None:
+    wait = _retry_after(seconds)
+    if math.isfinite(seconds) and seconds > 0:
+        assert wait == timedelta(seconds=min(seconds, policy.MAX_RETRY_DELAY.total_seconds()))
+    else:
+        assert wait is None
 
 
 def test_the_backoff_is_waited_out_only_when_asked(tmp_path: Path) -> None:
