@@ -7,14 +7,20 @@
 #                                              # deploy_result
 #                                              # (default: all ten, one after the other)
 #   MUTATION_CHILDREN=2 bash scripts/mutation.sh haproxy
+#   MUTATION_RESUME=1 bash scripts/mutation.sh manager   # only what a stopped run left
 #
 # The tool is mutmut 3 (configured in [tool.mutmut] of pyproject.toml), installed into its own
 # virtualenv .venv-mutation so it never changes the project's .venv. mutmut copies the sources
 # into mutants/, runs the fast tiers once to learn which tests reach which function, then runs
 # only those tests for each mutant, forked from a warm process.
 #
-# Each module is run on its own, so a long run gives partial results early; mutmut keeps its
-# results in mutants/ and resumes where it left off (delete mutants/ for a fresh run). After
+# Each module is run on its own, so a long run gives partial results early. By default every
+# mutant of each module named is run again: mutmut 3 re-runs all the mutants it is given by
+# name or pattern, whatever results mutants/ holds. To go on where a stopped run left off
+# (same source), MUTATION_RESUME=1 hands it only the mutants not run yet; after adding tests,
+# MUTATION_RESUME=survivors runs those and the survivors again. (A function whose source
+# changed loses its results when mutmut next copies the sources: run the module in full, or
+# name that function's mutants, e.g. "sidecar.manager.xǁManagerǁdeploy__mutmut_*".) After
 # each module the script prints the survivors and a line "mutation: MODULE mutants=N killed=K
 # survived=S score=P%". Exit status: 0 when every run finished, whatever the score (the score is
 # a figure to read, not a gate: not in CI, see docs/MUTATION.md for the time it takes).
@@ -35,6 +41,13 @@ venv=.venv-mutation
 mutmut_version=3.8.1
 children="${MUTATION_CHILDREN:-1}"
 idle_limit="${MUTATION_IDLE_SECONDS:-90}"
+resume="" resume_survivors=""
+case "${MUTATION_RESUME:-}" in
+    "" | 0) ;;
+    1) resume=1 ;;
+    survivors) resume=1 resume_survivors=1 ;;
+    *) echo "mutation: MUTATION_RESUME is 1 or survivors, not ${MUTATION_RESUME}" >&2; exit 2 ;;
+esac
 all_modules=(storage policy manager inventory issuer outcome deploy haproxy renewal_loop
     deploy_result)
 modules=("$@")
@@ -102,7 +115,20 @@ for module in "${modules[@]}"; do
     echo "==> mutation: sidecar/${module}.py (children: ${children})"
     module_started=$(date +%s)
     # The names of a module's mutants start with its dotted path, e.g. sidecar.haproxy.x_parse…
-    "${venv}/bin/mutmut" run --max-children "${children}" "sidecar.${module}.*" &
+    targets=("sidecar.${module}.*")
+    if [[ -n ${resume} ]]; then
+        mapfile -t left < <("${venv}/bin/python" scripts/mutation_summary.py --left \
+            ${resume_survivors:+--survived} "sidecar.${module}")
+        if [[ ${#left[@]} -gt 0 ]]; then
+            targets=("${left[@]}")
+            echo "mutation: resuming: ${#left[@]} mutants of sidecar/${module}.py"
+        elif [[ -f mutants/sidecar/${module}.py.meta ]]; then
+            echo "mutation: sidecar/${module}.py: nothing left to run"
+            "${venv}/bin/python" scripts/mutation_summary.py "sidecar.${module}"
+            continue
+        fi
+    fi
+    "${venv}/bin/mutmut" run --max-children "${children}" "${targets[@]}" &
     mutmut_pid=$!
     stop_idle_mutants "${mutmut_pid}" &
     watchdog_pid=$!

@@ -1,9 +1,14 @@
 """Print a module's mutation results from mutmut's state in mutants/ (scripts/mutation.sh).
 
     .venv-mutation/bin/python scripts/mutation_summary.py sidecar.haproxy [...]
+    .venv-mutation/bin/python scripts/mutation_summary.py --left [--survived] sidecar.haproxy
 
 One line per module, "mutation: MODULE mutants=N killed=K survived=S ... score=P%", then the
 names of the mutants that were not killed (show one with `.venv-mutation/bin/mutmut show NAME`).
+``--left``: only the names of the module's mutants not run yet (or stopped midway), one per line (what
+``MUTATION_RESUME`` in scripts/mutation.sh hands to mutmut); with ``--survived``, the survivors
+and those no test reached too, to run them again after adding tests. Nothing when no results
+exist yet (the script then runs the whole module).
 The score counts timeouts as killed (a mutant that hangs the tests is caught) and leaves out
 nothing: a mutant no fast test reaches ("no tests") counts against it.
 """
@@ -43,6 +48,25 @@ def summarize(module: str) -> None:
             print(f"  {status}: {name}")
 
 
+def left(module: str, *, survived: bool) -> None:
+    meta = Path("mutants") / (module.replace(".", "/") + ".py.meta")
+    if not meta.exists():
+        return
+    # Not run, or stopped midway (interrupted, killed: "segfault", "suspicious").
+    decided = {"killed", "timeout", "survived", "no tests", "skipped", "caught by type check"}
+    if survived:
+        decided -= {"survived", "no tests"}
+    for name, code in sorted(json.loads(meta.read_text())["exit_code_by_key"].items()):
+        if status_by_exit_code[code] not in decided:
+            print(name)
+
+
 if __name__ == "__main__":
-    for module in sys.argv[1:]:
-        summarize(module)
+    arguments = sys.argv[1:]
+    if arguments and arguments[0] == "--left":
+        survived = len(arguments) > 1 and arguments[1] == "--survived"
+        for module in arguments[2 if survived else 1 :]:
+            left(module, survived=survived)
+    else:
+        for module in arguments:
+            summarize(module)
