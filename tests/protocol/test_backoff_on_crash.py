@@ -10,6 +10,8 @@ for, and the orders over a simulated span are counted against what the backoff a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,29 +149,36 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
             await manager.aclose()
 
 
+@asynccontextmanager
+async def _service(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rig, Service]]:
+    """A service on the rig, its ACME client closed at the end."""
+    with rig(NAME, monkeypatch=monkeypatch) as r:
+        service = r.service(r.settings())
+        try:
+            yield r, service
+        finally:
+            await service.manager.aclose()
+
+
 async def test_a_crash_with_a_certificate_deployed_keeps_its_expiry_and_schedule(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The crashed check's outcome says what the renewal loop needs, as every other outcome
     # does: the deployed certificate's expiry (which caps the backoff), its lifetime and its
     # next renewal.
-    with rig(NAME, monkeypatch=monkeypatch) as r:
-        service = r.service(r.settings())
+    async with _service(monkeypatch) as (_, service):
         manager = service.manager
-        try:
-            issued = await service.loop.check(NAME)
-            assert issued is not None and issued.action is Action.ISSUED, issued
-            (spec,) = service.settings.certificates
-            view = manager.inspect(spec)
+        issued = await service.loop.check(NAME)
+        assert issued is not None and issued.action is Action.ISSUED, issued
+        (spec,) = service.settings.certificates
+        view = manager.inspect(spec)
 
-            def bug(*args: Any, **kwargs: Any) -> Any:
-                raise KeyError("a bug")
+        def bug(*args: Any, **kwargs: Any) -> Any:
+            raise KeyError("a bug")
 
-            monkeypatch.setattr(manager, "ensure", bug)
-            with capture_logs() as logs:
-                outcome = await service.loop.check(NAME)
-        finally:
-            await manager.aclose()
+        monkeypatch.setattr(manager, "ensure", bug)
+        with capture_logs() as logs:
+            outcome = await service.loop.check(NAME)
     assert outcome is not None and outcome.action is Action.FAILED, outcome
     facts = view.facts
     assert facts is not None and view.is_real
@@ -184,15 +193,10 @@ async def test_a_crash_over_a_placeholder_has_no_expiry_to_protect(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A placeholder's expiry is not a deployed certificate's: nothing for the backoff to keep.
-    with rig(NAME, monkeypatch=monkeypatch) as r:
-        service = r.service(r.settings())
-        manager = service.manager
-        try:
-            (spec,) = service.settings.certificates
-            assert await manager.ensure_placeholder(spec)
-            outcome = manager.crashed(spec, KeyError("a bug"), record=True)
-        finally:
-            await manager.aclose()
+    async with _service(monkeypatch) as (r, service):
+        (spec,) = service.settings.certificates
+        assert await service.manager.ensure_placeholder(spec)
+        outcome = service.manager.crashed(spec, KeyError("a bug"), record=True)
     assert outcome.action is Action.FAILED
     assert outcome.not_after is None and outcome.lifetime is None
     first = policy.next_retry_delay(1, r.now(), None, LowestRandom())
