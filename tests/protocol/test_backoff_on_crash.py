@@ -127,6 +127,8 @@ async def test_an_unexpected_exception_backs_off_and_is_persisted(
             (crash,) = [entry for entry in logs if entry["event"] == "cert_check_crashed"]
             assert crash["cert"] == NAME and crash["log_level"] == "error"
             assert "exc_info" in crash
+            if where == "issuer.obtain":  # inside the order: it says why it was ordered
+                assert outcome.reason == "missing", outcome
             assert outcome.action is Action.FAILED, outcome
             (_, when) = r.scheduled[-1]
             first = policy.next_retry_delay(1, started, None, LowestRandom())
