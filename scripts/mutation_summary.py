@@ -5,10 +5,10 @@
 
 One line per module, "mutation: MODULE mutants=N killed=K survived=S ... score=P%", then the
 names of the mutants that were not killed (show one with `.venv-mutation/bin/mutmut show NAME`).
-``--left``: only the names of the module's mutants not run yet (or stopped midway), one per line (what
-``MUTATION_RESUME`` in scripts/mutation.sh hands to mutmut); with ``--survived``, the survivors
-and those no test reached too, to run them again after adding tests. Nothing when no results
-exist yet (the script then runs the whole module).
+``--left``: only the names of the module's mutants not run yet (or stopped midway), one per
+line (what ``MUTATION_RESUME`` in scripts/mutation.sh hands to mutmut); with ``--survived``,
+the survivors and those no test reached too, to run them again after adding tests. Nothing
+when no results exist yet (the script then runs the whole module).
 The score counts timeouts as killed (a mutant that hangs the tests is caught) and leaves out
 nothing: a mutant no fast test reaches ("no tests") counts against it.
 """
