@@ -23,13 +23,24 @@ from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
 
-def summarize(module: str) -> None:
-    meta = Path("mutants") / (module.replace(".", "/") + ".py.meta")
+def _meta(module: str) -> Path:
+    return Path("mutants") / (module.replace(".", "/") + ".py.meta")
+
+
+def _statuses(module: str) -> dict[str, str] | None:
+    """Each mutant's status, by name; None when mutmut has no results for the module yet."""
+    meta = _meta(module)
     if not meta.exists():
-        print(f"mutation: {module}: no results in {meta}")
-        return
+        return None
     exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
-    statuses = {name: status_by_exit_code[code] for name, code in exit_codes.items()}
+    return {name: status_by_exit_code[code] for name, code in exit_codes.items()}
+
+
+def summarize(module: str) -> None:
+    statuses = _statuses(module)
+    if statuses is None:
+        print(f"mutation: {module}: no results in {_meta(module)}")
+        return
     counts = Counter(statuses.values())
     total = len(statuses)
     caught = counts["killed"] + counts["timeout"]
@@ -49,15 +60,12 @@ def summarize(module: str) -> None:
 
 
 def left(module: str, *, survived: bool) -> None:
-    meta = Path("mutants") / (module.replace(".", "/") + ".py.meta")
-    if not meta.exists():
-        return
     # Not run, or stopped midway (interrupted, killed: "segfault", "suspicious").
     decided = {"killed", "timeout", "survived", "no tests", "skipped", "caught by type check"}
     if survived:
         decided -= {"survived", "no tests"}
-    for name, code in sorted(json.loads(meta.read_text())["exit_code_by_key"].items()):
-        if status_by_exit_code[code] not in decided:
+    for name, status in sorted((_statuses(module) or {}).items()):
+        if status not in decided:
             print(name)
 
 
